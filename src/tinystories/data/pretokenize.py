@@ -1,0 +1,91 @@
+"""Pretokenize stories into a flat memory-mapped uint16 array, stories separated by EOS.
+
+Layout of a token folder::
+
+    train.bin       uint16 tokens: story, EOS, story, EOS, ...
+    train.json      counts (tokens, stories, UTF-8 bytes) and the tokenizer's fingerprint
+    tokenizer.json  the tokenizer the ids belong to
+
+The byte count lets validation loss be reported in bits per byte, which compares
+models with different tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tinystories.data.tokenizer import Tokenizer
+from tinystories.errors import TinyStoriesError
+from tinystories.utils import write_json
+
+DTYPE = np.uint16
+
+
+@dataclass
+class TokenFileInfo:
+    tokens: int
+    stories: int
+    bytes: int  # UTF-8 bytes of the stories, plus one per story for its end
+    tokenizer_fingerprint: str
+    vocab_size: int
+
+    @property
+    def tokens_per_byte(self) -> float:
+        return self.tokens / max(self.bytes, 1)
+
+
+def pretokenize(stories: Sequence[str], tokenizer: Tokenizer, out_path: str | Path,
+                batch_size: int = 2048, progress: bool = True) -> TokenFileInfo:
+    """Encode `stories` to `out_path` (.bin) and its .json description; returns the description."""
+    if tokenizer.vocab_size > np.iinfo(DTYPE).max + 1:
+        raise TinyStoriesError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".bin.tmp")
+    n_tokens = n_bytes = 0
+    bar = tqdm(total=len(stories), unit="story", desc=f"tokenizing {out_path.name}", disable=not progress)
+    start = time.perf_counter()
+    with tmp.open("wb") as f:
+        for i in range(0, len(stories), batch_size):
+            batch = list(stories[i:i + batch_size])
+            ids = tokenizer.encode_batch(batch)
+            for seq in ids:
+                seq.append(tokenizer.eos_id)
+            flat = np.concatenate([np.asarray(seq, dtype=DTYPE) for seq in ids])
+            f.write(flat.tobytes())
+            n_tokens += len(flat)
+            n_bytes += sum(len(s.encode("utf-8")) + 1 for s in batch)
+            bar.update(len(batch))
+            bar.set_postfix(MBps=f"{n_bytes / 1e6 / (time.perf_counter() - start + 1e-9):.1f}")
+    bar.close()
+    tmp.replace(out_path)
+    info = TokenFileInfo(n_tokens, len(stories), n_bytes, tokenizer.fingerprint, tokenizer.vocab_size)
+    write_json(out_path.with_suffix(".json"), asdict(info))
+    return info
+
+
+def load_tokens(path: str | Path, tokenizer: Tokenizer | None = None) -> tuple[np.memmap, TokenFileInfo]:
+    """Memory-map a token file; with `tokenizer`, check the ids were made by it."""
+    path = Path(path)
+    meta = path.with_suffix(".json")
+    if not path.exists() or not meta.exists():
+        raise TinyStoriesError(f"token file {path} (and its {meta.name}) not found: run `tinystories pretokenize`")
+    try:
+        info = TokenFileInfo(**json.loads(meta.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise TinyStoriesError(f"{meta}: not a token file description ({exc})") from exc
+    expected = info.tokens * np.dtype(DTYPE).itemsize
+    if path.stat().st_size != expected:
+        raise TinyStoriesError(f"{path} has {path.stat().st_size} bytes but {meta.name} says "
+                               f"{info.tokens} tokens ({expected} bytes): the file is truncated or stale")
+    if tokenizer is not None and tokenizer.fingerprint != info.tokenizer_fingerprint:
+        raise TinyStoriesError(f"{path} was made with a different tokenizer "
+                               f"({info.tokenizer_fingerprint}, this one is {tokenizer.fingerprint})")
+    return np.memmap(path, dtype=DTYPE, mode="r"), info

@@ -1,0 +1,52 @@
+"""Named model shapes: the paper's zoo, llama2.c's, and a small one for the CPU demo.
+
+The paper's models are GPT-Neo shaped with the vocabulary cut to the 10K most common
+GPT-Neo tokens; hidden sizes 64-1024 and 1-8 layers. Sizes in the names are the paper's
+labels; `tinystories presets` prints the exact parameter counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import torch
+
+from tinystories.errors import TinyStoriesError
+from tinystories.model.gpt import GPT, GPTConfig
+
+PAPER_VOCAB = 10_000
+PAPER_CONTEXT = 512
+
+PRESETS: dict[str, GPTConfig] = {
+    # CPU demo: trains to readable stories in a few minutes on 2 cores.
+    "demo": GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, d_model=128),
+    # The paper's models (TinyStories-1M ... -33M, and the 1-layer 21M).
+    "1M": GPTConfig(vocab_size=PAPER_VOCAB, context_length=PAPER_CONTEXT, n_layer=8, n_head=16, d_model=64),
+    "3M": GPTConfig(vocab_size=PAPER_VOCAB, context_length=PAPER_CONTEXT, n_layer=8, n_head=16, d_model=128),
+    "8M": GPTConfig(vocab_size=PAPER_VOCAB, context_length=PAPER_CONTEXT, n_layer=8, n_head=16, d_model=256),
+    "28M": GPTConfig(vocab_size=PAPER_VOCAB, context_length=PAPER_CONTEXT, n_layer=8, n_head=16, d_model=512),
+    "33M": GPTConfig(vocab_size=PAPER_VOCAB, context_length=PAPER_CONTEXT, n_layer=4, n_head=16, d_model=768),
+    "21M-1L": GPTConfig(vocab_size=PAPER_VOCAB, context_length=PAPER_CONTEXT, n_layer=1, n_head=16, d_model=1024),
+    # The modern variant at the same sizes as the paper's 8M and 33M, for comparison.
+    "8M-modern": GPTConfig(vocab_size=PAPER_VOCAB, context_length=PAPER_CONTEXT, n_layer=8, n_head=8,
+                           d_model=256, arch="modern"),
+    "33M-modern": GPTConfig(vocab_size=PAPER_VOCAB, context_length=PAPER_CONTEXT, n_layer=4, n_head=12,
+                            d_model=768, arch="modern"),
+    # llama2.c's stories15M shape.
+    "15M-llama2c": GPTConfig(vocab_size=32_000, context_length=256, n_layer=6, n_head=6, d_model=288,
+                             arch="modern", tie_embeddings=True),
+}
+
+
+def get_preset(name: str, **overrides: object) -> GPTConfig:
+    if name not in PRESETS:
+        raise TinyStoriesError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = replace(PRESETS[name], **overrides)  # type: ignore[arg-type]
+    return GPTConfig(**asdict(cfg))  # re-run validation
+
+
+def count_params(cfg: GPTConfig) -> tuple[int, int]:
+    """(total, non-embedding) parameter counts of a config, without building the model."""
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = GPT(cfg)
+    return model.num_params(), model.num_params(non_embedding=True)

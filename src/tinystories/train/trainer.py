@@ -1,0 +1,357 @@
+"""The training loop: plain PyTorch, no framework, readable top to bottom.
+
+One process (CPU, one GPU) or many (``torchrun --nproc_per_node N -m tinystories.cli train ...``,
+DDP). Every `checkpoint_interval` steps it writes ``OUT/checkpoint/``: a loadable model
+folder plus the optimizer, the data samplers' and the RNGs' states, so a resumed run
+continues with exactly the losses an uninterrupted one would have had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from tinystories.data.pretokenize import TokenFileInfo, load_tokens
+from tinystories.data.tokenizer import Tokenizer
+from tinystories.errors import TinyStoriesError
+from tinystories.eval.bpb import bits_per_byte
+from tinystories.model.checkpoint import load_model, load_tensors, model_state, save_model, save_tensors
+from tinystories.model.gpt import GPT
+from tinystories.train.config import TrainConfig, dump_config
+from tinystories.train.metrics import MetricsLog
+from tinystories.utils import atomic_write, pick_device, seed_everything, write_json
+
+CHECKPOINT = "checkpoint"
+OPTIMIZER_NAME = "optimizer.safetensors"
+STATE_NAME = "trainer_state.json"
+
+
+class TokenBatches:
+    """Random context windows from a token file, drawn by a seeded generator whose state is saved."""
+
+    def __init__(self, tokens: np.ndarray, context: int, batch: int, seed: int) -> None:
+        if len(tokens) <= context + 1:
+            raise TinyStoriesError(f"token file has {len(tokens)} tokens, fewer than one context "
+                                   f"window of {context + 1}: use more data or a shorter context")
+        self.tokens, self.context, self.batch = tokens, context, batch
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self.rng.integers(0, len(self.tokens) - self.context - 1, size=self.batch)
+        window = np.stack([self.tokens[s:s + self.context + 1] for s in starts]).astype(np.int64)
+        xy = torch.from_numpy(window)
+        if device.type == "cuda":
+            xy = xy.pin_memory().to(device, non_blocking=True)
+        return xy[:, :-1].to(device), xy[:, 1:].to(device)
+
+    def state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state
+
+
+def fixed_windows(tokens: np.ndarray, context: int, count: int) -> np.ndarray:
+    """`count` evenly spaced windows covering the validation tokens: the same at every eval."""
+    last = len(tokens) - context - 1
+    if last < 0:
+        raise TinyStoriesError(f"validation set has {len(tokens)} tokens, fewer than one window of {context + 1}")
+    starts = np.linspace(0, last, num=max(1, min(count, last + 1))).astype(np.int64)
+    return np.stack([tokens[s:s + context + 1] for s in starts]).astype(np.int64)
+
+
+def lr_at(cfg: TrainConfig, progress: float, step: int) -> float:
+    """Linear warmup, then cosine decay to min_lr over `progress` in [0, 1]."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return o.min_lr + (o.lr - o.min_lr) * cosine
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def setup(cls, device: str) -> tuple[Distributed, torch.device]:
+        if "RANK" not in os.environ:
+            return cls(), pick_device(device)
+        rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch.cuda.set_device(local)
+            return cls(rank, world, local), torch.device("cuda", local)
+        return cls(rank, world, local), torch.device("cpu")
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs: dict[str, Any] = dict(lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    try:  # the fused kernel is the fastest on GPU and on recent CPU builds
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, foreach=device.type != "cpu", **kwargs)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    sd = opt.state_dict()
+    tensors = {f"{idx}.{k}": v for idx, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("rng."):
+            continue
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def checkpoint_dir(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint (`checkpoint/`, or `checkpoint.old/` if a swap was cut short)."""
+    for name in (CHECKPOINT, CHECKPOINT + ".old"):
+        folder = out_dir / name
+        if (folder / STATE_NAME).exists():
+            return folder
+    return None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = True) -> None:
+        self.cfg = cfg
+        self.dist, self.device = Distributed.setup(cfg.device)
+        self.out = Path(cfg.out_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed + self.dist.rank)
+        data = Path(cfg.data_dir)
+        if not cfg.data_dir or not data.is_dir():
+            raise TinyStoriesError(f"data_dir {cfg.data_dir!r} is not a folder: run `tinystories pretokenize` "
+                                   "first and pass its output folder")
+        self.tokenizer = Tokenizer.from_file(data / "tokenizer.json")
+        if self.tokenizer.vocab_size > cfg.model.vocab_size:
+            raise TinyStoriesError(f"the tokenizer in {data} has {self.tokenizer.vocab_size} tokens but "
+                                   f"model.vocab_size is {cfg.model.vocab_size}: set model.vocab_size="
+                                   f"{self.tokenizer.vocab_size}")
+        train_tokens, _ = load_tokens(data / "train.bin", self.tokenizer)
+        self.batches = TokenBatches(train_tokens, cfg.model.context_length, cfg.batch_size,
+                                    cfg.seed + 1000 * self.dist.rank)
+        self.valid: tuple[np.ndarray, TokenFileInfo] | None = None
+        if (data / "valid.bin").exists():
+            valid_tokens, valid_info = load_tokens(data / "valid.bin", self.tokenizer)
+            self.valid = (fixed_windows(valid_tokens, cfg.model.context_length,
+                                        cfg.eval_batches * cfg.batch_size), valid_info)
+
+        self.model = GPT(cfg.model).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.step = 0
+        self.train_seconds = 0.0
+        if resume and (ckpt := checkpoint_dir(self.out)) is not None:
+            self._restore(ckpt)
+
+        self.dtype = self._autocast_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.compiled: torch.nn.Module = self.model
+        if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
+            self.compiled = torch.compile(self.model)  # type: ignore[assignment]
+        if self.dist.world > 1:
+            self.compiled = DistributedDataParallel(
+                self.compiled, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.log = MetricsLog(self.out, enabled=self.dist.main, keep_until=self.step)
+
+    def _autocast_dtype(self) -> torch.dtype:
+        name = self.cfg.dtype
+        if name == "auto":
+            name = "bfloat16" if self.device.type == "cuda" else "float32"
+        return getattr(torch, name)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # ---- checkpoints -------------------------------------------------------------------
+
+    def _restore(self, folder: Path) -> None:
+        loaded = load_model(folder, self.device)
+        if loaded.config["model"] != asdict(self.cfg.model):
+            raise TinyStoriesError(f"{folder} holds a model of another shape than this config asks for; "
+                                   "use another out_dir, or resume with the saved config.yaml")
+        if loaded.tokenizer.fingerprint != self.tokenizer.fingerprint:
+            raise TinyStoriesError(f"{folder} was trained with another tokenizer than {self.cfg.data_dir}'s")
+        self.model.load_state_dict(model_state(loaded.model), strict=False)
+        state = json.loads((folder / STATE_NAME).read_text())
+        tensors = load_tensors(folder / OPTIMIZER_NAME)
+        load_optimizer(self.optimizer, tensors, state["param_groups"])
+        self.step = state["step"]
+        self.train_seconds = state["train_seconds"]
+        rank = self.dist.rank
+        self.batches.load_state(state["data_states"][rank])
+        torch.set_rng_state(tensors[f"rng.torch.{rank}"])
+        if self.device.type == "cuda" and f"rng.cuda.{rank}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"])
+        if self.dist.main:
+            print(f"resuming from {folder} at step {self.step}")
+
+    def save_checkpoint(self) -> Path:
+        data_states = self.dist.gather(self.batches.state())
+        rng = self.dist.gather(torch.get_rng_state())
+        cuda_rng = self.dist.gather(torch.cuda.get_rng_state() if self.device.type == "cuda" else None)
+        final = self.out / CHECKPOINT
+        if not self.dist.main:
+            return final
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(tmp, self.model, self.tokenizer, extra={"training": {
+            "step": self.step, "tokens": self.step * self.cfg.tokens_per_step * self.dist.world}})
+        tensors, groups = optimizer_tensors(self.optimizer)
+        tensors.update({f"rng.torch.{r}": s for r, s in enumerate(rng)})
+        tensors.update({f"rng.cuda.{r}": s for r, s in enumerate(cuda_rng) if s is not None})
+        save_tensors(tensors, tmp / OPTIMIZER_NAME)
+        with atomic_write(tmp / "config.yaml") as f:
+            f.write(dump_config(self.cfg))
+        write_json(tmp / STATE_NAME, {"step": self.step, "train_seconds": self.train_seconds,
+                                      "data_states": data_states, "param_groups": groups})
+        # Swap in the new checkpoint; at every instant one complete checkpoint exists.
+        old = self.out / (CHECKPOINT + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    # ---- evaluation --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.valid is None:
+            return {}
+        windows, info = self.valid
+        self.model.eval()
+        losses = []
+        for i in range(0, len(windows), self.cfg.batch_size):
+            xy = torch.from_numpy(windows[i:i + self.cfg.batch_size]).to(self.device)
+            with self._autocast():
+                _, loss = self.model(xy[:, :-1], xy[:, 1:])
+            losses.append(float(loss) * len(xy))
+        self.model.train()
+        val_loss = sum(losses) / len(windows)
+        return {"val_loss": val_loss, "val_bpb": bits_per_byte(val_loss, info.tokens_per_byte)}
+
+    # ---- training ----------------------------------------------------------------------
+
+    def progress(self) -> float:
+        """How far through the run we are: by steps, or by time when a time budget is set."""
+        frac = self.step / self.cfg.max_steps
+        if self.cfg.max_minutes:
+            frac = max(frac, self.train_seconds / (60 * self.cfg.max_minutes))
+        return frac
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        lr = lr_at(cfg, self.progress(), self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            x, y = self.batches.next(self.device)
+            last = micro == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.compiled.no_sync()
+            with sync, self._autocast():
+                _, loss = self.compiled(x, y)
+                loss = loss / cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+        if cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.out / "config.yaml") as f:
+                f.write(dump_config(cfg))
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", desc="training",
+                   disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
+        tokens_per_step = cfg.tokens_per_step * self.dist.world
+        window_start, window_steps = time.perf_counter(), 0
+        last_eval: dict[str, float] = {}
+        while self.step < cfg.max_steps and self.progress() < 1.0:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            self.step += 1
+            self.train_seconds += time.perf_counter() - t0
+            window_steps += 1
+            bar.update(1)
+            if self.step % cfg.log_interval == 0 or self.step == 1:
+                elapsed = time.perf_counter() - window_start
+                tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
+                self.log.train(self.step, self.step * tokens_per_step, loss,
+                               self.optimizer.param_groups[0]["lr"], tok_s)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", **_short(last_eval))
+                window_start, window_steps = time.perf_counter(), 0
+            if self.step % cfg.eval_interval == 0:
+                last_eval = self._eval_and_log()
+            if self.step % cfg.checkpoint_interval == 0:
+                self.save_checkpoint()
+        bar.close()
+        if self.step % cfg.eval_interval != 0 or not last_eval:
+            last_eval = self._eval_and_log()
+        self.save_checkpoint()
+        if self.dist.main:
+            self.log.plot()
+        if self.dist.world > 1:
+            dist.destroy_process_group()
+        return last_eval
+
+    def _eval_and_log(self) -> dict[str, float]:
+        result = self.evaluate()
+        if result:
+            self.log.eval(self.step, self.step * self.cfg.tokens_per_step * self.dist.world, **result)
+            self.log.plot()
+        return result
+
+
+def _short(metrics: dict[str, float]) -> dict[str, str]:
+    return {"val_bpb": f"{metrics['val_bpb']:.3f}"} if "val_bpb" in metrics else {}
+
