@@ -69,7 +69,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
             f"{where}: unknown key(s) {unknown}; valid keys are {sorted(types_)}"
         )
     kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a dataclass's own validation (__post_init__)
+        raise TinyStoriesError(f"{where}: {exc}") from exc
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -16,6 +16,10 @@ import numpy as np
 import torch
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Write to a temporary file beside `path`, then rename it over `path`.
@@ -26,6 +30,7 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[I
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the usual permissions
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f

@@ -84,7 +84,7 @@ class LoadedModel:
 def read_config(folder: Path) -> dict[str, Any]:
     data = read_config_raw(folder)
     if "model" not in data:
-        raise TinyStoriesError(f"{path}: no 'model' section; was this folder written by tinystories?")
+        raise TinyStoriesError(f"{folder / CONFIG_NAME}: no 'model' section; was this folder written by tinystories?")
     return data
 
 
@@ -122,6 +122,8 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu",
 def load_any(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a tinystories model folder, or a Hugging Face `transformers` folder (converted)."""
     folder = Path(folder)
+    if not folder.exists():
+        raise TinyStoriesError(f"model folder not found: {folder}")
     config = read_config_raw(folder)
     if "model" in config:
         return load_model(folder, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from tinystories.train.config import build_train_config
 
@@ -37,6 +38,8 @@ def run_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
         device=args.device, seed=args.seed)
     result = Trainer(cfg, resume=not args.fresh).fit()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return 0
     if result:
         print(f"validation loss {result['val_loss']:.4f} nats/token, {result['val_bpb']:.4f} bits/byte")
     print(f"model saved in {cfg.out_dir}/checkpoint (sample it: tinystories sample {cfg.out_dir}/checkpoint)")

@@ -304,8 +304,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
-    def fit(self) -> dict[str, float]:
+    def fit(self, pause_at: int | None = None) -> dict[str, float]:
+        """Train to the end of the schedule (or until step `pause_at`, e.g. a job's slot); returns the last eval."""
         cfg = self.cfg
+        end = min(cfg.max_steps, pause_at or cfg.max_steps)
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out / "config.yaml") as f:
@@ -316,7 +318,7 @@ class Trainer:
         tokens_per_step = cfg.tokens_per_step * self.dist.world
         window_start, window_steps = time.perf_counter(), 0
         last_eval: dict[str, float] = {}
-        while self.step < cfg.max_steps and self.progress() < 1.0:
+        while self.step < end and self.progress() < 1.0:
             t0 = time.perf_counter()
             loss = self.train_step()
             self.step += 1

@@ -1,0 +1,124 @@
+"""Quality filters for generated stories; each rejection names its reason.
+
+Checks, cheapest first: refusal, non-ASCII / non-English, length, missing required words,
+overlap with the evaluation prompts (decontamination), near-duplicate of an accepted story
+(MinHash LSH). The near-duplicate index only grows with accepted stories.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from datasketch import MinHash, MinHashLSH
+
+from tinystories.data.vocabulary import Vocabulary
+from tinystories.utils import resource_path
+
+# Typographic characters a teacher model likes, mapped to the ASCII the corpus uses.
+_NORMALISE = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
+    "\u2026": "...", "\u00a0": " ", "\u2032": "'",
+})
+_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
+ENGLISH_STOPWORDS = ["the", "a", "and", "to", "was", "he", "she", "it", "they", "of", "in",
+                     "his", "her", "with", "said", "is", "on", "you", "i", "that", "had", "an"]
+REFUSALS = [r"i'?m sorry", r"i am sorry", r"as an ai", r"i can(?:no|')t (?:write|help|create|comply)",
+            r"i'?m not able to", r"i am unable", r"sorry, but"]
+
+
+@dataclass
+class FilterConfig:
+    min_words: int = 60
+    max_words: int = 1000
+    ascii_only: bool = True  # set false for non-Latin languages
+    stopwords: list[str] = field(default_factory=lambda: list(ENGLISH_STOPWORDS))
+    min_stopword_ratio: float = 0.15  # share of words that are stopwords; 0 disables
+    refusal_patterns: list[str] = field(default_factory=lambda: list(REFUSALS))
+    require_words: bool = True
+    near_duplicate_threshold: float = 0.8  # estimated Jaccard of word 3-grams; 1 disables
+    minhash_perm: int = 64
+    eval_prompts: str | None = None  # YAML list of story beginnings; None = the shipped 44
+    decontam_ngram: int = 8
+    decontam_threshold: float = 0.5  # share of a beginning's n-grams found in the story
+
+
+def normalise(text: str) -> str:
+    return text.translate(_NORMALISE).replace("\r\n", "\n").strip()
+
+
+def words_of(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+class StoryFilter:
+    def __init__(self, cfg: FilterConfig, vocabulary: Vocabulary):
+        self.cfg = cfg
+        self.vocabulary = vocabulary
+        self.stopwords = set(cfg.stopwords)
+        self.refusal = re.compile("|".join(cfg.refusal_patterns), re.IGNORECASE)
+        self.lsh = MinHashLSH(threshold=cfg.near_duplicate_threshold, num_perm=cfg.minhash_perm) \
+            if cfg.near_duplicate_threshold < 1 else None
+        self._contamination = self._eval_index()
+
+    def _eval_index(self) -> list[tuple[int, set[tuple[str, ...]]]]:
+        path = Path(self.cfg.eval_prompts) if self.cfg.eval_prompts else resource_path("evaluation_prompts.yaml")
+        beginnings = yaml.safe_load(path.read_text()) or []
+        out = []
+        for text in beginnings:
+            ws = words_of(text)
+            n = min(self.cfg.decontam_ngram, len(ws))
+            if n:
+                out.append((n, ngrams(ws, n)))
+        return out
+
+    def check(self, story: str, words: dict[str, str], key: str) -> str | None:
+        """None if `story` (already normalised) passes; else the reason. Accepted stories join the
+        near-duplicate index under `key`."""
+        ws = words_of(story)
+        if self.refusal.search(story[:300]):
+            return "refusal"
+        if self.cfg.ascii_only and any(not (32 <= ord(c) < 127 or c in "\n\t") for c in story):
+            return "non_ascii"
+        if self.cfg.min_stopword_ratio and sum(w in self.stopwords for w in ws) < self.cfg.min_stopword_ratio * len(ws):
+            return "non_english"
+        if not self.cfg.min_words <= len(ws) <= self.cfg.max_words:
+            return f"length ({len(ws)} words, allowed {self.cfg.min_words}-{self.cfg.max_words})"
+        if self.cfg.require_words:
+            present = set(ws)
+            missing = [w for w in words.values() if not self.vocabulary.surface_forms(w) & present]
+            if missing:
+                return f"missing_words ({', '.join(missing)})"
+        story_grams: dict[int, set[tuple[str, ...]]] = {}
+        for n, grams in self._contamination:
+            if n not in story_grams:
+                story_grams[n] = ngrams(ws, n)
+            if len(grams & story_grams[n]) >= self.cfg.decontam_threshold * len(grams):
+                return "eval_contamination"
+        if self.lsh is not None:
+            minhash = self._minhash(ws)
+            if self.lsh.query(minhash):
+                return "near_duplicate"
+            self.lsh.insert(key, minhash)
+        return None
+
+    def remember(self, story: str, key: str) -> None:
+        """Add an already accepted story (from an earlier session) to the near-duplicate index."""
+        if self.lsh is not None and key not in self.lsh:
+            self.lsh.insert(key, self._minhash(words_of(story)))
+
+    def _minhash(self, ws: list[str]) -> MinHash:
+        m = MinHash(num_perm=self.cfg.minhash_perm, seed=1)
+        m.update_batch([" ".join(g).encode() for g in ngrams(ws, 3)])
+        return m
+
+
+def reason_kind(reason: str) -> str:
+    """`length (12 words, ...)` -> `length`, for counting rejections by kind."""
+    return reason.split(" (")[0]

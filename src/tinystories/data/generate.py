@@ -1,0 +1,417 @@
+"""The generation run: prompts -> teacher -> filters -> append-only JSONL shards.
+
+The prompt index is the unit of work. Each index ends as exactly one line, in an accepted
+shard or in `rejected.jsonl`, written in one `write` call; on start the run reads what is
+there (cutting a line torn by a kill), skips those indices and does the rest. So a run can be
+killed at any moment and rerun with the same command until it completes. Indices whose
+requests failed for good are simply not written, and the next rerun retries them.
+
+Layout of the output folder:
+    data/stories-00000.jsonl   accepted stories (a `datasets` "json" dataset)
+    rejected.jsonl             rejected stories, each with its `reason`
+    manifest.json              config, seed, counts, usage, cost, coverage (written atomically)
+    README.md                  dataset card
+    batch_state.json           only while an OpenAI Batch API batch is in flight
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from tinystories.config import to_dict
+from tinystories.data.filters import FilterConfig, StoryFilter, normalise, reason_kind, words_of
+from tinystories.data.prompts import Prompt, PromptBuilder, PromptConfig, instruct_text
+from tinystories.data.teacher import Completion, TeacherClient, TeacherConfig, TeacherError
+from tinystories.errors import TinyStoriesError
+from tinystories.utils import write_json
+
+log = logging.getLogger(__name__)
+MANIFEST_EVERY_S = 10.0
+
+
+@dataclass
+class GenerateConfig:
+    n: int = 1000  # number of prompts (each ends accepted or rejected)
+    seed: int = 0
+    out: str = "runs/stories"
+    instruct: bool = False  # TinyStories-Instruct records (one more request per story)
+    batch_api: bool = False  # OpenAI Batch API instead of online requests
+    shard_size: int = 100_000  # accepted stories per JSONL shard
+    parquet: bool = False  # also write data.parquet at the end (needs pyarrow)
+    progress: bool = True
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What fixes the prompts and records: a resumed run must match it."""
+        return {"seed": self.seed, "instruct": self.instruct, "prompts": to_dict(self.prompts)}
+
+
+def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
+    """Records of an append-only JSONL file; a torn last line (from a kill) is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: cutting a torn last line (%d bytes) left by an interrupted run", path, len(data) - end)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    records = []
+    for line in data[:end].splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: skipping an unreadable line", path)
+    return records
+
+
+class ShardWriter:
+    """Appends records to data/stories-NNNNN.jsonl, starting a new shard every `shard_size`."""
+
+    def __init__(self, folder: Path, shard_size: int):
+        self.folder, self.shard_size = folder, shard_size
+        folder.mkdir(parents=True, exist_ok=True)
+        self.shard = max((int(p.stem.split("-")[1]) for p in folder.glob("stories-*.jsonl")), default=0)
+        self.lines = len(self.path.read_bytes().splitlines()) if self.path.exists() else 0
+        self.file = open(self.path, "a")  # noqa: SIM115 - held open for the whole run
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"stories-{self.shard:05d}.jsonl"
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self.lines >= self.shard_size:
+            self.file.close()
+            self.shard, self.lines = self.shard + 1, 0
+            self.file = open(self.path, "a")  # noqa: SIM115 - held until the next shard
+        append_line(self.file, record)
+        self.lines += 1
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+
+def append_line(file: Any, record: dict[str, Any]) -> None:
+    # One write of the whole line, flushed: a kill leaves at most a torn last line.
+    file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    file.flush()
+
+
+def story_id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def clean_summary(text: str) -> str:
+    text = normalise(text)
+    if text.lower().startswith("summary:"):
+        text = text[len("summary:"):]
+    return " ".join(text.split())
+
+
+class Run:
+    def __init__(self, cfg: GenerateConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.builder = PromptBuilder(cfg.prompts, cfg.seed)
+        self.filter = StoryFilter(cfg.filters, self.builder.vocabulary)
+        self.form_index = self.builder.vocabulary.form_index()
+        self.done: set[int] = set()
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+        self.failed: dict[int, str] = {}  # index -> last error, this session
+        self.record_tokens = Counter()  # usage summed over the written records
+        self.prompt_words: set[str] = set()
+        self.story_words: set[str] = set()
+        self.started = time.monotonic()
+        self.last_manifest = 0.0
+
+    # --- state on disk ----------------------------------------------------------------
+
+    def _check_manifest(self) -> None:
+        path = self.out / "manifest.json"
+        if path.exists():
+            old = json.loads(path.read_text()).get("fingerprint")
+            if old != self.cfg.fingerprint():
+                raise TinyStoriesError(
+                    f"{self.out} holds a run with another seed, prompt config or --instruct "
+                    f"({old}); resume it with the same settings or choose a new --out"
+                )
+
+    def _load(self) -> None:
+        for record in read_jsonl_repairing(self.out / "rejected.jsonl"):
+            if record["index"] not in self.done:
+                self.done.add(record["index"])
+                self.rejected[reason_kind(record["reason"])] += 1
+                self.record_tokens.update(record.get("usage", {}))
+        for shard in sorted((self.out / "data").glob("stories-*.jsonl")):
+            for record in read_jsonl_repairing(shard):
+                if record["index"] not in self.done:
+                    self._count_accepted(record)
+                    self.filter.remember(record.get("story", record["text"]), record["id"])
+
+    def _count_accepted(self, record: dict[str, Any]) -> None:
+        self.done.add(record["index"])
+        self.accepted += 1
+        self.record_tokens.update(record.get("usage", {}))
+        self.prompt_words.update(record["words"])
+        for w in words_of(record.get("story", record["text"])):
+            self.story_words.update(self.form_index.get(w, ()))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if record["index"] in self.done:  # a re-collected batch after a crash
+            return
+        if "reason" in record:
+            append_line(self.rejected_file, record)
+            self.done.add(record["index"])
+            self.rejected[reason_kind(record["reason"])] += 1
+            self.record_tokens.update(record["usage"])
+        else:
+            self.shards.append(record)
+            self._count_accepted(record)
+        self.bar.update(1)
+        self.bar.set_postfix_str(self._postfix(), refresh=False)
+        if time.monotonic() - self.last_manifest > MANIFEST_EVERY_S:
+            self.write_manifest("running")
+
+    def _postfix(self) -> str:
+        usage = self.client.usage
+        elapsed = max(1e-9, time.monotonic() - self.started)
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        return (f"{tokens / elapsed:.0f} tok/s, {sum(self.rejected.values())} rejected, "
+                f"{len(self.failed)} failed, {usage.retries} retries, ${usage.cost(self.cfg.teacher):.4f}")
+
+    def coverage(self) -> dict[str, Any]:
+        vocab = self.builder.vocabulary
+        out: dict[str, Any] = {}
+        for name, seen in (("prompts", self.prompt_words), ("stories", self.story_words)):
+            out[name] = {cat: round(len(seen & set(ws)) / len(ws), 4) for cat, ws in vocab.words.items()}
+            out[name]["all"] = round(len(seen & vocab.all_words()) / len(vocab.all_words()), 4)
+        return out
+
+    def write_manifest(self, status: str) -> dict[str, Any]:
+        self.last_manifest = time.monotonic()
+        session = self.client.usage
+        manifest = {
+            "status": status,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "fingerprint": self.cfg.fingerprint(),
+            "config": to_dict(self.cfg),  # holds the key's variable name, never the key
+            "counts": {
+                "requested": self.cfg.n, "accepted": self.accepted,
+                "rejected": sum(self.rejected.values()), "rejected_by_reason": dict(self.rejected),
+                "pending": self.cfg.n - len(self.done & set(range(self.cfg.n))),
+                "failed_this_session": len(self.failed),
+            },
+            "usage": {
+                "records": dict(self.record_tokens),
+                "cost_usd_records": round(
+                    (self.record_tokens["prompt_tokens"] * self.cfg.teacher.price_input_per_1m
+                     + self.record_tokens["completion_tokens"] * self.cfg.teacher.price_output_per_1m) / 1e6, 6),
+                "this_session": {"requests": session.requests, "retries": session.retries,
+                                 "prompt_tokens": session.prompt_tokens,
+                                 "completion_tokens": session.completion_tokens,
+                                 "retry_reasons": session.errors,
+                                 "cost_usd": round(session.cost(self.cfg.teacher), 6)},
+            },
+            "vocabulary_coverage": self.coverage(),
+            "failures_this_session": dict(list(self.failed.items())[:20]),
+        }
+        write_json(self.out / "manifest.json", manifest)
+        return manifest
+
+    # --- one story ----------------------------------------------------------------------
+
+    def judge(self, prompt: Prompt, completion: Completion) -> dict[str, Any]:
+        """The record for a story: accepted (no `reason`) or rejected (with one)."""
+        story = normalise(completion.text)
+        record = {
+            "id": story_id(story), "index": prompt.index, "text": story, "prompt": prompt.text,
+            "words": list(prompt.words.values()), "features": prompt.features,
+            "model": self.cfg.teacher.model,
+            "usage": {"prompt_tokens": completion.prompt_tokens,
+                      "completion_tokens": completion.completion_tokens},
+        }
+        reason = self.filter.check(story, prompt.words, record["id"])
+        return {**record, "reason": reason} if reason else record
+
+    def finish_instruct(self, record: dict[str, Any], prompt: Prompt, summary: Completion) -> dict[str, Any]:
+        story, summary_text = record["text"], clean_summary(summary.text)
+        text, header = instruct_text(prompt, story, summary_text, self.cfg.seed)
+        usage = {"prompt_tokens": record["usage"]["prompt_tokens"] + summary.prompt_tokens,
+                 "completion_tokens": record["usage"]["completion_tokens"] + summary.completion_tokens}
+        return {**record, "id": story_id(text), "text": text, "story": story,
+                "summary": summary_text, "instruction": header, "usage": usage}
+
+    async def process(self, index: int) -> None:
+        prompt = self.builder.prompt(index)
+        try:
+            record = self.judge(prompt, await self.client.complete(prompt.text))
+            if self.cfg.instruct and "reason" not in record:
+                summary = await self.client.complete(self.builder.summary_request(record["text"]))
+                record = self.finish_instruct(record, prompt, summary)
+        except TeacherError as exc:
+            self.failed[index] = str(exc)
+            log.warning("prompt %d failed: %s", index, exc)
+            return
+        self._write(record)
+
+    # --- drivers ------------------------------------------------------------------------
+
+    async def run_online(self, pending: list[int]) -> None:
+        todo = iter(pending)  # shared by the workers: each index is handed out once
+
+        async def worker() -> None:
+            for index in todo:
+                await self.process(index)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.cfg.teacher.concurrency, len(pending)) or 1)))
+
+    async def run_batches(self, pending: list[int]) -> None:
+        """OpenAI Batch API: one batch of stories (then one of summaries for --instruct) at a
+        time; the batch id is saved first, so a restarted run collects it instead of paying twice."""
+        state_path = self.out / "batch_state.json"
+        todo = list(pending)
+        while True:
+            state = json.loads(state_path.read_text()) if state_path.exists() else None
+            if state is None:
+                chunk = [i for i in todo if i not in self.done][: self.cfg.teacher.batch_max_requests]
+                todo = todo[len(chunk):]
+                if not chunk:
+                    return
+                batch_id = await self.client.submit_batch({str(i): self.builder.prompt(i).text for i in chunk})
+                state = {"phase": "story", "batch_id": batch_id, "indices": chunk}
+                write_json(state_path, state)
+            results = await self.client.collect_batch(state["batch_id"])
+            next_state = self._handle_batch(state, results)
+            if next_state:
+                next_state["batch_id"] = await self.client.submit_batch(
+                    {i: self.builder.summary_request(r["text"]) for i, r in next_state["records"].items()})
+                write_json(state_path, next_state)
+            else:
+                state_path.unlink()
+
+    def _handle_batch(self, state: dict[str, Any], results: dict[str, Completion | str]) -> dict[str, Any] | None:
+        """Write the records a finished batch completes; the summary batch still needed, if any."""
+        need_summary: dict[str, dict[str, Any]] = {}
+        items = state["indices"] if state["phase"] == "story" else list(state["records"])
+        for key in map(str, items):
+            index, result = int(key), results.get(key, "missing from the batch output")
+            if index in self.done:
+                continue
+            if isinstance(result, str):
+                self.failed[index] = result
+                continue
+            prompt = self.builder.prompt(index)
+            if state["phase"] == "summary":
+                self._write(self.finish_instruct(state["records"][key], prompt, result))
+                continue
+            record = self.judge(prompt, result)
+            if self.cfg.instruct and "reason" not in record:
+                need_summary[key] = record
+            else:
+                self._write(record)
+        return {"phase": "summary", "records": need_summary} if need_summary else None
+
+    async def _drive(self, pending: list[int]) -> None:
+        try:
+            await (self.run_batches(pending) if self.cfg.batch_api else self.run_online(pending))
+        finally:
+            await self.client.aclose()
+
+    def run(self) -> dict[str, Any]:
+        self._check_manifest()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._load()
+        pending = [i for i in range(self.cfg.n) if i not in self.done]
+        self.client = TeacherClient(self.cfg.teacher)
+        self.bar = tqdm(total=self.cfg.n, initial=self.cfg.n - len(pending), unit="story",
+                        disable=not self.cfg.progress, dynamic_ncols=True)
+        self.shards = ShardWriter(self.out / "data", self.cfg.shard_size)
+        with open(self.out / "rejected.jsonl", "a") as self.rejected_file:
+            self.write_manifest("running")
+            try:
+                asyncio.run(self._drive(pending))
+            finally:
+                self.bar.close()
+                self.shards.close()
+                complete = len(self.done & set(range(self.cfg.n))) == self.cfg.n
+                manifest = self.write_manifest("complete" if complete else "incomplete")
+        write_dataset_card(self.out, manifest)
+        if self.cfg.parquet:
+            write_parquet(self.out)
+        return manifest
+
+
+def size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def write_dataset_card(out: Path, manifest: dict[str, Any]) -> None:
+    cfg, counts = manifest["config"], manifest["counts"]
+    coverage = manifest["vocabulary_coverage"]
+    front = {
+        "pretty_name": "Synthetic TinyStories" + ("-Instruct" if cfg["instruct"] else ""),
+        "language": ["en"], "task_categories": ["text-generation"],
+        "size_categories": [size_category(counts["accepted"])],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.jsonl"}]}],
+    }
+    body = f"""# {front['pretty_name']}
+
+Short stories for small children, generated with the recipe of *TinyStories* (Eldan & Li,
+2023) by `tinystories generate`: each prompt asks the teacher model for a 3-5 paragraph story
+using a random verb, noun and adjective and a random set of story features.
+
+- teacher model: `{cfg['teacher']['model']}` ({cfg['teacher']['api']} API)
+- seed: {cfg['seed']}, prompts: {counts['requested']}
+- accepted: {counts['accepted']}, rejected: {counts['rejected']} {counts['rejected_by_reason']}
+- status: {manifest['status']} (pending: {counts['pending']})
+- vocabulary coverage (all words): prompts {coverage['prompts']['all']:.1%}, stories {coverage['stories']['all']:.1%}
+- cost of the kept records: ${manifest['usage']['cost_usd_records']}
+
+## Fields
+
+`text` (the training text{'; for Instruct, the instruction lines then `Story: `' if cfg['instruct'] else ''}),
+`id` (content hash of `text`), `index` (prompt number), `prompt`, `words` (in the order
+{', '.join(f'`{k}`' for k in coverage['prompts'] if k != 'all')}), `features`, `model`, `usage`{', `story`, `summary`, `instruction`' if cfg['instruct'] else ''}.
+
+Rejected stories are kept in `rejected.jsonl` with a `reason`; see `manifest.json` for the
+full configuration.
+"""
+    with open(out / "README.md", "w") as f:
+        f.write("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body)
+
+
+def write_parquet(out: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise TinyStoriesError("--parquet needs pyarrow: pip install pyarrow") from exc
+    records = [r for shard in sorted((out / "data").glob("stories-*.jsonl")) for r in read_jsonl_repairing(shard)]
+    pq.write_table(pa.Table.from_pylist(records), out / "data.parquet")
+
+
+def generate(cfg: GenerateConfig) -> dict[str, Any]:
+    if cfg.n < 0:
+        raise TinyStoriesError("n must be >= 0")
+    return Run(cfg).run()

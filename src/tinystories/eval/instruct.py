@@ -1,0 +1,97 @@
+"""Instruction following (the paper's TinyStories-Instruct): stories from Features / Words /
+Summary / Random sentence instructions, graded by a judge, plus a judge-free check that every
+required word appears in the story (allowing simple inflections: jump -> jumped, jumping, jumps)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tinystories.errors import TinyStoriesError
+from tinystories.eval.judge import JudgeRun, Judgment
+from tinystories.eval.stats import bootstrap_mean
+from tinystories.utils import resource_path
+
+STORY_MARK = "Story: "
+_WORD = re.compile(r"[a-z]+")
+_VOWELS = set("aeiou")
+
+
+def load_instructions(path: str | Path | None = None) -> list[str]:
+    """Instruction headers, each ending with 'Story: ' (the format of TinyStories-Instruct)."""
+    path = Path(path) if path else resource_path("instruct_valid_first50_headers.json")
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TinyStoriesError(f"cannot read instructions from {path}: {exc}") from exc
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise TinyStoriesError(f"{path}: expected a JSON list of instruction strings")
+    # the model continues after 'Story: ', so every header must end with it
+    return [x if x.endswith(STORY_MARK) else x.rstrip() + "\n" + STORY_MARK for x in items]
+
+
+def model_prompt(header: str) -> str:
+    """What the model continues: the header up to 'Story:'. The space after it is left to the
+    model, because BPE tokenizers merge it into the story's first word (' Once')."""
+    return header.rstrip(" ")
+
+
+def instruction_text(header: str) -> str:
+    """The instructions shown to the judge: the header without its 'Story:' line."""
+    return header[: header.rfind(STORY_MARK)].strip() if STORY_MARK in header else header.strip()
+
+
+def required_words(header: str) -> list[str]:
+    words = []
+    for line in header.splitlines():
+        if line.startswith("Words:"):
+            words += [w.strip().lower() for w in line[len("Words:"):].split(",") if w.strip()]
+    return words
+
+
+def inflections(word: str) -> set[str]:
+    """The word and its regular inflections (plural, past, -ing, comparative, adverb)."""
+    forms = {word, word + "s", word + "es", word + "ed", word + "ing", word + "er", word + "est", word + "ly"}
+    if word.endswith("e"):
+        forms |= {word + "d", word + "r", word + "st", word[:-1] + "ing", word[:-1] + "y"}
+    if word.endswith("y") and len(word) > 1 and word[-2] not in _VOWELS:
+        stem = word[:-1]
+        forms |= {stem + "ies", stem + "ied", stem + "ier", stem + "iest", stem + "ily"}
+    if len(word) >= 3 and word[-1] not in _VOWELS | {"w", "x", "y"} and word[-2] in _VOWELS \
+            and word[-3] not in _VOWELS:  # CVC: run -> running, stop -> stopped, big -> bigger
+        forms |= {word + word[-1] + s for s in ("ed", "ing", "er", "est", "y")}
+    return forms
+
+
+def word_check(header: str, story: str) -> dict[str, Any]:
+    """Which of the required words the story contains (in some simple inflected form)."""
+    present = set(_WORD.findall(story.lower()))
+    words = required_words(header)
+    found = [w for w in words if inflections(w) & present]
+    return {"words": words, "found": found, "missing": [w for w in words if w not in found]}
+
+
+def instruct_requests(run: JudgeRun, model_name: str, headers: Sequence[str],
+                      stories: Sequence[Sequence[str]]) -> list[Judgment]:
+    return run.requests([
+        ({"instructions": instruction_text(h), "completion": story},
+         {"model": model_name, "prompt": i, "sample": k, "instructions": instruction_text(h),
+          "completion": story, "word_check": word_check(h, story)})
+        for i, (h, samples) in enumerate(zip(headers, stories)) for k, story in enumerate(samples)
+    ])
+
+
+def summarize_instruct(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
+    with_words = [j.meta["word_check"] for j in judgments if j.meta["word_check"]["words"]]
+    return {
+        "scores": {key: bootstrap_mean([j.parsed[key] if j.ok else None for j in judgments],
+                                       seed=seed).to_json() for key in ("instructions", "grammar")},
+        # judge-free: share of stories with every required word, and share of required words present
+        "all_words_present": bootstrap_mean([float(not c["missing"]) for c in with_words], seed=seed).to_json(),
+        "words_present": bootstrap_mean([len(c["found"]) / len(c["words"]) for c in with_words],
+                                        seed=seed).to_json(),
+        "judged": sum(j.ok for j in judgments), "missing": sum(not j.ok for j in judgments),
+    }

@@ -1,0 +1,299 @@
+"""Grading by a judge LLM: prompt templates, strict answer parsers, a judgment cache, a runner.
+
+The runner talks to the judge through one async callable, `complete(prompt) -> text`, so any
+client fits; `make_judge` wraps the project's shared OpenAI-compatible client
+(`tinystories.data.teacher.TeacherClient`: retries, backoff, rate limits, timeouts).
+
+A judgment the judge fails to give (an HTTP error after retries, or an answer the strict
+parser refuses, re-asked a bounded number of times) is recorded as missing, never as 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import string
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tinystories.errors import TinyStoriesError
+from tinystories.utils import resource_path
+
+CompleteFn = Callable[[str], Awaitable[str]]
+Parser = Callable[[str], dict[str, Any]]
+
+SCORE_KEYS = ("grammar", "creativity", "consistency", "plot")
+AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
+
+
+class JudgeParseError(ValueError):
+    """The judge's answer is not in the format the template asks for."""
+
+
+@dataclass
+class JudgeConfig:
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o"
+    api_key_env: str = "OPENAI_API_KEY"  # name of the variable; the key itself is never stored
+    temperature: float = 0.0
+    max_tokens: int = 600  # the written assessment plus the JSON block
+    concurrency: int = 8
+    requests_per_minute: float = 0.0
+    timeout_s: float = 120.0
+    max_retries: int = 6  # HTTP-level retries inside the client
+    parse_attempts: int = 3  # re-asks after an answer the parser refuses
+    backoff_base_s: float = 1.0
+    cache: str = ""  # JSONL file of judgments; "" = no cache
+
+
+# --- templates ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    text: str
+
+    @classmethod
+    def load(cls, name_or_path: str) -> Template:
+        """A bundled template (`grade`, `pairwise`, `instruct`, `probe`) or a path to a text file."""
+        path = Path(name_or_path)
+        if not path.exists():
+            path = resource_path(f"judge_{name_or_path}.txt")
+        if not path.exists():
+            raise TinyStoriesError(f"judge template {name_or_path!r} not found: give one of grade, "
+                                   "pairwise, instruct, probe or the path of a template file")
+        return cls(path.stem, path.read_text(encoding="utf-8"))
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def fill(self, **fields: str) -> str:
+        unused = [f for f in fields if f"${f}" not in self.text and f"${{{f}}}" not in self.text]
+        if unused:  # e.g. a custom template that never shows the judge the completion
+            raise TinyStoriesError(f"judge template {self.name} lacks the placeholder(s) "
+                                   f"{', '.join('$' + f for f in unused)}; this kind of template takes "
+                                   f"{', '.join('$' + f for f in sorted(fields))}")
+        try:  # $name placeholders: JSON braces in the template need no escaping
+            return string.Template(self.text).substitute(fields)
+        except (KeyError, ValueError) as exc:
+            raise TinyStoriesError(f"judge template {self.name}: placeholder {exc} has no value; "
+                                   f"this template takes {sorted(fields)}") from exc
+
+
+# --- strict parsers -------------------------------------------------------------------------
+
+_JSON_BLOCK = re.compile(r"\{[^{}]*\}", re.DOTALL)
+
+
+def last_json_object(answer: str) -> dict[str, Any]:
+    """The last flat JSON object in the answer (the template asks for it at the end)."""
+    for candidate in reversed(_JSON_BLOCK.findall(answer)):
+        try:
+            obj = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    raise JudgeParseError("no JSON block in the answer")
+
+
+def _score(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    # bool is an int subclass: `true` is not a score
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
+        raise JudgeParseError(f"{key!r} must be an integer 0-10, got {value!r}")
+    return value
+
+
+def parse_grade(answer: str) -> dict[str, Any]:
+    """All four scores (integers 0-10) and an age group letter A-F, or JudgeParseError."""
+    obj = last_json_object(answer)
+    result: dict[str, Any] = {key: _score(obj, key) for key in SCORE_KEYS}
+    age = obj.get("age_group")
+    if not isinstance(age, str) or age.strip().upper() not in AGE_GROUPS:
+        raise JudgeParseError(f"'age_group' must be one of {', '.join(AGE_GROUPS)}, got {age!r}")
+    result["age_group"] = age.strip().upper()
+    return result
+
+
+def parse_pairwise(answer: str) -> dict[str, Any]:
+    winner = str(last_json_object(answer).get("winner", "")).strip().lower()
+    if winner not in ("1", "2", "tie"):
+        raise JudgeParseError(f"'winner' must be \"1\", \"2\" or \"tie\", got {winner!r}")
+    return {"winner": winner}
+
+
+def parse_instruct(answer: str) -> dict[str, Any]:
+    obj = last_json_object(answer)
+    return {key: _score(obj, key) for key in ("instructions", "grammar")}
+
+
+def parse_probe(answer: str) -> dict[str, Any]:
+    verdict = str(last_json_object(answer).get("verdict", "")).strip().lower()
+    if verdict not in ("correct", "incorrect", "unclear"):
+        raise JudgeParseError(f"'verdict' must be correct, incorrect or unclear, got {verdict!r}")
+    return {"verdict": verdict}
+
+
+# --- cache ----------------------------------------------------------------------------------
+
+class JudgmentCache:
+    """Parsed judgments in an append-only JSONL file, keyed by judge model, template and prompt.
+
+    Only successful judgments are stored, so a rerun re-asks exactly the missing ones.
+    """
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path and self.path.exists():
+            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    item = json.loads(line)
+                    self.entries[item["key"]] = item
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    # a line cut short by a crash: skip it, the judgment is simply asked again
+                    print(f"warning: {self.path}:{n}: unreadable cache line skipped", file=sys.stderr)
+
+    @staticmethod
+    def key(judge_model: str, template: Template, prompt: str) -> str:
+        return hashlib.sha256(f"{judge_model}\0{template.sha}\0{prompt}".encode()).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, item: dict[str, Any]) -> None:
+        item = {"key": key, **item}
+        self.entries[key] = item
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(item, ensure_ascii=False) + "\n")
+
+
+# --- runner ---------------------------------------------------------------------------------
+
+@dataclass
+class Judgment:
+    prompt: str
+    meta: dict[str, Any]  # what was judged (model, beginning index, sample, ...)
+    parsed: dict[str, Any] | None = None  # None = missing
+    answer: str = ""  # the judge's raw text (of the last attempt)
+    attempts: int = 0
+    cached: bool = False
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.parsed is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CostPreview:
+    calls: int
+    cached: int
+    prompt_tokens: int  # estimated: 4 characters per token
+    max_completion_tokens: int
+
+    def __str__(self) -> str:
+        return (f"{self.calls} judge calls ({self.cached} more answered from the cache), about "
+                f"{self.prompt_tokens:,} prompt tokens and at most {self.max_completion_tokens:,} "
+                "completion tokens (re-asks after malformed answers come on top)")
+
+
+@dataclass
+class JudgeRun:
+    """One batch of judgments: same template, parser and judge."""
+
+    template: Template
+    parser: Parser
+    judge_model: str
+    cache: JudgmentCache = field(default_factory=lambda: JudgmentCache(None))
+
+    def requests(self, items: Sequence[tuple[dict[str, str], dict[str, Any]]]) -> list[Judgment]:
+        """Fill the template for each (fields, meta) pair; answer what the cache already has."""
+        out = []
+        for fields, meta in items:
+            j = Judgment(self.template.fill(**fields), meta)
+            hit = self.cache.get(self._key(j))
+            if hit is not None:
+                j.parsed, j.answer, j.cached = hit["parsed"], hit["answer"], True
+            out.append(j)
+        return out
+
+    def preview(self, judgments: Sequence[Judgment], max_tokens: int) -> CostPreview:
+        todo = [j for j in judgments if not j.cached]
+        return CostPreview(len(todo), len(judgments) - len(todo),
+                           sum(len(j.prompt) // 4 for j in todo), len(todo) * max_tokens)
+
+    def _key(self, j: Judgment) -> str:
+        return JudgmentCache.key(self.judge_model, self.template, j.prompt)
+
+    async def run(self, judgments: Sequence[Judgment], complete: CompleteFn, concurrency: int = 8,
+                  parse_attempts: int = 3, progress: bool = True) -> list[Judgment]:
+        todo = [j for j in judgments if not j.cached]
+        limit = asyncio.Semaphore(concurrency)
+        bar = tqdm(total=len(todo), desc=f"judging ({self.template.name})", unit="call",
+                   disable=not progress or not todo)
+
+        async def one(j: Judgment) -> None:
+            async with limit:
+                for _ in range(parse_attempts):
+                    j.attempts += 1
+                    try:
+                        j.answer = await complete(j.prompt)
+                        j.parsed = self.parser(j.answer)
+                        j.error = ""
+                        break
+                    except JudgeParseError as exc:
+                        j.error = f"unparseable answer: {exc}"
+                    except TinyStoriesError:
+                        raise  # a user mistake (bad key, wrong URL): stop the whole run
+                    except Exception as exc:  # noqa: BLE001 - the client gave up: missing, not fatal
+                        j.error = f"{type(exc).__name__}: {exc}"[:300]
+                        break  # the client already retried with backoff
+            if j.ok:
+                self.cache.put(self._key(j), {"judge": self.judge_model, "template": self.template.sha,
+                                              "parsed": j.parsed, "answer": j.answer})
+            bar.update(1)
+
+        try:
+            await asyncio.gather(*(one(j) for j in todo))
+        finally:
+            bar.close()
+        return list(judgments)
+
+
+def make_judge(cfg: JudgeConfig) -> Callable[[], Any]:
+    """An async context manager factory yielding `complete(prompt) -> text` on the shared client."""
+    from contextlib import aclosing, asynccontextmanager
+
+    from tinystories.data.teacher import TeacherClient, TeacherConfig
+
+    teacher_cfg = TeacherConfig(
+        base_url=cfg.base_url, model=cfg.model, api="chat", api_key_env=cfg.api_key_env,
+        max_tokens=cfg.max_tokens, temperature=cfg.temperature, concurrency=cfg.concurrency,
+        requests_per_minute=cfg.requests_per_minute, timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries, backoff_base_s=cfg.backoff_base_s,
+        backoff_max_s=max(cfg.backoff_base_s, 30.0),
+    )
+
+    @asynccontextmanager
+    async def session():
+        async with aclosing(TeacherClient(teacher_cfg)) as client:
+            async def complete(prompt: str) -> str:
+                return (await client.complete(prompt)).text
+            yield complete
+
+    return session

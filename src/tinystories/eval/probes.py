@@ -1,0 +1,48 @@
+"""The paper's probes of factual knowledge, reasoning and context tracking (its Figures 10-12):
+short beginnings whose continuation is right or wrong, judged as correct/incorrect/unclear."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tinystories.eval.gpt_eval import normalize_quotes
+from tinystories.eval.judge import JudgeRun, Judgment
+from tinystories.eval.stats import bootstrap_mean
+from tinystories.utils import resource_path
+
+CATEGORIES = {
+    "factual": "factual knowledge",
+    "reasoning": "reasoning",
+    "context_tracking": "context tracking",
+}
+
+
+def load_probes() -> dict[str, list[str]]:
+    """Category -> prompts, curly quotes from the PDF made straight."""
+    return {cat: [normalize_quotes(p) for p in json.loads(resource_path(f"paper_{cat}_prompts.json").read_text())]
+            for cat in CATEGORIES}
+
+
+def probe_requests(run: JudgeRun, model_name: str, probes: dict[str, list[str]],
+                   completions: dict[str, Sequence[Sequence[str]]]) -> list[Judgment]:
+    return run.requests([
+        ({"category": CATEGORIES[cat], "beginning": prompt.rstrip(), "completion": completion.strip()},
+         {"model": model_name, "category": cat, "prompt": i, "sample": k, "beginning": prompt,
+          "completion": completion})
+        for cat, prompts in probes.items()
+        for i, (prompt, samples) in enumerate(zip(prompts, completions[cat]))
+        for k, completion in enumerate(samples)
+    ])
+
+
+def summarize_probes(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
+    """Per category: share judged correct (unclear counts as not correct), with its interval."""
+    out = {}
+    for cat in CATEGORIES:
+        js = [j for j in judgments if j.meta["category"] == cat]
+        if js:
+            out[cat] = bootstrap_mean([float(j.parsed["verdict"] == "correct") if j.ok else None for j in js],
+                                      seed=seed).to_json()
+    return out

@@ -1,0 +1,339 @@
+"""Continuous batching: many requests share one forward pass per decode step.
+
+A background thread owns the model. Between decode steps it admits waiting requests
+into the running batch: their prompts are prefilled together, and their keys/values are
+copied into the batch's KV cache, right-aligned with the rows already running (our GPT
+masks left padding and skips it in positions, so every row computes exactly what it
+would alone). Finished or cancelled rows leave the batch at the next step. Each row has
+its own temperature / top-k / top-p and its own random generator (so a `seed` makes a
+request reproducible whatever else is in the batch).
+
+Rows report to their consumer through a callback (the server passes one that hands
+events to its asyncio loop); text is detokenized here, incrementally, holding back an
+incomplete UTF-8 character or the possible start of a stop string.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from tinystories.infer.sampling import left_pad
+from tinystories.model.checkpoint import LoadedModel
+from tinystories.model.gpt import KVCache
+
+
+@dataclass
+class RowParams:
+    max_new_tokens: int
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int = 0  # how many alternatives to report per token (0 = only the chosen one's)
+
+
+@dataclass
+class Event:
+    """New text of one row; `finish_reason` is set on the row's last event."""
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # log-probability of each new token under the model (temperature 1)
+    top_logprobs: list[dict[int, float]]
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+class Row:
+    def __init__(self, prompt: list[int], params: RowParams, emit: Callable[[Event], None]) -> None:
+        self.prompt, self.params, self.emit = prompt, params, emit
+        self.ids: list[int] = []
+        self.sent = ""  # text already emitted
+        self.cancelled = False
+        self.finish_reason: str | None = None
+        self.generator = torch.Generator()
+        self.generator.manual_seed(params.seed if params.seed is not None
+                                   else int(torch.randint(0, 2**62, (1,)).item()))
+        self.pending_ids: list[int] = []
+        self.pending_lp: list[float] = []
+        self.pending_top: list[dict[int, float]] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """Called from any thread (a client went away): the engine drops the row next step."""
+        self.cancelled = True
+
+
+def filter_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                top_p: torch.Tensor) -> torch.Tensor:
+    """`sampling.filter_logits` with per-row settings: logits [B, V], the rest [B]."""
+    logits = logits.float() / temperature.clamp(min=1e-6)[:, None]
+    rows = ((top_k > 0) | (top_p < 1)).nonzero().flatten()
+    if not len(rows):  # nothing to cut (the common case): skip the sort
+        return logits
+    sub, k, p = logits[rows], top_k[rows, None], top_p[rows, None]
+    sorted_logits, order = torch.sort(sub, dim=-1, descending=True)
+    rank = torch.arange(sub.size(-1), device=sub.device)[None]
+    drop = (k > 0) & (rank >= k)
+    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
+    drop = drop | ((probs.cumsum(-1) - probs) >= p)  # the first token always stays
+    logits[rows] = sub.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def sample_rows(logits: torch.Tensor, filtered: torch.Tensor, temperature: torch.Tensor,
+                generators: list[torch.Generator]) -> list[int]:
+    """One token per row: argmax where temperature is 0, else a draw from softmax(filtered).
+
+    Inverse-CDF sampling, vectorized: each row takes one uniform number from its own
+    generator, so a seeded row draws the same tokens whatever else is in the batch.
+    """
+    u = torch.tensor([torch.rand(1, generator=g).item() for g in generators], device=logits.device)
+    cum = filtered.softmax(-1).cumsum(-1)
+    sampled = torch.searchsorted(cum, (u * cum[:, -1])[:, None], side="right")[:, 0]
+    sampled = sampled.clamp(max=logits.size(-1) - 1)  # guards float round-off at the top end
+    return torch.where(temperature == 0, logits.argmax(-1), sampled).tolist()
+
+
+class Engine:
+    """Serves one model; `submit` is thread-safe and returns at once.
+
+    The batch has physical rows (`slots`); a finished row frees its slot, and the next
+    request admitted writes its prompt's keys/values into that slot in place, so admitting
+    and finishing cost no copy of the other rows. Free slots still ride along in the
+    forward pass, so the batch is compacted (one copy) once they are more than a third.
+    """
+
+    def __init__(self, loaded: LoadedModel, max_batch: int = 64, start: bool = True) -> None:
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.ctx = self.model.cfg.context_length
+        self.device = self.model.tok_emb.weight.device
+        self.max_batch = max_batch
+        self.slots: list[Row | None] = []
+        self.waiting: list[Row] = []
+        self.cache: KVCache | None = None  # cache.pad is always a tensor: each slot's padding
+        self.last = torch.zeros(0, dtype=torch.long, device=self.device)  # each slot's latest token
+        self.wake = threading.Condition()
+        self.stopped = False
+        self.steps = 0  # decode steps run (batches, not tokens): for tests and stats
+        self.thread = threading.Thread(target=self._loop, name="tinystories-engine", daemon=True)
+        if start:  # (tests drive an unstarted engine step by step)
+            self.thread.start()
+
+    @property
+    def rows(self) -> list[Row]:
+        """The requests being generated now."""
+        return [r for r in self.slots if r is not None]
+
+    def submit(self, prompt: list[int], params: RowParams, emit: Callable[[Event], None]) -> Row:
+        row = Row(prompt, params, emit)
+        with self.wake:
+            self.waiting.append(row)
+            self.wake.notify()
+        return row
+
+    def close(self) -> None:
+        with self.wake:
+            self.stopped = True
+            self.wake.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+
+    # ------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                while not self.stopped and not self.waiting and not self.rows:
+                    self.wake.wait()
+                if self.stopped:
+                    return
+                room = self.max_batch - len(self.rows)
+                new, self.waiting = self.waiting[:room], self.waiting[room:]
+            try:
+                self.step(new)
+            except Exception as exc:  # noqa: BLE001 -- one bad step must not kill the server: fail its rows
+                for row in {id(r): r for r in self.rows + new}.values():
+                    if not row.finished:
+                        row.finish_reason = "error"
+                        row.emit(Event(f"[engine error: {exc}]", [], [], [], "error", len(row.ids)))
+                self.slots, self.cache = [], None
+                self.last = self.last[:0]
+
+    @torch.inference_mode()
+    def step(self, new: list[Row]) -> None:
+        """Admit `new` rows, then run one decode step for the whole batch."""
+        self._release_finished()
+        new = [r for r in new if not r.cancelled]
+        if new:
+            self._admit(new)
+            self._release_finished()
+        if self.rows:
+            if self.cache is not None and self.cache.length >= self.ctx:
+                self._compact()  # trims slots that are padding in every live row
+            self._decode()
+
+    def _live(self) -> list[int]:
+        return [i for i, r in enumerate(self.slots) if r is not None]
+
+    def _release_finished(self) -> None:
+        if self.cache is None:
+            return
+        for i, r in enumerate(self.slots):
+            if r is not None and (r.cancelled or r.finished):
+                self.slots[i] = None
+                self.cache.pad[i] = self.cache.length  # a free slot only sees itself from now on
+        live = self._live()
+        if not live:
+            self.slots, self.cache = [], None
+            self.last = self.last[:0]
+        elif 2 * (len(self.slots) - len(live)) > len(live):
+            self._compact()
+
+    def _admit(self, new: list[Row]) -> None:
+        """Prefill the new prompts together and put them into the running batch."""
+        idx, pad = left_pad([r.prompt for r in new], self.tokenizer.eos_id, self.device)
+        width = idx.shape[1]
+        if self.cache is None:  # the new rows become the batch
+            self.cache = self.model.new_cache(len(new), self.ctx, pad)
+            logits, _ = self.model(idx, cache=self.cache)
+            self.slots, self.last = list(new), torch.zeros(len(new), dtype=torch.long, device=self.device)
+            self._sample(logits[:, -1], new, torch.arange(len(new), device=self.device))
+            return
+        cache = self.model.new_cache(len(new), width, pad)
+        logits, _ = self.model(idx, cache=cache)
+        if width > self.cache.length:  # longer than the batch so far: realign everything (copies)
+            self._compact()
+            where = torch.arange(len(self.slots), len(self.slots) + len(new), device=self.device)
+            self._merge(cache, new)
+        else:  # right-align the new rows with the batch, in free slots
+            where = self._place(cache, new)
+        self._sample(logits[:, -1], new, where)
+
+    def _place(self, new: KVCache, rows: list[Row]) -> torch.Tensor:
+        c = self.cache
+        assert c is not None and new.pad is not None
+        free = [i for i, r in enumerate(self.slots) if r is None]
+        if len(free) < len(rows):  # grow the batch by the missing slots
+            extra = len(rows) - len(free)
+            shape = (c.k.shape[0], extra, *c.k.shape[2:])
+            c.k, c.v = torch.cat([c.k, c.k.new_zeros(shape)], 1), torch.cat([c.v, c.v.new_zeros(shape)], 1)
+            c.pad = torch.cat([c.pad, c.pad.new_full((extra,), c.length)])
+            self.last = torch.cat([self.last, self.last.new_zeros(extra)])
+            free += list(range(len(self.slots), len(self.slots) + extra))
+            self.slots += [None] * extra
+        where = torch.tensor(free[:len(rows)], device=self.device)
+        start = c.length - new.length
+        c.k[:, where, :, start:c.length] = new.k[:, :, :, :new.length]
+        c.v[:, where, :, start:c.length] = new.v[:, :, :, :new.length]
+        c.pad[where] = new.pad + start
+        for slot, row in zip(free, rows):
+            self.slots[slot] = row
+        return where
+
+    def _merge(self, new: KVCache, rows: list[Row]) -> None:
+        """Append rows whose cache is longer than the batch's: shift the batch right to fit."""
+        old = self.cache
+        assert old is not None and old.pad is not None and new.pad is not None
+        shift = new.length - old.length
+        k, v = old.k[:, :, :, :old.length], old.v[:, :, :, :old.length]
+        zeros = k.new_zeros(*k.shape[:3], shift, k.shape[-1])
+        self._set_cache(torch.cat([torch.cat([zeros, k], 3), new.k[:, :, :, :new.length]], 1),
+                        torch.cat([torch.cat([zeros, v], 3), new.v[:, :, :, :new.length]], 1),
+                        torch.cat([old.pad + shift, new.pad]))
+        self.slots += rows
+        self.last = torch.cat([self.last, self.last.new_zeros(len(rows))])
+
+    def _compact(self) -> None:
+        """Keep only the live slots (one copy), and trim slots that are padding in all of them."""
+        c, live = self.cache, self._live()
+        assert c is not None and c.pad is not None
+        sel = torch.tensor(live, device=self.device)
+        self._set_cache(c.k[:, sel, :, :c.length], c.v[:, sel, :, :c.length], c.pad[sel])
+        self.slots = [self.slots[i] for i in live]
+        self.last = self.last[sel]
+
+    def _set_cache(self, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> None:
+        """Rebuild the batch cache from filled slots, dropping slots that are padding in every row."""
+        lead = int(pad.min())
+        k, v, pad = k[:, :, :, lead:], v[:, :, :, lead:], pad - lead
+        length = k.shape[3]
+        cache = self.model.new_cache(k.shape[1], self.ctx, pad)
+        cache.k[:, :, :, :length] = k
+        cache.v[:, :, :, :length] = v
+        cache.length = length
+        self.cache = cache
+
+    def _decode(self) -> None:
+        assert self.cache is not None
+        logits, _ = self.model(self.last[:, None], cache=self.cache)
+        self.steps += 1
+        live = self._live()
+        where = torch.tensor(live, device=self.device)
+        self._sample(logits[where, -1], [self.slots[i] for i in live], where)
+
+    # ------------------------------------------------------------ sampling and output
+    def _sample(self, logits: torch.Tensor, rows: list[Row], where: torch.Tensor) -> None:
+        """Pick the next token of `rows` (in batch slots `where`) and report it."""
+        p = [r.params for r in rows]
+        temp = torch.tensor([x.temperature for x in p], device=logits.device)
+        filtered = filter_rows(logits, temp, torch.tensor([x.top_k for x in p], device=logits.device),
+                               torch.tensor([x.top_p for x in p], device=logits.device))
+        logits = logits.float()
+        chosen = sample_rows(logits, filtered, temp, [r.generator for r in rows])
+        nxt = torch.tensor(chosen, device=self.device)
+        # Log-probabilities under the model itself (temperature 1), as OpenAI's logprobs report.
+        lse = logits.logsumexp(-1)
+        chosen_lp = (logits.gather(1, nxt[:, None])[:, 0] - lse).tolist()
+        self.last[where] = nxt
+        for i, row in enumerate(rows):
+            top = {}
+            if row.params.logprobs:
+                values, ids = (logits[i] - lse[i]).topk(row.params.logprobs)
+                top = dict(zip(ids.tolist(), values.tolist()))
+            self._advance(row, chosen[i], chosen_lp[i], top)
+
+    def _advance(self, row: Row, token: int, logprob: float, top: dict[int, float]) -> None:
+        eos = token == self.tokenizer.eos_id
+        if not eos:
+            row.ids.append(token)
+            row.pending_ids.append(token)
+            row.pending_lp.append(logprob)
+            row.pending_top.append(top)
+        text = self.tokenizer.decode(row.ids)
+        finish = None
+        for s in row.params.stop:
+            at = text.find(s, max(0, len(row.sent) - len(s)))
+            if at >= 0:
+                text, finish = text[:at], "stop"
+        if eos:
+            finish = "stop"
+        elif finish is None and (len(row.ids) >= row.params.max_new_tokens
+                                 or len(row.prompt) + len(row.ids) >= self.ctx):
+            finish = "length"
+        if finish is None:
+            text = text[:len(text) - _holdback(text, row.params.stop)]
+            if len(text) <= len(row.sent):
+                return  # nothing printable yet: wait for more tokens
+        delta, row.sent = text[len(row.sent):], text
+        row.finish_reason = finish
+        row.emit(Event(delta, row.pending_ids, row.pending_lp, row.pending_top, finish, len(row.ids)))
+        row.pending_ids, row.pending_lp, row.pending_top = [], [], []
+
+
+def _holdback(text: str, stops: list[str]) -> int:
+    """How many trailing characters to keep back: an unfinished UTF-8 character, or a stop string's start."""
+    n = 1 if text.endswith("\ufffd") else 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                n = max(n, k)
+                break
+    return n
+

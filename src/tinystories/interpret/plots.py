@@ -1,0 +1,126 @@
+"""PNG figures: attention heatmaps, an all-heads overview, and neuron examples as highlighted text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import PowerNorm
+
+from tinystories.interpret.heads import CLASSES, HeadStats
+from tinystories.interpret.neurons import Example
+
+CLASS_COLORS = dict(zip(CLASSES, ("tab:blue", "tab:orange", "tab:gray", "tab:red", "tab:green"), strict=True))
+
+
+def display_token(tok: str) -> str:
+    """A token as a readable label: the end-of-text marker shortened, newlines and tabs visible."""
+    return tok.replace("<|endoftext|>", "<eos>").replace("\n", "\\n").replace("\t", "\\t").replace("$", r"\$")
+
+
+def plot_head(pattern: np.ndarray, tokens: list[str], title: str, path: Path) -> Path:
+    """Heatmap of one head on a text: queries (rows) attend to keys (columns)."""
+    T = len(tokens)
+    size = max(5.0, 0.22 * T + 1.5)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    im = ax.imshow(pattern, cmap="viridis", vmin=0, vmax=1)
+    labels = [display_token(t) for t in tokens]
+    ax.set_xticks(range(T), labels, rotation=90, fontsize=8, family="monospace")
+    ax.set_yticks(range(T), labels, fontsize=8, family="monospace")
+    ax.set_xlabel("key (attended-to token)")
+    ax.set_ylabel("query (attending token)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="attention probability")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_head_grid(patterns: np.ndarray, stats: HeadStats, path: Path) -> Path:
+    """All heads on one page: patterns [n_layer, n_head, T, T] as small heatmaps, titled with their class."""
+    L, H = patterns.shape[:2]
+    cell = min(1.9, 24 / H)  # 16-head models still fit a page
+    fig, axes = plt.subplots(L, H, figsize=(cell * H + 0.5, (cell + 0.1) * L + 0.6), squeeze=False)
+    norm = PowerNorm(gamma=0.5, vmin=0, vmax=1)  # square-root colours: weak spread-out attention stays visible
+    for layer in range(L):
+        for head in range(H):
+            ax = axes[layer, head]
+            ax.imshow(patterns[layer, head], cmap="viridis", norm=norm)
+            label = stats.labels[layer][head]
+            ax.set_title(f"L{layer}H{head}: {label}", fontsize=8 if H <= 8 else 6, color=CLASS_COLORS[label])
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("Attention of every head on the text (rows: queries, columns: keys; square-root colour scale)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_head_scatter(stats: HeadStats, path: Path) -> Path:
+    """Mean attention distance vs normalised entropy, one dot per head coloured by class."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    L, H = stats.entropy.shape
+    for cls in CLASSES:
+        pts = [(stats.mean_distance[i, j], stats.entropy[i, j], f"L{i}H{j}")
+               for i in range(L) for j in range(H) if stats.labels[i][j] == cls]
+        if not pts:
+            continue
+        xs, ys, _ = zip(*pts, strict=True)
+        ax.scatter(xs, ys, color=CLASS_COLORS[cls], label=f"{cls} ({len(pts)})", s=40)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+    ax.set_xlim(left=0)
+    ticks = [t for t in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t <= max(2.0, stats.mean_distance.max() * 1.5)]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("mean attention distance (tokens, log scale above 1)")
+    ax.set_ylabel("attention entropy / log(#visible keys)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("Attention heads: distance vs entropy")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def activation_color(value: float, scale: float) -> tuple[float, float, float, float]:
+    """Red for positive, blue for negative activations, opacity by magnitude (as in the paper's figures)."""
+    alpha = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
+    return (0.85, 0.1, 0.1, alpha) if value >= 0 else (0.1, 0.3, 0.85, alpha)
+
+
+def plot_examples(units: dict[int, list[Example]], title: str, unit_name: str, path: Path) -> Path:
+    """Top-activating contexts of several units as text, each token's background coloured by activation."""
+    n_rows = sum(len(ex) + 1 for ex in units.values())
+    height = 0.27 * n_rows + 0.8
+    fig = plt.figure(figsize=(11, height))
+    fig.text(0.5, 1.0 - 0.15 / height, title, fontsize=11, ha="center", va="top")
+    renderer = fig.canvas.get_renderer()
+    step = 0.27 / height
+    y = 1.0 - 0.6 / height
+    for unit, examples in units.items():
+        top = examples[0].value if examples else 0.0
+        fig.text(0.01, y, f"{unit_name} {unit} (top activation {top:.3g})", fontsize=9, weight="bold", va="center")
+        y -= step
+        scale = max((max(abs(a) for a in ex.acts) for ex in examples), default=0.0)
+        for ex in examples:
+            x = 0.03
+            for i, (tok, act) in enumerate(zip(ex.tokens, ex.acts, strict=True)):
+                text = fig.text(x, y, display_token(tok), fontsize=8, family="monospace", va="center",
+                                weight="bold" if i == ex.focus else "normal",
+                                bbox={"facecolor": activation_color(act, scale), "edgecolor": "none", "pad": 0.5})
+                x += text.get_window_extent(renderer).width / fig.bbox.width
+            fig.text(0.99, y, f"{ex.value:.3g}", fontsize=7, ha="right", va="center", color="0.4")
+            y -= step
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

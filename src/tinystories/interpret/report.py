@@ -1,0 +1,216 @@
+"""One self-contained HTML report per model: heads overview, head heatmaps, neurons vs random directions."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tinystories.data.corpus import read_stories
+from tinystories.errors import TinyStoriesError
+from tinystories.interpret.heads import HeadStats, head_stats
+from tinystories.interpret.hooks import run_with_cache
+from tinystories.interpret.lexicon import Lexicon
+from tinystories.interpret.neurons import (
+    Example,
+    corpus_batches,
+    random_directions,
+    story_ids,
+    token_texts,
+    top_activations,
+    unit_examples,
+)
+from tinystories.interpret.plots import (
+    activation_color,
+    display_token,
+    plot_examples,
+    plot_head,
+    plot_head_grid,
+    plot_head_scatter,
+)
+from tinystories.model.checkpoint import LoadedModel
+from tinystories.utils import atomic_write, write_json
+
+DEFAULT_TEXT = ("Once upon a time, there was a little girl named Lily. She loved to play with her ball in "
+                "the park. One day, Lily saw a big dog. She was scared, but the dog was friendly.")
+
+
+@dataclass
+class InterpretConfig:
+    model: str = ""
+    text: str = DEFAULT_TEXT  # the story the heatmaps show
+    corpus: str = "bundled:valid"
+    layer: int = 0  # MLP layer whose neurons are searched
+    top_k: int = 8  # top activations kept per neuron / direction
+    n_units: int = 6  # neurons (and random directions) shown
+    neuron_ids: list[int] = field(default_factory=list)  # neurons to show; empty = `n_units` drawn with `seed`
+    n_random: int = 64  # random directions searched (the baseline's statistics)
+    heads: list[str] = field(default_factory=list)  # extra heads to plot, as "LAYER.HEAD"
+    head_stories: int = 64  # corpus stories (besides `text`) the head measures average over
+    max_stories: int = 2000  # corpus stories searched for neuron activations; 0 = all
+    max_text_tokens: int = 48  # the heatmaps show at most this many tokens of `text`
+    batch_size: int = 16
+    seed: int = 0  # draws the shown neurons and the random directions
+    device: str = "auto"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _examples_html(units: dict[int, list[Example]], unit_name: str, distinct: torch.Tensor) -> str:
+    parts = []
+    for u, examples in units.items():
+        scale = max((max(abs(a) for a in ex.acts) for ex in examples), default=0.0)
+        parts.append(f"<h4>{unit_name} {u} <small>(distinct top tokens: {float(distinct[u]):.2f})</small></h4><ol>")
+        for ex in examples:
+            spans = []
+            for i, (tok, act) in enumerate(zip(ex.tokens, ex.acts, strict=True)):
+                r, g, b, a = activation_color(act, scale)
+                style = f"background:rgba({int(r * 255)},{int(g * 255)},{int(b * 255)},{a:.2f})"
+                cls = ' class="focus"' if i == ex.focus else ""
+                spans.append(f'<span{cls} style="{style}" title="{act:.4g}">{html.escape(display_token(tok))}</span>')
+            parts.append(f'<li><span class="ctx">{"".join(spans)}</span> <small>{ex.value:.4g}</small></li>')
+        parts.append("</ol>")
+    return "\n".join(parts)
+
+
+def _head_table(stats: HeadStats) -> str:
+    rows = stats.rows()
+    cols = list(rows[0])
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{r[c]}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def representative_heads(stats: HeadStats) -> list[tuple[int, int]]:
+    """The clearest head of each class present: the one scoring highest on what defines it."""
+    score = {"previous-token": stats.prev_token, "sink": stats.first_token, "semantic": stats.semantic,
+             "positional-local": -stats.mean_distance, "diffuse": stats.entropy}
+    labels = np.array(stats.labels)
+    picks = []
+    for cls, s in score.items():
+        if (labels == cls).any():
+            masked = np.where(labels == cls, s, -np.inf)
+            picks.append(tuple(int(i) for i in np.unravel_index(masked.argmax(), masked.shape)))
+    return picks
+
+
+def parse_heads(specs: list[str], n_layer: int, n_head: int) -> list[tuple[int, int]]:
+    heads = []
+    for spec in specs:
+        try:
+            layer, head = (int(p) for p in spec.split("."))
+        except ValueError:
+            raise TinyStoriesError(f"head {spec!r} should be written LAYER.HEAD, e.g. 1.3") from None
+        if not (0 <= layer < n_layer and 0 <= head < n_head):
+            raise TinyStoriesError(f"head {spec} does not exist: the model has layers 0..{n_layer - 1}, "
+                             f"heads 0..{n_head - 1}")
+        heads.append((layer, head))
+    return heads
+
+
+def build_report(loaded: LoadedModel, cfg: InterpretConfig, out: Path) -> Path:
+    """Write report.html (images embedded), the PNGs, heads.json, neurons.json and the config into `out`."""
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    mcfg = model.cfg
+    if not 0 <= cfg.layer < mcfg.n_layer:
+        raise TinyStoriesError(f"--layer {cfg.layer} does not exist: the model has layers 0..{mcfg.n_layer - 1}")
+    if any(not 0 <= n < mcfg.ffn_dim for n in cfg.neuron_ids):
+        raise TinyStoriesError(f"neuron ids must be in 0..{mcfg.ffn_dim - 1}")
+    extra_heads = parse_heads(cfg.heads, mcfg.n_layer, mcfg.n_head)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "interpret_config.json", asdict(cfg))
+    device = next(model.parameters()).device
+    stories, _ = read_stories(cfg.corpus)
+    if cfg.max_stories:
+        stories = stories[:cfg.max_stories]
+    if not stories:
+        raise TinyStoriesError(f"corpus {cfg.corpus} has no stories")
+
+    # Heads: measured on the text and some corpus stories, drawn on the text.
+    head_texts = [cfg.text] + stories[:cfg.head_stories]
+    seqs = [story_ids(tok, t, mcfg.context_length) for t in head_texts]
+    stats = head_stats(model, seqs, [token_texts(tok, s) for s in seqs], Lexicon.build(head_texts))
+    write_json(out / "heads.json", stats.to_json())
+    text_ids = seqs[0][:cfg.max_text_tokens]
+    text_tokens = token_texts(tok, text_ids)
+    _, cache = run_with_cache(model, torch.tensor([text_ids], device=device))
+    patterns = cache.stack("attn")[:, 0].cpu().numpy()
+    images = {"grid": plot_head_grid(patterns, stats, out / "heads_grid.png"),
+              "scatter": plot_head_scatter(stats, out / "heads_scatter.png")}
+    heatmaps = []
+    for layer, head in dict.fromkeys(representative_heads(stats) + extra_heads):
+        title = f"layer {layer} head {head}: {stats.labels[layer][head]}"
+        heatmaps.append((title, plot_head(patterns[layer, head], text_tokens, title,
+                                          out / f"head_L{layer}H{head}.png")))
+
+    # Neurons vs random directions of neuron space.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    shown = cfg.neuron_ids or sorted(torch.randperm(mcfg.ffn_dim, generator=gen)[:cfg.n_units].tolist())
+    directions = random_directions(mcfg.ffn_dim, max(cfg.n_random, cfg.n_units), cfg.seed)
+    with tqdm(total=2 * len(stories), desc=f"neurons of layer {cfg.layer}", unit="story") as bar:
+        top_n = top_activations(model, corpus_batches(stories, tok, mcfg.context_length, cfg.batch_size),
+                                cfg.layer, cfg.top_k, progress=bar)
+        top_r = top_activations(model, corpus_batches(stories, tok, mcfg.context_length, cfg.batch_size),
+                                cfg.layer, cfg.top_k, directions=directions, progress=bar)
+    ex_n = unit_examples(model, tok, stories, top_n, cfg.layer, shown)
+    ex_r = unit_examples(model, tok, stories, top_r, cfg.layer, list(range(cfg.n_units)), directions)
+    distinct_n, distinct_r = top_n.distinct_tokens(), top_r.distinct_tokens()
+    summary = {"layer": cfg.layer, "stories": len(stories), "top_k": cfg.top_k,
+               "mean_distinct_top_tokens_neurons": round(float(distinct_n.mean()), 4),
+               "mean_distinct_top_tokens_random": round(float(distinct_r.mean()), 4),
+               "shown_neurons": shown,
+               "neurons": {u: [asdict(e) for e in ex] for u, ex in ex_n.items()},
+               "random_directions": {u: [asdict(e) for e in ex] for u, ex in ex_r.items()}}
+    write_json(out / "neurons.json", summary)
+    images["neurons"] = plot_examples(ex_n, f"Layer {cfg.layer}: top activations of MLP neurons", "neuron",
+                                      out / f"neurons_layer{cfg.layer}.png")
+    images["random"] = plot_examples(ex_r, f"Layer {cfg.layer}: top activations of random directions "
+                                     f"(seed {cfg.seed})", "direction", out / f"random_layer{cfg.layer}.png")
+
+    name = html.escape(Path(cfg.model).name or "model")
+    body = f"""<h1>Interpretability report: {name}</h1>
+<p>{html.escape(cfg.model)} &middot; arch {mcfg.arch}, {mcfg.n_layer} layers, {mcfg.n_head} heads,
+d_model {mcfg.d_model}, MLP width {mcfg.ffn_dim}, local window {mcfg.local_window or "none"}.
+Corpus {html.escape(cfg.corpus)} ({len(stories)} stories). Settings: interpret_config.json.</p>
+<h2>Attention heads</h2>
+<p>Measured on the text below and {len(head_texts) - 1} corpus stories. Classes (first rule that
+matches): sink: weight on the first token &ge; {stats.thresholds.sink}; previous-token: weight on
+t-1 &ge; {stats.thresholds.previous}; semantic: weight on related earlier words (pronoun &rarr;
+name, same token) &ge; {stats.thresholds.semantic} and &ge; {stats.thresholds.semantic_lift}&times;
+uniform; positional-local: mean distance &le; {stats.thresholds.local_distance} tokens; else diffuse.</p>
+<p class="text">{html.escape(cfg.text)}</p>
+{_img(images["grid"], "all heads")}
+{_img(images["scatter"], "distance vs entropy")}
+{_head_table(stats)}
+<h3>Selected heads on the text</h3>
+{"".join(f"<h4>{html.escape(t)}</h4>{_img(p, t)}" for t, p in heatmaps)}
+<h2>MLP neurons of layer {cfg.layer}</h2>
+<p>Top {cfg.top_k} activating tokens (bold) in context, red = positive, blue = negative activation.
+Neurons and the random directions (unit vectors of neuron space, the paper's baseline) are
+searched the same way. Mean fraction of distinct tokens among the top {cfg.top_k}: neurons
+{summary["mean_distinct_top_tokens_neurons"]:.2f}, random directions
+{summary["mean_distinct_top_tokens_random"]:.2f} (lower = more token-selective).</p>
+<h3>Neurons</h3>
+{_examples_html(ex_n, "neuron", distinct_n)}
+{_img(images["neurons"], "neurons")}
+<h3>Random directions (seed {cfg.seed})</h3>
+{_examples_html(ex_r, "direction", distinct_r)}
+{_img(images["random"], "random directions")}
+"""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}: interpretability</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}} img{{max-width:100%;display:block;margin:1em 0}}
+table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}
+.ctx{{font-family:monospace;white-space:pre}} .focus{{font-weight:bold;text-decoration:underline}}
+.text{{font-style:italic}}</style></head><body>{body}</body></html>"""
+    report = out / "report.html"
+    with atomic_write(report) as f:
+        f.write(page)
+    return report

@@ -1,0 +1,76 @@
+"""The command line as a user meets it: real processes, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def tinystories(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tinystories.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_every_command_has_help() -> None:
+    top = tinystories("--help")
+    assert top.returncode == 0
+    commands = ["corpus", "pretokenize", "presets", "train", "sample", "demo"]
+    for name in commands:
+        assert name in top.stdout
+        sub = tinystories(name, "--help")
+        assert sub.returncode == 0 and "usage: tinystories " + name in sub.stdout, name
+
+
+def test_presets_table_lists_the_zoo() -> None:
+    out = tinystories("presets").stdout
+    for name in ("1M", "3M", "8M", "28M", "33M", "21M-1L", "15M-llama2c"):
+        assert f"\n{name} " in out
+    assert "15.19M" in out
+
+
+def test_pipeline_from_the_command_line(tmp_path: Path) -> None:
+    corpus = tmp_path / "stories.jsonl"
+    stories = [json.loads(line)["text"] for line in
+               (Path(__file__).parents[1] / "src/tinystories/resources/valid_dev.jsonl").open()][:300]
+    corpus.write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
+    p = tinystories("corpus", str(corpus), "--out", str(tmp_path / "clean.jsonl"))
+    assert p.returncode == 0 and "300 stories kept of 300 read" in p.stdout
+
+    p = tinystories("pretokenize", "--train", str(corpus), "--valid", "bundled:valid", "--vocab-size", "400",
+                    "--out", str(tmp_path / "tok"))
+    assert p.returncode == 0, p.stderr
+    assert {"train.bin", "valid.bin", "tokenizer.json", "prepare.json"} <= {f.name for f in (tmp_path / "tok").iterdir()}
+
+    p = tinystories("train", "--data", str(tmp_path / "tok"), "--out", str(tmp_path / "run"), "--max-steps", "6",
+                    "--batch-size", "4", "--set", "model.n_layer=1", "--set", "model.d_model=32",
+                    "--set", "model.vocab_size=400", "--set", "model.context_length=64",
+                    "--set", "eval_interval=3", "--set", "eval_batches=2")
+    assert p.returncode == 0, p.stderr
+    assert "bits/byte" in p.stdout
+
+    p = tinystories("sample", str(tmp_path / "run/checkpoint"), "--prompt", "Once upon a time",
+                    "--max-new-tokens", "12", "--seed", "1")
+    assert p.returncode == 0 and p.stdout.startswith("Once upon a time") and len(p.stdout) > 20
+    again = tinystories("sample", str(tmp_path / "run/checkpoint"), "--prompt", "Once upon a time",
+                        "--max-new-tokens", "12", "--seed", "1")
+    assert again.stdout == p.stdout  # seeded
+    p = tinystories("sample", str(tmp_path / "run/checkpoint"), "--prompt", "A", "--prompt", "B", "-n", "2",
+                    "--max-new-tokens", "5")
+    assert p.returncode == 0 and p.stdout.count("-" * 40) == 4
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["sample", "no/such/model"], "model folder not found: no/such/model"),
+    (["train", "--data", "nowhere"], "run `tinystories pretokenize`"),
+    (["train", "--set", "optim.lr"], "must look like key=value"),
+    (["train", "--preset", "huge"], "unknown model preset 'huge'"),
+    (["corpus", "missing.jsonl"], "corpus not found: missing.jsonl"),
+])
+def test_user_errors_are_one_clear_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    p = tinystories(*args, cwd=tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: ") and needle in p.stderr
+    assert "Traceback" not in p.stderr

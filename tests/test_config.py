@@ -1,0 +1,33 @@
+from pathlib import Path
+
+import pytest
+
+from tinystories.errors import TinyStoriesError
+from tinystories.train.config import build_train_config, dump_config
+
+
+def test_file_flags_and_overrides_layer_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: 1M\nbatch_size: 8\noptim:\n  lr: 0.01\nmodel:\n  n_layer: 2\n")
+    cfg = build_train_config(path, ["optim.lr=3e-4", "model.dropout=0.1"], batch_size=4)
+    assert cfg.batch_size == 4 and cfg.optim.lr == pytest.approx(3e-4)
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.dropout) == (2, 64, 16, 0.1)
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(cfg))
+    assert build_train_config(again) == cfg
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("batch_sise: 3\n", r"unknown key\(s\) \['batch_sise'\]"),
+    ("optim:\n  learning_rate: 1\n", r"optim: unknown key\(s\) \['learning_rate'\]"),
+    ("model:\n  layers: 1\n", r"model: unknown key\(s\) \['layers'\]"),
+    ("preset: 99M\n", "unknown model preset '99M'"),
+    ("batch_size: many\n", "batch_size: expected int"),
+    ("dtype: float8\n", "is not one of"),
+    ("model:\n  d_model: 100\n  n_head: 3\n", "not divisible"),
+])
+def test_bad_config_names_the_field(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(TinyStoriesError, match=needle):
+        build_train_config(path)

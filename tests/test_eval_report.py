@@ -1,0 +1,106 @@
+"""Reports (Markdown + self-contained HTML with plots), prompt sets, instruction checks, sampling."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tinystories.errors import TinyStoriesError
+from tinystories.eval.gpt_eval import load_prompts, sample_completions
+from tinystories.eval.instruct import inflections, instruction_text, load_instructions, word_check
+from tinystories.eval.probes import load_probes
+from tinystories.eval.report import write_report
+from tinystories.eval.stats import bootstrap_mean, win_rate
+from tinystories.infer.sampling import SamplingConfig
+from tinystories.model.checkpoint import load_any
+
+
+def est(values: list[float]) -> dict:
+    return bootstrap_mean(values, seed=0).to_json()
+
+
+def fake_results() -> dict:
+    models = {}
+    for i, (name, params) in enumerate([("tiny-1M", 1_000_000), ("tiny-8M", 8_000_000), ("tiny-33M", 33_000_000)]):
+        models[name] = {
+            "params": params,
+            "gpt_eval": {"scores": {k: est([3 + i, 5 + i, 4 + i]) for k in ("grammar", "creativity", "consistency",
+                                                                             "plot")},
+                         "age_groups": {g: i for g in "ABCDEF"}, "judged": 3, "missing": 1},
+            "probes": {"factual": est([0.0, 1.0]), "reasoning": est([1.0, 1.0])},
+            "instruct": {"scores": {"instructions": est([5, 6]), "grammar": est([7, 8])},
+                         "all_words_present": est([1.0, 0.0]), "words_present": est([1.0, 0.5])},
+            "diversity": {"max_precision": [0.1 * i, 0.4, 0.6], "max_precision_mean": est([0.1 * i, 0.4, 0.6]),
+                          "within_prompt_f": [0.2, 0.3], "within_prompt_f_mean": est([0.2, 0.3])},
+            "bpb": {"nll_nats": 100.0, "tokens": 50, "bytes": 200, "stories": 2, "loss": 2.0, "bpb": 1.5 - 0.3 * i},
+        }
+    pair = {"models": ["tiny-1M", "tiny-8M"], **win_rate(["a", "b", "tie"])}
+    return {"config": {"judge": {"model": "judge-x", "base_url": "http://127.0.0.1:1/v1"}}, "models": models,
+            "pairwise": [pair]}
+
+
+def test_report_writes_markdown_html_plots_and_raw_files(tmp_path: Path):
+    results = fake_results()
+    judgments = [{"prompt": "p", "parsed": None, "answer": "x", "meta": {}}]
+    out = write_report(tmp_path / "r", results, judgments)
+    md = (out / "report.md").read_text()
+    for heading in ("GPT-Eval", "Pairwise: tiny-1M vs tiny-8M", "Instruction following", "probes",
+                    "Diversity and memorisation", "Validation loss"):
+        assert heading in md
+    assert "| tiny-33M | 6.00 [" in md  # grammar mean of [5, 7, 6] with its interval
+    plots = re.findall(r"!\[[^\]]*\]\((plots/[^)]+)\)", md)
+    assert {Path(p).name for p in plots} == {"gpt_eval.png", "probes.png", "rouge_train.png", "rouge_within.png",
+                                             "bpb_vs_size.png"}
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table>" in html and "src=\"plots/" not in html
+    embedded = [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+    assert len(embedded) == 5 and all(png == (out / p).read_bytes() for png, p in zip(embedded, plots))
+    assert json.loads((out / "judgments.json").read_text()) == judgments
+    assert json.loads((out / "results.json").read_text())["models"]["tiny-8M"]["bpb"]["bpb"] == pytest.approx(1.2)
+    assert json.loads((out / "config.json").read_text())["judge"]["model"] == "judge-x"
+
+
+def test_prompt_sets(tmp_path: Path):
+    paper = load_prompts()
+    assert len(paper) == 44 and paper[0].startswith("Once upon a time, there lived a bunny")
+    probes = load_probes()
+    assert [len(v) for v in probes.values()] == [9, 9, 6]
+    flat = [p for v in probes.values() for p in v]
+    assert not any(c in p for p in flat for c in "\u201c\u201d\u2019")
+    assert '"Can cows fly?", Alice asked her mother.' in probes["factual"]
+    (tmp_path / "p.json").write_text(json.dumps([{"prompt": "Tom said, \u201dHi"}, {"prompt": "Sue ran"}]))
+    assert load_prompts(tmp_path / "p.json") == ['Tom said, "Hi', "Sue ran"]
+    (tmp_path / "bad.yaml").write_text("- ok\n- 3\n")
+    with pytest.raises(TinyStoriesError, match="item 1"):
+        load_prompts(tmp_path / "bad.yaml")
+    with pytest.raises(TinyStoriesError, match="not found"):
+        load_prompts(tmp_path / "missing.yaml")
+
+
+def test_instruction_words_check():
+    headers = load_instructions()
+    assert len(headers) == 50 and all(h.endswith("Story: ") for h in headers)
+    header = "Words: run, happy, bake, cry\nFeatures: Dialogue\nStory: "
+    assert instruction_text(header) == "Words: run, happy, bake, cry\nFeatures: Dialogue"
+    assert {"running", "runs", "happier", "happily", "baking", "baked", "cried", "cries"} <= set().union(
+        *(inflections(w) for w in ("run", "happy", "bake", "cry")))
+    check = word_check(header, "Tom was running. He baked a cake and was happily eating.")
+    assert check == {"words": ["run", "happy", "bake", "cry"], "found": ["run", "happy", "bake"], "missing": ["cry"]}
+    assert word_check(header, "The runner sang.")["found"] == ["run"]
+    assert word_check(header, "Sun, fun.")["found"] == []  # no substring matches
+
+
+def test_sampling_is_seeded(tiny_model_dir: Path):
+    loaded = load_any(tiny_model_dir)
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, seed=5)
+    a = sample_completions(loaded, ["Once upon a time", "Tom ran"], 3, cfg, batch_size=4, progress=False)
+    b = sample_completions(loaded, ["Once upon a time", "Tom ran"], 3, cfg, batch_size=4, progress=False)
+    assert a == b and len(a) == 2 and all(len(s) == 3 for s in a)
+    assert len({c for s in a for c in s}) > 1
+    long = sample_completions(loaded, ["word " * 300], 1, cfg, progress=False)  # longer than the context
+    assert len(long[0]) == 1  # kept the prompt's last tokens instead of failing
+

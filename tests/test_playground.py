@@ -1,0 +1,86 @@
+"""The web playground in real headless Chromium: type, generate, watch tokens stream, inspect attention."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tinystories.infer.server import create_app, load_models, running
+
+webdriver = pytest.importorskip("selenium.webdriver")
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="needs Debian's chromium and chromium-driver packages")
+WIDTH, HEIGHT = 1280, 900
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--window-size={WIDTH},{HEIGHT}",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"]:
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_playground_streams_story_and_shows_attention(browser: object, tiny_model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 20)
+    with running(create_app(load_models([str(tiny_model_dir)]))) as url:
+        browser.get(url + "/")
+        wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value"))
+        assert "2 layers × 4 heads" in browser.find_element(By.ID, "model-info").text
+        prompt = browser.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys("Once upon a time, Tom found a shiny 🐚")
+        browser.execute_script("const m = document.getElementById('max_tokens'); m.value = 60;"
+                               "m.dispatchEvent(new Event('input'))")
+        browser.find_element(By.ID, "seed").send_keys("3")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: "tokens in" in d.find_element(By.ID, "stats").text)
+
+        out = browser.find_element(By.ID, "output")
+        assert out.find_element(By.CLASS_NAME, "prompt-text").text.startswith("Once upon a time, Tom")
+        tokens = out.find_elements(By.CLASS_NAME, "tok")
+        assert 10 <= len(tokens) <= 60
+        probs = [float(t.get_attribute("data-prob")) for t in tokens]
+        assert all(0 < p <= 1 for p in probs)
+        assert "60 tokens" in browser.find_element(By.ID, "stats").text
+
+        tokens[5].click()  # the attention of a generated token
+        wait.until(lambda d: d.find_elements(By.CLASS_NAME, "att-tok"))
+        cells = browser.find_elements(By.CLASS_NAME, "att-tok")
+        weights = [float(c.get_attribute("data-weight")) for c in cells]
+        assert abs(sum(weights) - 1) < 1e-3  # mean over heads of rows that each sum to 1
+        Select(browser.find_element(By.ID, "layer")).select_by_visible_text("L1")
+        Select(browser.find_element(By.ID, "head")).select_by_visible_text("H2")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "att-top"), "%"))
+        assert browser.find_element(By.CSS_SELECTOR, ".att-tok.query")
+
+        shot = tmp_path / "playground.png"
+        browser.save_screenshot(str(shot))
+        assert png_size(shot) == (WIDTH, browser.execute_script("return window.innerHeight"))
+        assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

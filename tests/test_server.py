@@ -1,0 +1,231 @@
+"""The OpenAI-compatible server, over real HTTP on loopback, with the official openai client."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+from tinystories.infer.engine import filter_rows, sample_rows
+from tinystories.infer.sampling import SamplingConfig, filter_logits, generate
+from tinystories.infer.server import chat_prompt, create_app, load_models, running
+from tinystories.model.checkpoint import LoadedModel
+
+MODEL = "tiny_model0"  # tiny_model_dir's folder name (pytest's mktemp numbers it)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir: Path) -> LoadedModel:
+    models = load_models([str(tiny_model_dir)])
+    assert list(models) == [tiny_model_dir.name] == [MODEL]
+    return models[MODEL]
+
+
+@pytest.fixture(scope="module")
+def server(loaded: LoadedModel) -> Iterator[tuple[str, object]]:
+    app = create_app({MODEL: loaded})
+    with running(app) as url:
+        yield url, app.state.served[MODEL].engine
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[str, object]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0)
+
+
+def greedy(loaded: LoadedModel, text: str, n: int) -> list[int]:
+    tok = loaded.tokenizer
+    cfg = SamplingConfig(max_new_tokens=n, temperature=0)
+    return generate(loaded.model, [[tok.eos_id, *tok.encode(text)]], cfg, tok.eos_id)[0]
+
+
+def test_completions_match_local_generation(client: openai.OpenAI, loaded: LoadedModel) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=20, temperature=0, n=2)
+    ids = greedy(loaded, "Once upon a time", 20)
+    assert [c.text for c in r.choices] == [loaded.tokenizer.decode(ids)] * 2
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[0].finish_reason == ("length" if len(ids) == 20 else "stop")
+    prompt_tokens = 1 + len(loaded.tokenizer.encode("Once upon a time"))
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt_tokens, 2 * len(ids))
+    assert r.object == "text_completion" and r.id.startswith("cmpl-")
+
+
+def test_seed_top_k_top_p_and_logprobs(client: openai.OpenAI) -> None:
+    args = {"model": MODEL, "prompt": "Tom", "max_tokens": 12, "temperature": 1.3, "top_p": 0.9, "n": 2, "seed": 7,
+                "extra_body": {"top_k": 50}, "logprobs": 3}
+    a, b = client.completions.create(**args), client.completions.create(**args)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert a.choices[0].text != a.choices[1].text  # each choice has its own random stream
+    lp = a.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 12
+    assert all(x < 0 for x in lp.token_logprobs) and all(1 <= len(t) <= 3 for t in lp.top_logprobs)  # (dict: bytes may collide as "\ufffd")
+    assert "".join(lp.tokens) == a.choices[0].text or "\ufffd" in "".join(lp.tokens)
+
+
+def test_stop_strings(client: openai.OpenAI, loaded: LoadedModel) -> None:
+    text = loaded.tokenizer.decode(greedy(loaded, "Lily", 40))
+    stop = text[10:13]
+    r = client.completions.create(model=MODEL, prompt="Lily", max_tokens=40, temperature=0, stop=[stop, "@@@"])
+    assert r.choices[0].text == text[:text.index(stop)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_chat_and_streaming(client: openai.OpenAI, loaded: LoadedModel) -> None:
+    messages = [{"role": "system", "content": "You write stories."},
+                {"role": "user", "content": "Once upon a time"}]
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=15, temperature=0)
+    expected = loaded.tokenizer.decode(greedy(loaded, "Once upon a time", 15))
+    assert r.choices[0].message.content == expected and r.choices[0].message.role == "assistant"
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=15, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-2].choices[0].finish_reason == r.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    text = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=15, temperature=0, stream=True))
+    assert text == expected
+
+
+def test_sse_wire_format(server: tuple[str, object]) -> None:
+    with httpx.stream("POST", server[0] + "/v1/completions", json={
+            "model": MODEL, "prompt": "A cat", "max_tokens": 5, "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    first = json.loads(lines[0][6:])
+    assert first["object"] == "text_completion" and set(first["choices"][0]) == {
+        "index", "text", "logprobs", "finish_reason"}
+    assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_any_unicode_prompt(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model=MODEL, max_tokens=5, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "Ünïcødé 🐉 中文 \u0000 \U0001F600"}]}])
+    assert r.choices[0].finish_reason in ("stop", "length") and r.usage.prompt_tokens > 10
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 10**9}).encode(), 400, "maximum context length"),
+    (json.dumps({"model": MODEL, "prompt": "Hi " * 200}).encode(), 400, "maximum context length"),
+    (json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 0}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": MODEL, "prompt": "Hi", "temperature": 9}).encode(), 400, "temperature"),
+    (json.dumps({"model": MODEL, "prompt": "Hi", "top_p": 0}).encode(), 400, "top_p"),
+    (json.dumps({"model": MODEL, "prompt": "Hi", "n": True}).encode(), 400, "'n' must be a int"),
+    (json.dumps({"model": MODEL, "prompt": 5}).encode(), 400, "prompt"),
+    (json.dumps({"model": MODEL, "prompt": "Hi", "stop": [""]}).encode(), 400, "stop"),
+    (json.dumps({"model": "gpt-4", "prompt": "Hi"}).encode(), 404, "does not exist"),
+])
+def test_bad_requests(server: tuple[str, object], body: bytes, status: int, needle: str) -> None:
+    r = httpx.post(server[0] + "/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert needle in err["message"] and err["type"] in ("invalid_request_error",)
+
+
+def test_openai_client_sees_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.completions.create(model="nope", prompt="Hi")
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model=MODEL, messages=[])
+
+
+def test_disconnect_mid_stream_drops_row(server: tuple[str, object], client: openai.OpenAI) -> None:
+    url, engine = server
+    steps = engine.steps
+    with httpx.stream("POST", url + "/v1/completions", json={
+            "model": MODEL, "prompt": "Hi", "max_tokens": 100, "stream": True}) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")  # streaming has begun; now hang up
+    deadline = time.monotonic() + 10
+    while engine.rows and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.rows == []
+    print("steps", engine.steps - steps)
+    assert engine.steps - steps < 99  # the abandoned row left the batch before its 100 tokens
+    assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=3).choices[0].text is not None
+
+
+def test_concurrent_requests_share_forward_passes(server: tuple[str, object], client: openai.OpenAI,
+                                                  loaded: LoadedModel) -> None:
+    engine = server[1]
+    prompts = ["Once upon a time", "Tom", "The sun was hot and", "Lily had a red ball", "Max", "A", "Sue ran", "Bob"]
+    results: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        results[i] = client.completions.create(model=MODEL, prompt=prompts[i], max_tokens=40,
+                                               temperature=0).choices[0].text
+
+    steps = engine.steps
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Batched rows compute what each would alone.
+    assert [results[i] for i in range(len(prompts))] == [
+        loaded.tokenizer.decode(greedy(loaded, p, 40)) for p in prompts]
+    assert engine.steps - steps < len(prompts) * 40 / 2  # far fewer decode steps than tokens
+
+
+def test_per_row_filtering_matches_filter_logits() -> None:
+    logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
+    for t, k, p in [(0.7, 0, 0.9), (1.0, 5, 1.0), (1.5, 20, 0.5)]:
+        expected = filter_logits(logits, SamplingConfig(temperature=t, top_k=k, top_p=p))
+        got = filter_rows(logits, torch.full((3,), t), torch.full((3,), k), torch.full((3,), p))
+        torch.testing.assert_close(got, expected)
+
+
+def test_per_row_sampling_follows_the_distribution() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -9.0]]).repeat(4000, 1)
+    temp = torch.tensor([1.0] * 2000 + [0.0] * 2000)
+    filtered = filter_rows(logits, temp, torch.zeros(4000, dtype=torch.long), torch.full((4000,), 0.9))
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    drawn = torch.tensor(sample_rows(logits, filtered, temp, gens))
+    assert (drawn[2000:] == 0).all()  # temperature 0 is greedy
+    freq = torch.bincount(drawn[:2000], minlength=5).float() / 2000
+    expected = filtered[0].softmax(-1)  # top-p 0.9 keeps the first three tokens
+    assert expected[3:].sum() == 0 and freq[3:].sum() == 0
+    torch.testing.assert_close(freq, expected, atol=0.04, rtol=0)
+    again = sample_rows(logits[:3], filtered[:3], temp[:3], [torch.Generator().manual_seed(i) for i in range(3)])
+    assert again == drawn[:3].tolist()  # a row's seed fixes its draws
+
+
+def test_attention_endpoint(server: tuple[str, object], loaded: LoadedModel) -> None:
+    r = httpx.post(server[0] + "/v1/internal/attention", json={
+        "model": MODEL, "prompt": "Tom ran", "completion_token_ids": [5, 6], "position": 3})
+    data = r.json()
+    assert len(data["tokens"]) == len(data["token_ids"]) == 2 + len(loaded.tokenizer.encode("Tom ran")) + 1
+    att = torch.tensor(data["attention"])
+    assert att.shape == (2, 4, 4)  # layers, heads, keys 0..position
+    torch.testing.assert_close(att.sum(-1), torch.ones(2, 4))
+    bad = httpx.post(server[0] + "/v1/internal/attention", json={"model": MODEL, "prompt": "x",
+                                                                 "completion_token_ids": [10**6]})
+    assert bad.status_code == 400
+
+
+def test_chat_prompt_mapping() -> None:
+    assert chat_prompt([{"role": "system", "content": "be nice"}, {"role": "user", "content": " Tom had a dog. "},
+                        {"role": "assistant", "content": "It was big."}, {"role": "user", "content": "One day"}]
+                       ) == "Tom had a dog. It was big. One day"
+
+
+def test_api_key(loaded: LoadedModel) -> None:
+    with running(create_app({MODEL: loaded}, api_key="s3cret")) as url:
+        assert httpx.get(url + "/v1/models").status_code == 401
+        bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert good.completions.create(model=MODEL, prompt="Hi", max_tokens=2).usage.completion_tokens <= 2
+        assert httpx.get(url + "/").status_code == 200  # the playground page itself is public

@@ -1,0 +1,120 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinystories.data.prepare import PrepareConfig, prepare
+from tinystories.errors import TinyStoriesError
+from tinystories.model.checkpoint import load_model
+from tinystories.train.config import build_train_config
+from tinystories.train.trainer import Trainer, lr_at
+from tinystories.utils import atomic_write
+
+TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.context_length=64",
+        "model.vocab_size=512", "optim.warmup_steps=2", "model.dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tokens")
+    prepare(PrepareConfig(out_dir=str(out), vocab_size=512), progress=False)
+    return out
+
+
+def make_config(data_dir: Path, out: Path, **kw: object):
+    fields = dict(data_dir=str(data_dir), out_dir=str(out), batch_size=4, max_steps=8, eval_interval=4,
+                  eval_batches=2, log_interval=1, checkpoint_interval=4, progress=False, seed=3)
+    fields.update(kw)
+    return build_train_config(None, TINY, **fields)
+
+
+def losses(out: Path) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["kind"] == "train"]
+
+
+def test_resumed_run_continues_exactly(data_dir: Path, tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    Trainer(make_config(data_dir, straight, grad_accum=2)).fit()
+
+    interrupted = tmp_path / "interrupted"
+    Trainer(make_config(data_dir, interrupted, grad_accum=2)).fit(pause_at=4)  # stopped after step 4
+    trainer = Trainer(make_config(data_dir, interrupted, grad_accum=2))
+    assert trainer.step == 4
+    trainer.fit()
+
+    assert losses(interrupted) == losses(straight) and len(losses(straight)) == 8
+    a, b = load_model(straight / "checkpoint").model, load_model(interrupted / "checkpoint").model
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_outputs_of_a_run(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = Trainer(make_config(data_dir, out, max_steps=30, eval_interval=10, dropout=None,
+                                 **{"batch_size": 8})).fit()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert train[-1] < train[0] - 0.5  # it learns
+    assert math.isclose(train[0], math.log(512), rel_tol=0.1)  # starts near uniform
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    assert result["val_bpb"] == pytest.approx(evals[-1]["val_bpb"], abs=1e-4)
+    assert 0.5 < result["val_bpb"] < 4
+    for name in ("loss.png", "metrics.csv", "config.yaml", "checkpoint/config.yaml", "checkpoint/model.safetensors"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert build_train_config(out / "config.yaml").max_steps == 30
+
+
+def test_schedule_warms_up_then_decays(data_dir: Path, tmp_path: Path) -> None:
+    cfg = make_config(data_dir, tmp_path, max_steps=100)
+    lrs = [lr_at(cfg, step / 100, step) for step in range(100)]
+    assert lrs[0] < lrs[1] and max(lrs) == pytest.approx(cfg.optim.lr)
+    assert lrs[-1] == pytest.approx(cfg.optim.min_lr, rel=0.01)
+
+
+def test_resume_refuses_another_model_shape(data_dir: Path, tmp_path: Path) -> None:
+    Trainer(make_config(data_dir, tmp_path, max_steps=2)).fit()
+    with pytest.raises(TinyStoriesError, match="another shape"):
+        Trainer(build_train_config(tmp_path / "config.yaml", ["model.n_layer=2"]))
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"good")
+    with pytest.raises(RuntimeError), atomic_write(target, "wb") as f:
+        f.write(b"half")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"good" and os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TinyStoriesError, match="run `tinystories pretokenize`"):
+        Trainer(make_config(tmp_path / "nowhere", tmp_path / "out"))
+
+
+def test_vocab_too_small_for_tokenizer(data_dir: Path, tmp_path: Path) -> None:
+    cfg = build_train_config(None, TINY + ["model.vocab_size=100"], data_dir=str(data_dir), out_dir=str(tmp_path))
+    with pytest.raises(TinyStoriesError, match="set model.vocab_size=512"):
+        Trainer(cfg)
+
+
+def test_ddp_with_torchrun_on_two_cpu_processes(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tinystories.cli", "train", "--data", str(data_dir), "--out", str(out), "--max-steps", "3",
+           "--batch-size", "2", "--device", "cpu", "--set", "progress=false", "--set", "eval_interval=3", "--set", "log_interval=1",
+           *[a for o in TINY for a in ("--set", o)]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
+    assert rows[0]["tokens"] == 2 * 2 * 64  # both processes' batches count
+    assert load_model(out / "checkpoint").config["training"]["step"] == 3
