@@ -9,6 +9,10 @@ at each `c`, in the same run:
   JSON). It checks the server: if it misses the limit, the server or the machine is the cap.
 - `httpx`: the previous transport of TeacherClient (httpx, pools of 8 connections), the peer.
 - `aiohttp`: TeacherClient as shipped.
+- `generate` (only if asked for): the whole generation run (`tinystories.data.generate`,
+  TeacherClient + filters + MinHash + JSONL writes, no progress bar) into a temporary folder.
+
+`--delay 0 --clients raw` measures the server's own capacity (no limit, no ratio).
 
     python bench/bench_teacher.py [--delay 0.1] [--concurrency 1 32 256] [--seconds 4] [--repeat 1]
 """
@@ -22,6 +26,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -32,6 +37,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fault_server import ServerProcess
+from tinystories.data.filters import FilterConfig
+from tinystories.data.generate import GenerateConfig, generate
 from tinystories.data.prompts import PromptBuilder
 from tinystories.data.teacher import Response, TeacherClient, TeacherConfig
 
@@ -102,7 +109,7 @@ async def measure(name: str, url: str, concurrency: int, requests: int, prompts:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     try:
-        await run(concurrency)
+        await run(concurrency)  # warm-up
         cpu, wall = time.process_time(), time.perf_counter()
         await run(requests)
         return time.perf_counter() - wall, time.process_time() - cpu
@@ -110,11 +117,21 @@ async def measure(name: str, url: str, concurrency: int, requests: int, prompts:
         await client.aclose()
 
 
+def measure_generate(url: str, concurrency: int, requests: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of a whole `generate` run of `requests` prompts."""
+    teacher = TeacherConfig(base_url=url, model="bench", concurrency=concurrency, max_retries=0)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GenerateConfig(n=requests, out=out, progress=False, teacher=teacher, filters=FilterConfig(min_words=40))
+        cpu, wall = time.process_time(), time.perf_counter()
+        generate(cfg)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--delay", type=float, default=0.1, help="server answer delay, seconds")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
-    ap.add_argument("--clients", nargs="+", default=["raw", "httpx", "aiohttp"], choices=["raw", "httpx", "aiohttp"])
+    ap.add_argument("--clients", nargs="+", default=["raw", "httpx", "aiohttp"], choices=["raw", "httpx", "aiohttp", "generate"])
     ap.add_argument("--seconds", type=float, default=4.0, help="target duration of each measurement")
     ap.add_argument("--repeat", type=int, default=1, help="rounds over all rows (the machine's load varies)")
     args = ap.parse_args()
@@ -130,13 +147,15 @@ def main() -> None:
     try:
         for _ in range(args.repeat):
             for c in args.concurrency:
-                limit = c / args.delay
-                n = max(c, int(limit * args.seconds))
+                limit = c / args.delay if args.delay else math.inf
+                n = max(c, int(min(limit, 5000) * args.seconds))
                 for name in args.clients:
-                    wall, cpu = asyncio.run(measure(name, server.url, c, n, prompts))
+                    wall, cpu = (measure_generate(server.url, c, n) if name == "generate"
+                                 else asyncio.run(measure(name, server.url, c, n, prompts)))
                     rate = n / wall
                     load = os.getloadavg()[0]  # other processes on the machine slow both sides
-                    print(f"| {c} | {name} | {n} | {rate:.1f} | {limit:.1f} | {rate / limit:.3f} "
+                    ratio = f"{rate / limit:.3f}" if args.delay else "-"
+                    print(f"| {c} | {name} | {n} | {rate:.1f} | {limit:.1f} | {ratio} "
                           f"| {cpu / wall:.0%} | {cpu / n * 1000:.3f} | {load:.1f} |", flush=True)
     finally:
         server.close()

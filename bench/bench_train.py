@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from tinystories.model.gpt import GPT, GPTConfig
-from tinystories.model.hf import to_hf_state
+from tinystories.model.hf import to_transformers
 
 
 class NanoBlock(nn.Module):
@@ -58,37 +58,32 @@ class NanoGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
 
-def hf_gpt_neo(cfg: GPTConfig, ours: GPT) -> nn.Module:
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+class Contender:
+    """One model under test with its own optimizer; `step` trains on one batch and returns the loss."""
 
-    hf_cfg = GPTNeoConfig(vocab_size=cfg.vocab_size, max_position_embeddings=cfg.context_length,
-                          hidden_size=cfg.d_model, num_layers=cfg.n_layer, num_heads=cfg.n_head,
-                          attention_types=[[["global"], cfg.n_layer]], intermediate_size=4 * cfg.d_model,
-                          activation_function="gelu_new", resid_dropout=0.0, embed_dropout=0.0,
-                          attention_dropout=0.0, tie_word_embeddings=True)
-    model = GPTNeoForCausalLM(hf_cfg)
-    model.load_state_dict(to_hf_state(ours), strict=False)
-    model.tie_weights()
-    return model
+    def __init__(self, name: str, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                 ) -> None:
+        self.name, self.loss_fn = name, loss_fn
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        self.seconds = 0.0
+        self.losses: list[float] = []
 
-
-def measure(name: str, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            batches: list[tuple[torch.Tensor, torch.Tensor]], warmup: int) -> tuple[float, list[float]]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    losses: list[float] = []
-    start = 0.0
-    for i, (x, y) in enumerate(batches):
-        if i == warmup:
-            start = time.perf_counter()
-        loss = loss_fn(x, y)
+    def step(self, x: torch.Tensor, y: torch.Tensor, timed: bool) -> None:
+        start = time.perf_counter()
+        loss = self.loss_fn(x, y)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-    seconds = time.perf_counter() - start
-    tok_s = (len(batches) - warmup) * batches[0][0].numel() / seconds
-    print(f"  {name:<34} {tok_s:>9,.0f} tokens/s")
-    return tok_s, losses
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if timed:
+            self.seconds += time.perf_counter() - start
+        self.losses.append(float(loss.detach()))
+
+
+def race(contenders: list[Contender], batches: list[tuple[torch.Tensor, torch.Tensor]], warmup: int) -> None:
+    """Interleave the contenders step by step, so a change in machine load hits all alike."""
+    for i, (x, y) in enumerate(batches):
+        for c in contenders:
+            c.step(x, y, timed=i >= warmup)
 
 
 def main() -> None:
@@ -120,29 +115,29 @@ def main() -> None:
 
     torch.manual_seed(0)
     ours = GPT(cfg)
-    hf = hf_gpt_neo(cfg, ours)
+    hf = to_transformers(ours).train()
     nano = NanoGPT(cfg)
-    results = {}
-    results["hf"] = measure("HF transformers GPTNeoForCausalLM", hf,
-                            lambda x, y: hf(input_ids=x, labels=x).loss, batches, args.warmup)
-    results["nano"] = measure("plain eager nanoGPT (SDPA)", nano, nano, batches, args.warmup)
-    results["ours"] = measure("tinystories GPT (fused loss)", ours, ours.loss, batches, args.warmup)
+    contenders = [Contender("HF transformers GPTNeoForCausalLM", hf, lambda x, y: hf(input_ids=x, labels=x).loss),
+                  Contender("plain eager nanoGPT (SDPA)", nano, nano),
+                  Contender("tinystories GPT (fused loss)", ours, ours.loss)]
     if args.compile:
         torch.manual_seed(0)
         fresh = GPT(cfg)
         compiled = torch.compile(fresh)
-        results["compiled"] = measure("tinystories GPT + torch.compile", fresh,
-                                      lambda x, y: compiled.loss(x, y), batches, args.warmup + 2)
-
-    hf_losses, our_losses = results["hf"][1], results["ours"][1]
+        contenders.append(Contender("tinystories GPT + torch.compile", fresh, lambda x, y: compiled.loss(x, y)))
+    race(contenders, batches, args.warmup)
+    timed_tokens = args.steps * batches[0][0].numel()
+    speed = {c.name: timed_tokens / c.seconds for c in contenders}
+    for name, tok_s in speed.items():
+        print(f"  {name:<34} {tok_s:>9,.0f} tokens/s")
+    hf_losses, our_losses = contenders[0].losses, contenders[2].losses
     print("first losses (HF vs ours, same initial weights and batches):")
     for a, b in list(zip(hf_losses, our_losses))[:3]:
         print(f"  {a:.5f}  {b:.5f}")
     assert all(math.isclose(a, b, rel_tol=1e-3) for a, b in zip(hf_losses[:3], our_losses[:3])), "math differs"
-    best = max(v[0] for k, v in results.items() if k in ("ours", "compiled"))
-    print(f"ours / HF GPT-Neo:     {best / results['hf'][0]:.2f}x  (goal >= 8x)")
-    print(f"ours / eager nanoGPT:  {best / results['nano'][0]:.2f}x  (goal >= 1.5x)")
-
+    best = max(speed[c.name] for c in contenders[2:])
+    print(f"ours / HF GPT-Neo:     {best / speed[contenders[0].name]:.2f}x  (goal >= 8x)")
+    print(f"ours / eager nanoGPT:  {best / speed[contenders[1].name]:.2f}x  (goal >= 1.5x)")
 
 if __name__ == "__main__":
     main()

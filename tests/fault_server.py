@@ -64,6 +64,7 @@ class Script:
     fault_rate: float = 0.0  # share of prompts whose first attempt fails
     faults: list[str] = field(default_factory=lambda: list(FAULTS))
     timeout_sleep: float = 2.0  # longer than the client's timeout
+    retry_after: str = "0.05"  # the Retry-After header of a 429
     api_key: str | None = None  # if set, other Authorization headers get 401
     batch_polls: int = 1  # "in_progress" answers before a batch completes
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
@@ -106,7 +107,7 @@ class FaultServer:
         if fault == "disconnect":
             raise ConnectionAbortedError("scripted disconnect")  # serve_connection hangs up
         if fault == "429":
-            return 429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "0.05"}
+            return 429, b'{"error": {"message": "rate limited"}}', {"Retry-After": self.script.retry_after}
         if fault == "500":
             return 500, b'{"error": {"message": "boom"}}', {}
         if fault == "timeout":
@@ -180,8 +181,8 @@ class FaultServer:
                             *(f"{k}: {v}" for k, v in extra.items())]
                 if self.script.chunked:  # two chunks, to exercise the client's reassembly
                     head_out.append("Transfer-Encoding: chunked")
-                    half = len(data) // 2
-                    data = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (data[:half], data[half:]) if c) + b"0\r\n\r\n"
+                    chunks = [c for c in (data[: len(data) // 2], data[len(data) // 2:]) if c]
+                    data = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
                 else:
                     head_out.append(f"Content-Length: {len(data)}")
                 writer.write(("\r\n".join(head_out) + "\r\n\r\n").encode() + data)

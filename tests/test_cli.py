@@ -10,7 +10,7 @@ import pytest
 
 
 def tinystories(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tinystories.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tinystories.cli", *args], check=False, capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 

@@ -137,7 +137,8 @@ def test_kill_and_restart_loses_and_duplicates_nothing(tmp_path):
         assert_exactly_once(out, n)
         assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
         assert "cutting a torn last line" in logs.read_text()
-        assert "HTTP Request: POST" in logs.read_text()  # -v logs requests ...
+        assert "HTTP Request: POST" in logs.read_text()  # -v logs requests and retries ...
+        assert "HTTP 429; retry 1 in" in logs.read_text()
         for path in [logs, *out.rglob("*")]:  # ... but the key appears nowhere
             if path.is_file():
                 assert KEY not in path.read_text(errors="replace"), path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 
 import pytest
 
@@ -53,6 +54,18 @@ def test_dropped_connections_are_retried():
         server.close()
     assert len(texts) == 6 and stats["disconnect"] == 6
     assert client.usage.errors == {"connection error": 6} and client.usage.retries == 6
+
+
+def test_retry_after_is_honoured():
+    server = ServerProcess(fault_rate=1.0, faults=["429"], retry_after="0.6")
+    try:
+        start = time.monotonic()
+        texts, client = complete_all(config(server.url, backoff_base_s=0.001, backoff_max_s=0.001), PROMPTS[:2])
+        elapsed = time.monotonic() - start
+    finally:
+        server.close()
+    assert len(texts) == 2 and client.usage.errors == {"HTTP 429": 2}
+    assert elapsed >= 0.6  # the backoff alone would wait at most 1 ms
 
 
 def test_retries_run_out_with_a_clear_error():

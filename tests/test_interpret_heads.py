@@ -57,6 +57,38 @@ def test_planted_heads_are_classified() -> None:
     assert len(rows) == 3 and rows[1]["class"] == "sink"
 
 
+def test_planted_same_token_head_is_semantic() -> None:
+    """One head whose query matches keys of the same token (and avoids itself): a copy-finding head.
+
+    Tokens are one-hot in dims 0..15, positions in dims 16..31; q = [tok, -2 pos], k = [tok, pos],
+    so q_t . k_j is high for earlier copies of token t, low for t itself.
+    """
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=16, context_length=16, n_layer=1, n_head=1, d_model=32, arch="neo")
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        model.tok_emb.weight.copy_(torch.eye(16, 32))
+        model.pos_emb.weight.copy_(torch.cat([torch.zeros(16, 16), torch.eye(16)], dim=1))
+        w = torch.zeros(96, 32)
+        w[:16, :16] = torch.eye(16)
+        w[16:32, 16:] = -2 * torch.eye(16)
+        w[32:64] = torch.eye(32)
+        w[64:] = torch.randn(32, 32) * 0.02
+        model.blocks[0].attn.qkv.weight.copy_(w)
+    gen = torch.Generator().manual_seed(1)
+    seqs = []
+    for _ in range(6):
+        seq = [15]  # position 0: a token used nowhere else
+        while len(seq) < 16:
+            t = int(torch.randint(0, 6, (1,), generator=gen))
+            if t != seq[-1]:  # no immediate repeats: those count as previous-token, not semantic
+                seq.append(t)
+        seqs.append(seq)
+    stats = head_stats(model, seqs, [[f" w{i}" for i in s] for s in seqs], Lexicon())
+    assert stats.labels == [["semantic"]]
+    assert stats.semantic[0, 0] > 0.9 and stats.semantic_lift[0, 0] > 3
+
+
 def test_lexicon_words_names_and_relations() -> None:
     text = 'Once upon a time, Lily met a dog named Spot. She said, "Hi Spot!" Spot wagged.'
     assert {"Lily", "Spot"} <= find_names([text])

@@ -11,7 +11,7 @@ from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.model.losses import linear_cross_entropy
 from tinystories.model.presets import PRESETS, count_params
 
-ARCHS = [dict(arch="neo"), dict(arch="neo", local_window=5), dict(arch="modern"), dict(arch="modern", tie_embeddings=False)]
+ARCHS = [{"arch": "neo"}, {"arch": "neo", "local_window": 5}, {"arch": "modern"}, {"arch": "modern", "tie_embeddings": False}]
 
 
 def small(**kw: object) -> GPT:

@@ -2,13 +2,19 @@ import pytest
 import torch
 
 from tinystories.errors import TinyStoriesError
-from tinystories.infer.sampling import SamplingConfig, filter_logits, generate, generate_reference
+from tinystories.infer.sampling import (
+    SamplingConfig,
+    candidates,
+    filter_logits,
+    generate,
+    generate_reference,
+)
 from tinystories.model.gpt import GPT, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
 
 
-@pytest.fixture(params=[dict(arch="neo"), dict(arch="neo", local_window=6), dict(arch="modern")])
+@pytest.fixture(params=[{"arch": "neo"}, {"arch": "neo", "local_window": 6}, {"arch": "modern"}])
 def model(request: pytest.FixtureRequest) -> GPT:
     torch.manual_seed(1)
     return GPT(GPTConfig(vocab_size=64, context_length=48, n_layer=2, n_head=2, d_model=16,
@@ -73,3 +79,17 @@ def test_bad_sampling_settings(model: GPT, cfg: SamplingConfig, needle: str) -> 
 def test_prompt_longer_than_context(model: GPT) -> None:
     with pytest.raises(TinyStoriesError, match="longer than the model's context of 48"):
         generate(model, [list(range(1, 60))], SamplingConfig(), 0)
+
+
+@pytest.mark.parametrize("cfg", [
+    SamplingConfig(temperature=0.7), SamplingConfig(top_k=5), SamplingConfig(top_p=0.9),
+    SamplingConfig(temperature=1.3, top_k=300, top_p=0.97), SamplingConfig(temperature=0.2, top_p=0.5),
+    SamplingConfig(temperature=5.0, top_p=0.999),  # a flat distribution: the nucleus outgrows 64 tokens
+])
+def test_fast_candidates_equal_the_reference_filter(cfg: SamplingConfig) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(6, 1000) * 3
+    expected = filter_logits(logits, cfg).softmax(-1)
+    probs, ids = candidates(logits, cfg)
+    got = torch.zeros_like(expected).scatter(-1, ids, probs)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)

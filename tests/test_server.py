@@ -13,7 +13,7 @@ import openai
 import pytest
 import torch
 
-from tinystories.infer.engine import filter_rows, sample_rows
+from tinystories.infer.engine import RowParams, filter_rows, sample_rows
 from tinystories.infer.sampling import SamplingConfig, filter_logits, generate
 from tinystories.infer.server import chat_prompt, create_app, load_models, running
 from tinystories.model.checkpoint import LoadedModel
@@ -187,18 +187,21 @@ def test_per_row_filtering_matches_filter_logits() -> None:
 
 
 def test_per_row_sampling_follows_the_distribution() -> None:
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -9.0]]).repeat(4000, 1)
-    temp = torch.tensor([1.0] * 2000 + [0.0] * 2000)
-    filtered = filter_rows(logits, temp, torch.zeros(4000, dtype=torch.long), torch.full((4000,), 0.9))
+    logprobs = torch.tensor([[2.0, 1.0, 0.0, -1.0, -9.0]]).log_softmax(-1).repeat(4000, 1)
+    params = [RowParams(1, temperature=1.0, top_p=0.9)] * 2000 + [RowParams(1, temperature=0.0)] * 2000
     gens = [torch.Generator().manual_seed(i) for i in range(4000)]
-    drawn = torch.tensor(sample_rows(logits, filtered, temp, gens))
+    drawn = sample_rows(logprobs, params, gens)
     assert (drawn[2000:] == 0).all()  # temperature 0 is greedy
     freq = torch.bincount(drawn[:2000], minlength=5).float() / 2000
-    expected = filtered[0].softmax(-1)  # top-p 0.9 keeps the first three tokens
+    expected = filter_logits(logprobs[:1], SamplingConfig(top_p=0.9))[0].softmax(-1)  # keeps the first three
     assert expected[3:].sum() == 0 and freq[3:].sum() == 0
     torch.testing.assert_close(freq, expected, atol=0.04, rtol=0)
-    again = sample_rows(logits[:3], filtered[:3], temp[:3], [torch.Generator().manual_seed(i) for i in range(3)])
-    assert again == drawn[:3].tolist()  # a row's seed fixes its draws
+    again = sample_rows(logprobs[:3], params[:3], [torch.Generator().manual_seed(i) for i in range(3)])
+    assert again.tolist() == drawn[:3].tolist()  # a row's seed fixes its draws
+    # Plain sampling (every row at temperature 1, no cut: the path that skips filtering).
+    plain = sample_rows(logprobs[:2000], [RowParams(1)] * 2000, [torch.Generator().manual_seed(i) for i in range(2000)])
+    freq = torch.bincount(plain, minlength=5).float() / 2000
+    torch.testing.assert_close(freq, logprobs[0].exp(), atol=0.04, rtol=0)
 
 
 def test_attention_endpoint(server: tuple[str, object], loaded: LoadedModel) -> None:

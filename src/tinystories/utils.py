@@ -15,7 +15,6 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -65,6 +65,8 @@ class StoryFilter:
         self.refusal = re.compile("|".join(cfg.refusal_patterns), re.IGNORECASE)
         self.lsh = MinHashLSH(threshold=cfg.near_duplicate_threshold, num_perm=cfg.minhash_perm) \
             if cfg.near_duplicate_threshold < 1 else None
+        # Drawing the random permutations is most of a MinHash's cost: draw them once.
+        self._minhash_template = MinHash(num_perm=cfg.minhash_perm, seed=1)
         self._contamination = self._eval_index()
 
     def _eval_index(self) -> list[tuple[int, set[tuple[str, ...]]]]:
@@ -114,7 +116,8 @@ class StoryFilter:
             self.lsh.insert(key, self._minhash(words_of(story)))
 
     def _minhash(self, ws: list[str]) -> MinHash:
-        m = MinHash(num_perm=self.cfg.minhash_perm, seed=1)
+        t = self._minhash_template
+        m = MinHash(num_perm=self.cfg.minhash_perm, seed=1, permutations=t.permutations, scheme=t.scheme)
         m.update_batch([" ".join(g).encode() for g in ngrams(ws, 3)])
         return m
 

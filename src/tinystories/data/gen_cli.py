@@ -94,8 +94,6 @@ def generate_config(args: argparse.Namespace) -> GenerateConfig:
 def run_generate(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # httpx logs every request at INFO
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     manifest = generate(generate_config(args))
     counts, cost = manifest["counts"], manifest["usage"]["this_session"]["cost_usd"]
     print(f"{counts['accepted']} accepted, {counts['rejected']} rejected "

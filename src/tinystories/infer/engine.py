@@ -52,6 +52,8 @@ class Row:
     def __init__(self, prompt: list[int], params: RowParams, emit: Callable[[Event], None]) -> None:
         self.prompt, self.params, self.emit = prompt, params, emit
         self.ids: list[int] = []
+        self.text = ""  # decoded text of ids[:read]
+        self.prefix = self.read = 0  # the window ids[prefix:] that `_detokenize` decodes
         self.sent = ""  # text already emitted
         self.cancelled = False
         self.finish_reason: str | None = None
@@ -73,8 +75,8 @@ class Row:
 
 def filter_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                 top_p: torch.Tensor) -> torch.Tensor:
-    """`sampling.filter_logits` with per-row settings: logits [B, V], the rest [B]."""
-    logits = logits.float() / temperature.clamp(min=1e-6)[:, None]
+    """`sampling.filter_logits` with per-row settings: logits [B, V] (float), the rest [B]."""
+    logits = logits / temperature.clamp(min=1e-6)[:, None]
     rows = ((top_k > 0) | (top_p < 1)).nonzero().flatten()
     if not len(rows):  # nothing to cut (the common case): skip the sort
         return logits
@@ -88,18 +90,30 @@ def filter_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Te
     return logits
 
 
-def sample_rows(logits: torch.Tensor, filtered: torch.Tensor, temperature: torch.Tensor,
-                generators: list[torch.Generator]) -> list[int]:
-    """One token per row: argmax where temperature is 0, else a draw from softmax(filtered).
+def sample_rows(logprobs: torch.Tensor, params: list[RowParams], generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of `logprobs` [B, V] (the model's log-softmax): argmax where
+    temperature is 0, else a draw after the row's temperature / top-k / top-p.
 
     Inverse-CDF sampling, vectorized: each row takes one uniform number from its own
-    generator, so a seeded row draws the same tokens whatever else is in the batch.
+    generator, so a seeded row draws the same tokens whatever else is in the batch. The
+    common case (every row at temperature 1, no cut) reuses `logprobs` as is.
     """
-    u = torch.tensor([torch.rand(1, generator=g).item() for g in generators], device=logits.device)
-    cum = filtered.softmax(-1).cumsum(-1)
+    temps = [p.temperature for p in params]
+    if any(t != 1 for t in temps) or any(p.top_k > 0 or p.top_p < 1 for p in params):
+        device = logprobs.device
+        temperature = torch.tensor(temps, device=device)
+        probs = filter_rows(logprobs, temperature, torch.tensor([p.top_k for p in params], device=device),
+                            torch.tensor([p.top_p for p in params], device=device)).softmax(-1)
+    else:
+        probs = logprobs.exp()
+    u = torch.tensor([torch.rand(1, generator=g).item() for g in generators], device=logprobs.device)
+    cum = probs.cumsum(-1)
     sampled = torch.searchsorted(cum, (u * cum[:, -1])[:, None], side="right")[:, 0]
-    sampled = sampled.clamp(max=logits.size(-1) - 1)  # guards float round-off at the top end
-    return torch.where(temperature == 0, logits.argmax(-1), sampled).tolist()
+    sampled = sampled.clamp(max=logprobs.size(-1) - 1)  # guards float round-off at the top end
+    if 0 in temps:
+        greedy = torch.tensor([t == 0 for t in temps], device=logprobs.device)
+        sampled = torch.where(greedy, logprobs.argmax(-1), sampled)
+    return sampled
 
 
 class Engine:
@@ -111,7 +125,8 @@ class Engine:
     forward pass, so the batch is compacted (one copy) once they are more than a third.
     """
 
-    def __init__(self, loaded: LoadedModel, max_batch: int = 64, start: bool = True) -> None:
+    def __init__(self, loaded: LoadedModel, max_batch: int = 64, start: bool = True,
+                 after_step: Callable[[], None] | None = None) -> None:
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.ctx = self.model.cfg.context_length
         self.device = self.model.tok_emb.weight.device
@@ -123,6 +138,7 @@ class Engine:
         self.wake = threading.Condition()
         self.stopped = False
         self.steps = 0  # decode steps run (batches, not tokens): for tests and stats
+        self.after_step = after_step  # called once each step's events are emitted (to hand them on together)
         self.thread = threading.Thread(target=self._loop, name="tinystories-engine", daemon=True)
         if start:  # (tests drive an unstarted engine step by step)
             self.thread.start()
@@ -165,6 +181,8 @@ class Engine:
                         row.emit(Event(f"[engine error: {exc}]", [], [], [], "error", len(row.ids)))
                 self.slots, self.cache = [], None
                 self.last = self.last[:0]
+            if self.after_step is not None:
+                self.after_step()
 
     @torch.inference_mode()
     def step(self, new: list[Row]) -> None:
@@ -275,27 +293,24 @@ class Engine:
         logits, _ = self.model(self.last[:, None], cache=self.cache)
         self.steps += 1
         live = self._live()
+        if len(live) == len(self.slots):  # no free slot: no gather needed
+            self._sample(logits[:, -1], self.rows, slice(None))
+            return
         where = torch.tensor(live, device=self.device)
         self._sample(logits[where, -1], [self.slots[i] for i in live], where)
 
     # ------------------------------------------------------------ sampling and output
-    def _sample(self, logits: torch.Tensor, rows: list[Row], where: torch.Tensor) -> None:
+    def _sample(self, logits: torch.Tensor, rows: list[Row], where: torch.Tensor | slice) -> None:
         """Pick the next token of `rows` (in batch slots `where`) and report it."""
-        p = [r.params for r in rows]
-        temp = torch.tensor([x.temperature for x in p], device=logits.device)
-        filtered = filter_rows(logits, temp, torch.tensor([x.top_k for x in p], device=logits.device),
-                               torch.tensor([x.top_p for x in p], device=logits.device))
-        logits = logits.float()
-        chosen = sample_rows(logits, filtered, temp, [r.generator for r in rows])
-        nxt = torch.tensor(chosen, device=self.device)
         # Log-probabilities under the model itself (temperature 1), as OpenAI's logprobs report.
-        lse = logits.logsumexp(-1)
-        chosen_lp = (logits.gather(1, nxt[:, None])[:, 0] - lse).tolist()
+        logprobs = logits.float().log_softmax(-1)
+        nxt = sample_rows(logprobs, [r.params for r in rows], [r.generator for r in rows])
         self.last[where] = nxt
+        chosen, chosen_lp = nxt.tolist(), logprobs.gather(1, nxt[:, None])[:, 0].tolist()
         for i, row in enumerate(rows):
             top = {}
             if row.params.logprobs:
-                values, ids = (logits[i] - lse[i]).topk(row.params.logprobs)
+                values, ids = logprobs[i].topk(row.params.logprobs)
                 top = dict(zip(ids.tolist(), values.tolist()))
             self._advance(row, chosen[i], chosen_lp[i], top)
 
@@ -306,17 +321,15 @@ class Engine:
             row.pending_ids.append(token)
             row.pending_lp.append(logprob)
             row.pending_top.append(top)
-        text = self.tokenizer.decode(row.ids)
-        finish = None
+        finish = "stop" if eos else None
+        if not eos and (len(row.ids) >= row.params.max_new_tokens or len(row.prompt) + len(row.ids) >= self.ctx):
+            finish = "length"
+        self._detokenize(row, final=finish is not None)
+        text = row.text
         for s in row.params.stop:
             at = text.find(s, max(0, len(row.sent) - len(s)))
             if at >= 0:
                 text, finish = text[:at], "stop"
-        if eos:
-            finish = "stop"
-        elif finish is None and (len(row.ids) >= row.params.max_new_tokens
-                                 or len(row.prompt) + len(row.ids) >= self.ctx):
-            finish = "length"
         if finish is None:
             text = text[:len(text) - _holdback(text, row.params.stop)]
             if len(text) <= len(row.sent):
@@ -326,10 +339,24 @@ class Engine:
         row.emit(Event(delta, row.pending_ids, row.pending_lp, row.pending_top, finish, len(row.ids)))
         row.pending_ids, row.pending_lp, row.pending_top = [], [], []
 
+    def _detokenize(self, row: Row, final: bool) -> None:
+        """Extend `row.text` with its new tokens' text, decoding a short window, not the whole row.
+
+        The window starts at the last point where the text was complete (TGI's scheme: the
+        text of ids[prefix:read] is already in `row.text`). Text ending in an unfinished
+        UTF-8 character waits for more tokens, unless this is the row's last token.
+        """
+        done = self.tokenizer.decode(row.ids[row.prefix:row.read])
+        now = self.tokenizer.decode(row.ids[row.prefix:])
+        if now.endswith("\ufffd") and not final:
+            return
+        row.text += now[len(done):]
+        row.prefix, row.read = row.read, len(row.ids)
+
 
 def _holdback(text: str, stops: list[str]) -> int:
-    """How many trailing characters to keep back: an unfinished UTF-8 character, or a stop string's start."""
-    n = 1 if text.endswith("\ufffd") else 0
+    """How many trailing characters to keep back: the possible start of a stop string."""
+    n = 0
     for s in stops:
         for k in range(min(len(s) - 1, len(text)), 0, -1):
             if text.endswith(s[:k]):

@@ -27,11 +27,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, default=d.layer, help="MLP layer whose neurons are searched")
     p.add_argument("--top-k", type=int, default=d.top_k, help="top activations shown per neuron")
     p.add_argument("--units", type=int, default=d.n_units, help="neurons and random directions shown")
-    p.add_argument("--neuron", type=int, action="append", default=[], dest="neuron_ids",
+    p.add_argument("--neuron", type=int, action="append", default=[], dest="neuron_ids", metavar="N",
                    help="show this neuron (repeatable); default: --units neurons drawn with --seed")
-    p.add_argument("--random-directions", type=int, default=d.n_random, dest="n_random",
+    p.add_argument("--random-directions", type=int, default=d.n_random, dest="n_random", metavar="N",
                    help="random directions searched for the baseline statistics")
-    p.add_argument("--head", action="append", default=[], dest="heads",
+    p.add_argument("--head", action="append", default=[], dest="heads", metavar="L.H",
                    help="also draw this head, as LAYER.HEAD (repeatable)")
     p.add_argument("--head-stories", type=int, default=d.head_stories,
                    help="corpus stories the head measures average over (besides --text)")

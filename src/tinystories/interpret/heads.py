@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from tinystories.interpret.hooks import run_with_cache
 from tinystories.interpret.lexicon import Lexicon, token_words
@@ -106,7 +107,7 @@ def classify(stats: dict[str, np.ndarray], th: HeadThresholds) -> list[list[str]
 
 @torch.no_grad()
 def head_stats(model: GPT, sequences: list[list[int]], token_strings: list[list[str]],
-               lexicon: Lexicon, thresholds: HeadThresholds | None = None) -> HeadStats:
+               lexicon: Lexicon, thresholds: HeadThresholds | None = None, progress: bool = False) -> HeadStats:
     """Measure every head on `sequences` (token ids, each starting a story) and classify it."""
     th = thresholds or HeadThresholds()
     L, H = model.cfg.n_layer, model.cfg.n_head
@@ -114,7 +115,8 @@ def head_stats(model: GPT, sequences: list[list[int]], token_strings: list[list[
                                                                "first_token", "semantic", "uniform")}
     n_queries = n_semantic = 0
     device = next(model.parameters()).device
-    for ids, strings in zip(sequences, token_strings, strict=True):
+    pairs = zip(sequences, token_strings, strict=True)
+    for ids, strings in tqdm(pairs, total=len(sequences), desc="attention heads", unit="story", disable=not progress):
         T = len(ids)
         if T < 3:
             continue

@@ -137,7 +137,7 @@ def build_report(loaded: LoadedModel, cfg: InterpretConfig, out: Path) -> Path:
     # Heads: measured on the text and some corpus stories, drawn on the text.
     head_texts = [cfg.text] + stories[:cfg.head_stories]
     seqs = [story_ids(tok, t, mcfg.context_length) for t in head_texts]
-    stats = head_stats(model, seqs, [token_texts(tok, s) for s in seqs], Lexicon.build(head_texts))
+    stats = head_stats(model, seqs, [token_texts(tok, s) for s in seqs], Lexicon.build(head_texts), progress=True)
     write_json(out / "heads.json", stats.to_json())
     text_ids = seqs[0][:cfg.max_text_tokens]
     text_tokens = token_texts(tok, text_ids)

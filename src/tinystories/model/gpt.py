@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from tinystories.model.losses import linear_cross_entropy
 
@@ -98,6 +98,14 @@ def attention_mask(start: int, q_len: int, k_len: int, pad: torch.Tensor | None,
     if pad is not None:
         mask = mask & (k >= pad[:, None])[:, None, None, :]
     return mask
+
+
+def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as 0 / -inf to add to the scores: SDPA's CPU kernel runs ~1.6x faster with it.
+
+    Only for masks where every query sees some key (else its softmax is NaN).
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +228,7 @@ class GPT(nn.Module):
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
                       pad: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normed hidden states [B, T, d_model] for tokens `idx` [B, T]."""
-        B, T = idx.shape
+        T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if cache is not None:
             pad = cache.pad
@@ -240,6 +248,8 @@ class GPT(nn.Module):
         k_len = start + T
         windows = {0} | {blk.attn.window for blk in self.blocks}
         masks = {w: attention_mask(start, T, k_len, pad, w, idx.device) for w in windows}
+        if T == 1:  # a decode step: its one query always sees its own key, so no row is all masked
+            masks = {w: m if m is None else additive(m, x.dtype) for w, m in masks.items()}
         is_causal = start == 0 and T > 1
         for block in self.blocks:
             x = block(x, masks, is_causal, rope, cache)

@@ -99,10 +99,10 @@ def _neo_attention_types(cfg: GPTConfig) -> list[list[Any]]:
     return types
 
 
-def hf_config(cfg: GPTConfig, tokenizer: Tokenizer) -> Any:
+def hf_config(cfg: GPTConfig, eos: int) -> Any:
+    """The `transformers` config (GPTNeoConfig or LlamaConfig) of the same architecture."""
     from transformers import GPTNeoConfig, LlamaConfig
 
-    eos = tokenizer.eos_id
     common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
                   "bos_token_id": eos, "eos_token_id": eos}
     if cfg.arch == "neo":
@@ -183,6 +183,16 @@ def _llama_config(hf: dict[str, Any], where: str) -> GPTConfig:
                      norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta))
 
 
+def to_transformers(model: GPT, eos: int = 0) -> Any:
+    """The same network as a `transformers` model in memory (GPTNeoForCausalLM / LlamaForCausalLM)."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_config(hf_config(model.cfg, eos))
+    hf.load_state_dict(to_hf_state(model), strict=False)  # tied lm_head comes from the embeddings
+    hf.tie_weights()
+    return hf.eval()
+
+
 # ---------------------------------------------------------------- export
 def export_hf(loaded: LoadedModel, out_dir: str | Path) -> Path:
     """Write a `transformers` folder (weights, config, tokenizer, model card) for `loaded`."""
@@ -191,7 +201,7 @@ def export_hf(loaded: LoadedModel, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = loaded.model.cfg
-    config = hf_config(cfg, loaded.tokenizer)
+    config = hf_config(cfg, loaded.tokenizer.eos_id)
     config.architectures = ["GPTNeoForCausalLM" if cfg.arch == "neo" else "LlamaForCausalLM"]
     config.dtype = "float32"
     save_tensors(to_hf_state(loaded.model), out / "model.safetensors", metadata={"format": "pt"})

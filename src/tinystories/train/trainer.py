@@ -28,7 +28,13 @@ from tinystories.data.pretokenize import TokenFileInfo, load_tokens
 from tinystories.data.tokenizer import Tokenizer
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.bpb import bits_per_byte
-from tinystories.model.checkpoint import load_model, load_tensors, model_state, save_model, save_tensors
+from tinystories.model.checkpoint import (
+    load_model,
+    load_tensors,
+    model_state,
+    save_model,
+    save_tensors,
+)
 from tinystories.model.gpt import GPT
 from tinystories.train.config import TrainConfig, dump_config
 from tinystories.train.metrics import MetricsLog
@@ -117,7 +123,7 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    kwargs: dict[str, Any] = dict(lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    kwargs: dict[str, Any] = {"lr": cfg.optim.lr, "betas": (cfg.optim.beta1, cfg.optim.beta2)}
     try:  # the fused kernel is the fastest on GPU and on recent CPU builds
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
