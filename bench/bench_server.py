@@ -7,6 +7,8 @@ max_tokens). Clients stream /v1/completions with httpx. For each concurrency lev
 (1 = sequential serving, the peer every ratio is measured against) it reports
 requests/s, generated tokens/s and first-token / total latency percentiles, and checks
 that no request was dropped (every stream ends with ``data: [DONE]`` and a finish_reason).
+The machine may be shared, so it also reports the server's CPU use, tokens per second of
+server CPU (what the server would do with a core of its own) and the load average.
 
     python bench/bench_server.py                    # 1, 8, 32 clients
     python bench/bench_server.py --soak-seconds 120 # plus the memory soak (RSS over time, plot)
@@ -201,18 +203,22 @@ def main() -> int:
                 cpu0, own0 = cpu_seconds(proc.pid), time.process_time()
                 results, seconds = asyncio.run(load(url, clients, clients * args.requests_per_client, prompts,
                                                     args.max_tokens))
-                rows.append({**summarize(clients, results, seconds),
-                             "server_cpu": (cpu_seconds(proc.pid) - cpu0) / seconds,
-                             "client_cpu": (time.process_time() - own0) / seconds})
-            base = rows[0]["tok_s"]
+                server_cpu = cpu_seconds(proc.pid) - cpu0
+                rows.append({**summarize(clients, results, seconds), "server_cpu": server_cpu / seconds,
+                             "client_cpu": (time.process_time() - own0) / seconds,
+                             "tok_cpu_s": sum(r["tokens"] for r in results) / server_cpu,
+                             "load": os.getloadavg()[0]})
+            base, base_cpu = rows[0]["tok_s"], rows[0]["tok_cpu_s"]
             print("| clients | requests | dropped | req/s | tokens/s | vs 1 client | first token p50/p95/p99 ms "
-                  "| total p50/p95/p99 ms | server / client CPU (cores) |")
-            print("|---|---|---|---|---|---|---|---|---|")
+                  "| total p50/p95/p99 ms | server / client CPU (cores) | tokens per server CPU-s (vs 1) "
+                  "| load avg |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
             for r in rows:
                 print(f"| {r['clients']} | {r['requests']} | {r['dropped']} | {r['req_s']:.2f} | {r['tok_s']:.0f} "
                       f"| {r['tok_s'] / base:.1f}x | {r['first_p50']:.0f} / {r['first_p95']:.0f} / "
                       f"{r['first_p99']:.0f} | {r['total_p50']:.0f} / {r['total_p95']:.0f} / {r['total_p99']:.0f} "
-                      f"| {r['server_cpu']:.2f} / {r['client_cpu']:.2f} |")
+                      f"| {r['server_cpu']:.2f} / {r['client_cpu']:.2f} | {r['tok_cpu_s']:.0f} "
+                      f"({r['tok_cpu_s'] / base_cpu:.1f}x) | {r['load']:.1f} |")
             if args.soak_seconds:
                 plot_soak(soak(url, proc.pid, args.soak_seconds, 32, prompts, args.max_tokens), Path(args.plot))
         finally:

@@ -12,7 +12,6 @@ from tinystories.data.tokenizer import Tokenizer, train_bpe
 from tinystories.model.checkpoint import save_model
 from tinystories.model.gpt import GPT, GPTConfig
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -7,20 +7,12 @@ from tinystories.data.corpus import read_stories, repair_mojibake
 from tinystories.errors import TinyStoriesError
 from tinystories.utils import resource_path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories"
-HF_ROWS = SHARED / "valid_dev_hfrows.jsonl"
+HF_ROWS = Path(__file__).parent / "data" / "valid_dev_hfrows.jsonl"  # as `datasets` returns them
 
 
-@pytest.fixture
-def hf_rows() -> Path:
-    if HF_ROWS.exists():
-        return HF_ROWS
-    pytest.skip("../shared/data not present")
-
-
-def test_repair_matches_the_cleaned_validation_rows_exactly(hf_rows: Path) -> None:
+def test_repair_matches_the_cleaned_validation_rows_exactly() -> None:
     clean = [json.loads(line)["text"] for line in resource_path("valid_dev.jsonl").open()]
-    stories, stats = read_stories(str(hf_rows), dedupe=False)
+    stories, stats = read_stories(str(HF_ROWS), dedupe=False)
     assert stories == [s.strip() for s in clean]
     assert stats.repaired == 7 and stats.read == 500
     assert not any("â€" in s for s in stories)

@@ -178,6 +178,37 @@ def test_concurrent_requests_share_forward_passes(server: tuple[str, object], cl
     assert engine.steps - steps < len(prompts) * 40 / 2  # far fewer decode steps than tokens
 
 
+def test_streams_wake_the_loop_once_per_step(loaded: LoadedModel) -> None:
+    """Concurrent streams get their tokens right while the engine wakes the event loop once
+    per decode step for all rows, not once per token."""
+    app = create_app({MODEL: loaded})
+    prompts = ["Once upon a time", "Tom", "The sun was hot and", "Lily had a red ball", "Max", "Sue ran"]
+    texts: dict[int, str] = {}
+    chunks = [0] * len(prompts)
+
+    def ask(url: str, i: int) -> None:
+        with httpx.stream("POST", url + "/v1/completions", timeout=60, json={
+                "model": MODEL, "prompt": prompts[i], "max_tokens": 30, "temperature": 0, "stream": True}) as r:
+            parts = []
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    chunks[i] += 1
+                    parts += [c["text"] for c in json.loads(line[6:])["choices"]]
+            texts[i] = "".join(parts)
+
+    with running(app) as url:
+        threads = [threading.Thread(target=ask, args=(url, i)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [texts[i] for i in range(len(prompts))] == [
+        loaded.tokenizer.decode(greedy(loaded, p, 30)) for p in prompts]
+    engine, mailbox = app.state.served[MODEL].engine, app.state.mailbox
+    assert 0 < mailbox.wakeups <= engine.steps + len(prompts)  # (+ steps that only admitted rows)
+    assert mailbox.wakeups * 2 < sum(chunks)
+
+
 def test_per_row_filtering_matches_filter_logits() -> None:
     logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
     for t, k, p in [(0.7, 0, 0.9), (1.0, 5, 1.0), (1.5, 20, 0.5)]:

@@ -61,8 +61,9 @@ class Tokenizer:
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        # The Rust side spreads a batch over all cores.
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        # The Rust side spreads a batch over all cores; the _fast variant skips character offsets.
+        encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)

@@ -193,8 +193,12 @@ class Engine:
             self._admit(new)
             self._release_finished()
         if self.rows:
-            if self.cache is not None and self.cache.length >= self.ctx:
-                self._compact()  # trims slots that are padding in every live row
+            c = self.cache
+            # Trim slots that are padding in every live row: at the context's end, and also once
+            # they are a quarter of the cache (attention reads every slot at each step, and at
+            # batch 32 that reading is most of a step; one copy pays for itself in a few steps).
+            if c is not None and (c.length >= self.ctx or 4 * int(c.pad[self._live()].min()) >= c.length):
+                self._compact()
             self._decode()
 
     def _live(self) -> list[int]:

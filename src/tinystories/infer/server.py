@@ -127,6 +127,7 @@ class Mailbox:
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's (set by `run_rows`)
         self.lock = threading.Lock()
         self.items: list[tuple[asyncio.Queue[Any], Any]] = []
+        self.wakeups = 0  # times the loop was woken: for tests and stats
 
     def post(self, queue: asyncio.Queue[Any], item: Any) -> None:
         """Called from any thread."""
@@ -138,6 +139,7 @@ class Mailbox:
         with self.lock:
             if not self.items or self.loop is None:
                 return
+            self.wakeups += 1
         self.loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
@@ -172,7 +174,7 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, max_b
             s.engine.close()
 
     app = FastAPI(title="tinystories", lifespan=lifespan)
-    app.state.served = served
+    app.state.served, app.state.mailbox = served, mailbox
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
