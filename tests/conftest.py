@@ -13,7 +13,6 @@ from tinystories.model.checkpoint import save_model
 from tinystories.model.gpt import GPT, GPTConfig
 
 
-
 @pytest.fixture(scope="session")
 def stories() -> list[str]:
     """The bundled real TinyStories training sample (2,317 stories)."""
