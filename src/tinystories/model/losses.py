@@ -18,25 +18,28 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 chunk: int) -> torch.Tensor:
-        valid = targets != -1
-        n_valid = valid.sum().clamp(min=1)
+        keep = (targets != -1).to(hidden.dtype)
+        n_valid = keep.sum().clamp(min=1)
         safe_targets = targets.clamp(min=0)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight)
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk):
             end = min(start + chunk, hidden.shape[0])
-            h, t, keep = hidden[start:end], safe_targets[start:end], valid[start:end]
+            h, t, k = hidden[start:end], safe_targets[start:end], keep[start:end, None]
             logits = h @ weight.T
-            lse = torch.logsumexp(logits, dim=-1)
-            target_logits = logits.gather(1, t[:, None]).squeeze(1)
-            total += ((lse - target_logits) * keep).sum()
-            # d(sum of losses)/d(logits) = softmax - one_hot, zero for ignored rows.
-            probs = logits.sub_(lse[:, None]).exp_()
-            probs[torch.arange(end - start), t] -= 1
-            probs *= keep[:, None]
-            grad_hidden[start:end] = probs @ weight
-            grad_weight.addmm_(probs.T, h)
+            target_logits = logits.gather(1, t[:, None])
+            maxes = logits.amax(-1, keepdim=True)
+            exps = logits.sub_(maxes).exp_()  # softmax numerators, in place: 2 passes over [chunk, vocab]
+            sums = exps.sum(-1, keepdim=True)
+            total += ((maxes + sums.log() - target_logits) * k).sum()
+            # d(sum of losses)/d(logits) = exps / sums - one_hot on kept rows. The row scaling and
+            # the one-hot part are folded into the small [chunk, d] side of the matmuls, so the
+            # big matrix is never touched again.
+            scale = k / sums
+            grad_hidden[start:end] = (exps @ weight) * scale - weight[t] * k
+            grad_weight.addmm_(exps.T, h * scale)
+            grad_weight.index_add_(0, t, h * -k)
         ctx.save_for_backward(grad_hidden, grad_weight, n_valid)
         return total / n_valid
 
@@ -48,6 +51,10 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk: int = 1024) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against `targets` (-1 = ignore)."""
+                         chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets` (-1 = ignore).
+
+    `chunk` tokens at a time; by default as many as keep a chunk's logits near 128 MB.
+    """
+    chunk = chunk or max(256, 2**25 // weight.shape[0])
     return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), chunk)
