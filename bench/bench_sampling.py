@@ -5,8 +5,9 @@
 2. Single stream: llama2.c's stories15M shape (Llama, d_model 288, 6 layers, 6 heads,
    vocab 32K), batch 1, 200 new tokens; peer: `LlamaForCausalLM.generate`.
 
-Weights are random (throughput does not depend on them); both sides sample every token
-(no early stop). Run: python bench/bench_sampling.py [--threads 2]
+Weights are random, so next-token distributions are nearly flat: the worst case for top-p,
+which then has to sort the whole vocabulary (a trained model's nucleus is a few dozen
+tokens). Greedy decoding is timed too. No early stop on either side. Run: python bench/bench_sampling.py [--threads 2]
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.model.hf import to_transformers
 
 
-def time_ours(model: GPT, prompts: list[list[int]], new_tokens: int, repeats: int) -> float:
-    cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_p=0.95, seed=0, stop_at_eos=False)
+def time_ours(model: GPT, prompts: list[list[int]], new_tokens: int, repeats: int, sample: bool) -> float:
+    cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0 if sample else 0.0, top_p=0.95, seed=0,
+                         stop_at_eos=False)
     generate(model, prompts, cfg, eos_id=0)  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
@@ -32,10 +34,12 @@ def time_ours(model: GPT, prompts: list[list[int]], new_tokens: int, repeats: in
 
 
 @torch.inference_mode()
-def time_hf(hf: torch.nn.Module, prompts: list[list[int]], new_tokens: int, repeats: int) -> float:
+def time_hf(hf: torch.nn.Module, prompts: list[list[int]], new_tokens: int, repeats: int, sample: bool) -> float:
     idx = torch.tensor(prompts)
-    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": True, "top_p": 0.95,
-                  "temperature": 1.0, "top_k": 0, "pad_token_id": 0, "attention_mask": torch.ones_like(idx)}
+    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "pad_token_id": 0,
+              "attention_mask": torch.ones_like(idx), "do_sample": sample}
+    if sample:
+        kwargs.update(top_p=0.95, temperature=1.0, top_k=0)
     hf.generate(idx, **kwargs)
     start = time.perf_counter()
     for _ in range(repeats):
@@ -64,10 +68,12 @@ def main() -> None:
         model = GPT(cfg).eval()
         gen = torch.Generator().manual_seed(1)
         prompts = torch.randint(1, cfg.vocab_size, (batch, 16), generator=gen).tolist()
-        ours = time_ours(model, prompts, args.new_tokens, args.repeats)
-        peer = time_hf(to_transformers(model), prompts, args.new_tokens, args.repeats)
-        print(f"{name}: tinystories {ours:,.0f} tokens/s, HF generate {peer:,.0f} tokens/s, "
-              f"ratio {ours / peer:.1f}x")
+        hf = to_transformers(model)
+        for mode, sample in (("top-p 0.95 sampling", True), ("greedy", False)):
+            ours = time_ours(model, prompts, args.new_tokens, args.repeats, sample)
+            peer = time_hf(hf, prompts, args.new_tokens, args.repeats, sample)
+            print(f"{name}, {mode}: tinystories {ours:,.0f} tokens/s, HF generate {peer:,.0f} tokens/s, "
+                  f"ratio {ours / peer:.1f}x")
 
 
 if __name__ == "__main__":

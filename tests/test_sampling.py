@@ -8,6 +8,7 @@ from tinystories.infer.sampling import (
     filter_logits,
     generate,
     generate_reference,
+    sample_next,
 )
 from tinystories.model.gpt import GPT, GPTConfig
 
@@ -93,3 +94,12 @@ def test_fast_candidates_equal_the_reference_filter(cfg: SamplingConfig) -> None
     probs, ids = candidates(logits, cfg)
     got = torch.zeros_like(expected).scatter(-1, ids, probs)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(), SamplingConfig(top_p=0.9), SamplingConfig(top_k=3)])
+def test_sampling_follows_the_filtered_distribution(cfg: SamplingConfig) -> None:
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])).repeat(40_000, 1)
+    draws = sample_next(logits, cfg, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    expected = filter_logits(logits[:1], cfg).softmax(-1)[0]
+    torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)

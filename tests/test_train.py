@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -109,11 +110,17 @@ def test_ddp_with_torchrun_on_two_cpu_processes(data_dir: Path, tmp_path: Path) 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "tinystories.cli", "train", "--data", str(data_dir), "--out", str(out), "--max-steps", "3",
-           "--batch-size", "2", "--device", "cpu", "--set", "progress=false", "--set", "eval_interval=3", "--set", "log_interval=1",
-           *[a for o in TINY for a in ("--set", o)]]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+           "--batch-size", "2", "--device", "cpu",
+           *[a for o in (*TINY, "progress=false", "eval_interval=3", "log_interval=1") for a in ("--set", o)]]
+    # Its own process group, so a hang cannot leave torchrun's workers behind.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
     assert rows[0]["tokens"] == 2 * 2 * 64  # both processes' batches count

@@ -8,9 +8,11 @@ would alone). Finished or cancelled rows leave the batch at the next step. Each 
 its own temperature / top-k / top-p and its own random generator (so a `seed` makes a
 request reproducible whatever else is in the batch).
 
-Rows report to their consumer through a callback (the server passes one that hands
-events to its asyncio loop); text is detokenized here, incrementally, holding back an
-incomplete UTF-8 character or the possible start of a stop string.
+Rows report to their consumer through a callback, and `after_step` runs once each step's
+events are out (the server collects events there and wakes its asyncio loop once per step,
+not once per token). Text is detokenized here, incrementally (a short window per token, not
+the whole row), holding back an incomplete UTF-8 character or the possible start of a stop
+string.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class Engine:
     The batch has physical rows (`slots`); a finished row frees its slot, and the next
     request admitted writes its prompt's keys/values into that slot in place, so admitting
     and finishing cost no copy of the other rows. Free slots still ride along in the
-    forward pass, so the batch is compacted (one copy) once they are more than a third.
+    forward pass, so the batch is compacted (one copy) once they are more than a third, or
+    once slots that are padding in every row (new rows are right-aligned) are a quarter of it.
     """
 
     def __init__(self, loaded: LoadedModel, max_batch: int = 64, start: bool = True,

@@ -8,7 +8,10 @@ from tinystories.model.presets import PRESETS, count_params
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("presets", help="list the model presets (the paper's zoo) with parameter counts")
+    p = sub.add_parser("presets", help="list the model presets (the paper's zoo) with parameter counts",
+                       description="The model shapes `tinystories train --preset NAME` accepts: the paper's "
+                                   "GPT-Neo models (1M-33M, and the 1-layer 21M), modern RoPE/RMSNorm/SwiGLU "
+                                   "variants, llama2.c's 15M, and the CPU demo, with exact parameter counts.")
     p.set_defaults(func=run_presets)
 
 

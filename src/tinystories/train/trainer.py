@@ -319,8 +319,11 @@ class Trainer:
             with atomic_write(self.out / "config.yaml") as f:
                 f.write(dump_config(cfg))
         self.model.train()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", desc="training",
-                   disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
+        # The bar counts whichever limit ends the run: steps, or seconds of a time budget.
+        by_time = cfg.max_minutes > 0
+        bar = tqdm(total=round(60 * cfg.max_minutes) if by_time else cfg.max_steps,
+                   initial=round(self.train_seconds) if by_time else self.step, unit="s" if by_time else "step",
+                   desc="training", disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
         tokens_per_step = cfg.tokens_per_step * self.dist.world
         window_start, window_steps = time.perf_counter(), 0
         last_eval: dict[str, float] = {}
@@ -330,13 +333,13 @@ class Trainer:
             self.step += 1
             self.train_seconds += time.perf_counter() - t0
             window_steps += 1
-            bar.update(1)
+            bar.update(min(round(self.train_seconds), bar.total) - bar.n if by_time else 1)
             if self.step % cfg.log_interval == 0 or self.step == 1:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
                 self.log.train(self.step, self.step * tokens_per_step, loss,
                                self.optimizer.param_groups[0]["lr"], tok_s)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", **_short(last_eval))
+                bar.set_postfix(step=self.step, loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", **_short(last_eval))
                 window_start, window_steps = time.perf_counter(), 0
             if self.step % cfg.eval_interval == 0:
                 last_eval = self._eval_and_log()
