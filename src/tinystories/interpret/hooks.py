@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 import torch
 
-from tinystories.model.gpt import GPT, Attention, apply_rope, attention_mask, rope_tables
+from tinystories.model.gpt import GPT, Attention, apply_rope, attention_mask
 
 
 class ActivationCache:
@@ -89,17 +89,8 @@ def run_with_cache(model: GPT, idx: torch.Tensor, pad: torch.Tensor | None = Non
     """
     cfg = model.cfg
     B, T = idx.shape
-    if T > cfg.context_length:
-        raise ValueError(f"sequence of {T} tokens is longer than the model's context of {cfg.context_length}")
     cache = ActivationCache(cfg.n_layer)
-    slots = torch.arange(T, device=idx.device)[None, :]
-    positions = (slots - pad[:, None]).clamp(min=0) if pad is not None else slots
-    x = model.tok_emb(idx)
-    rope = None
-    if model.pos_emb is not None:
-        x = x + model.pos_emb(positions)
-    else:
-        rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    x, rope = model.embed(idx, 0, pad)
     cache["embed"] = x
     for layer, block in enumerate(model.blocks):
         cache["resid_pre", layer] = x

@@ -225,13 +225,10 @@ class GPT(nn.Module):
                 n -= self.lm_head.weight.numel()
         return n
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
-                      pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-normed hidden states [B, T, d_model] for tokens `idx` [B, T]."""
+    def embed(self, idx: torch.Tensor, start: int = 0, pad: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token (+ learned position) embeddings of `idx` at slots start.., and RoPE tables if modern."""
         T = idx.shape[1]
-        start = cache.length if cache is not None else 0
-        if cache is not None:
-            pad = cache.pad
         if start + T > self.cfg.context_length:
             raise ValueError(
                 f"sequence of {start + T} tokens is longer than the model's context of "
@@ -239,11 +236,18 @@ class GPT(nn.Module):
         slots = torch.arange(start, start + T, device=idx.device)[None, :]
         positions = (slots - pad[:, None]).clamp(min=0) if pad is not None else slots
         x = self.tok_emb(idx)
-        rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
-        else:
-            rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+            return x + self.pos_emb(positions), None
+        return x, rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-normed hidden states [B, T, d_model] for tokens `idx` [B, T]."""
+        T = idx.shape[1]
+        start = cache.length if cache is not None else 0
+        if cache is not None:
+            pad = cache.pad
+        x, rope = self.embed(idx, start, pad)
         x = self.drop(x)
         k_len = start + T
         windows = {0} | {blk.attn.window for blk in self.blocks}
