@@ -111,7 +111,8 @@ def test_ddp_with_torchrun_on_two_cpu_processes(data_dir: Path, tmp_path: Path) 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "tinystories.cli", "train", "--data", str(data_dir), "--out", str(out), "--max-steps", "3",
            "--batch-size", "2", "--device", "cpu",
-           *[a for o in (*TINY, "progress=false", "eval_interval=3", "log_interval=1") for a in ("--set", o)]]
+           *[a for o in (*TINY, "progress=false", "eval_interval=3", "log_interval=1", "grad_accum=2")
+             for a in ("--set", o)]]
     # Its own process group, so a hang cannot leave torchrun's workers behind.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -123,5 +124,5 @@ def test_ddp_with_torchrun_on_two_cpu_processes(data_dir: Path, tmp_path: Path) 
     assert proc.returncode == 0, stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
-    assert rows[0]["tokens"] == 2 * 2 * 64  # both processes' batches count
+    assert rows[0]["tokens"] == 2 * 2 * 2 * 64  # batch x grad_accum x 2 processes x context
     assert load_model(out / "checkpoint").config["training"]["step"] == 3

@@ -117,7 +117,8 @@ def run_vocab(args: argparse.Namespace) -> int:
         for cat, ws in vocab.words.items():
             print(f"{cat:10s} {len(ws):5d}  e.g. {', '.join(ws[:: max(1, len(ws) // 8)][:8])}")
         print(f"{'total':10s} {len(vocab.all_words()):5d}")
-    builder = PromptBuilder(PromptConfig(vocabulary=args.vocabulary), args.seed) if args.prompts else None
-    for i in range(args.prompts):
-        print(json.dumps(builder.prompt(i).to_dict(), ensure_ascii=False))
+    if args.prompts:
+        builder = PromptBuilder(PromptConfig(vocabulary=args.vocabulary), args.seed)
+        for i in range(args.prompts):
+            print(json.dumps(builder.prompt(i).to_dict(), ensure_ascii=False))
     return 0

@@ -136,7 +136,7 @@ class Run:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
         self.failed: dict[int, str] = {}  # index -> last error, this session
-        self.record_tokens = Counter()  # usage summed over the written records
+        self.record_tokens: Counter[str] = Counter()  # usage summed over the written records
         self.prompt_words: set[str] = set()
         self.story_words: set[str] = set()
         self.started = time.monotonic()
@@ -241,7 +241,7 @@ class Run:
     def judge(self, prompt: Prompt, completion: Completion) -> dict[str, Any]:
         """The record for a story: accepted (no `reason`) or rejected (with one)."""
         story = normalise(completion.text)
-        record = {
+        record: dict[str, Any] = {
             "id": story_id(story), "index": prompt.index, "text": story, "prompt": prompt.text,
             "words": list(prompt.words.values()), "features": prompt.features,
             "model": self.cfg.teacher.model,

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from tinystories.errors import TinyStoriesError
+from tinystories.model.gpt import GPT
 
 
 def bits_per_byte(loss_nats_per_token: float, tokens_per_byte: float) -> float:
@@ -63,7 +64,7 @@ def story_windows(ids: list[int], context: int, stride: int) -> list[tuple[list[
 
 
 @torch.inference_mode()
-def evaluate_bpb(model: torch.nn.Module, tokenizer: Any, stories: Sequence[str], batch_size: int = 16,
+def evaluate_bpb(model: GPT, tokenizer: Any, stories: Sequence[str], batch_size: int = 16,
                  stride: int | None = None, progress: bool = True) -> BpbResult:
     """Exact summed NLL of `stories` under `model`, in nats, tokens and bytes (see module doc)."""
     if not stories:

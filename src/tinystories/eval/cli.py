@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TypeVar
 
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.judge import JudgeConfig
 from tinystories.eval.suite import JUDGE_TASKS, TASKS, Suite, SuiteConfig
 from tinystories.infer.sampling import SamplingConfig
+
+_T = TypeVar("_T")
 
 COMMANDS = {  # subcommand -> (tasks, help)
     "gpt-eval": (["gpt-eval"], "grade completions of the paper's 44 story beginnings with a judge LLM"),
@@ -105,7 +108,10 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         if skipped:
             print(f"no --judge-url: skipping {', '.join(skipped)}", file=sys.stderr)
         tasks = [t for t in tasks if t not in JUDGE_TASKS]
-    get = lambda key, default: getattr(args, key, default)
+
+    def get(key: str, default: _T) -> _T:  # an option that only some subcommands have
+        return getattr(args, key, default)
+
     judge = JudgeConfig()
     if hasattr(args, "judge_url"):
         judge = JudgeConfig(base_url=args.judge_url or "", model=args.judge_model, api_key_env=args.api_key_env,

@@ -101,9 +101,10 @@ def grade_requests(run: JudgeRun, model_name: str, beginnings: Sequence[str],
 
 def summarize_grades(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
     """Per dimension: mean and bootstrap 95% interval over the present judgments; age groups."""
-    scores = {key: bootstrap_mean([j.parsed[key] if j.ok else None for j in judgments], seed=seed).to_json()
+    scores = {key: bootstrap_mean([j.parsed[key] if j.parsed is not None else None for j in judgments],
+                                  seed=seed).to_json()
               for key in SCORE_KEYS}
-    ages = Counter(j.parsed["age_group"] for j in judgments if j.ok)
+    ages = Counter(j.parsed["age_group"] for j in judgments if j.parsed is not None)
     return {"scores": scores, "age_groups": {g: ages.get(g, 0) for g in AGE_GROUPS},
             "judged": sum(j.ok for j in judgments), "missing": sum(not j.ok for j in judgments)}
 
@@ -127,13 +128,13 @@ def pairwise_outcomes(judgments: Sequence[Judgment]) -> list[str | None]:
     """'a', 'b' or 'tie' per pair of judgments (both orders agree, else tie); None if one is missing."""
     outcomes: list[str | None] = []
     for first, second in zip(judgments[::2], judgments[1::2]):
-        if not (first.ok and second.ok):
+        if first.parsed is None or second.parsed is None:
             outcomes.append(None)
             continue
         votes = []
-        for j in (first, second):
-            w = j.parsed["winner"]
-            votes.append("tie" if w == "tie" else ("a" if (w == "1") == j.meta["a_first"] else "b"))
+        for parsed, meta in ((first.parsed, first.meta), (second.parsed, second.meta)):
+            w = parsed["winner"]
+            votes.append("tie" if w == "tie" else ("a" if (w == "1") == meta["a_first"] else "b"))
         outcomes.append(votes[0] if votes[0] == votes[1] else "tie")
     return outcomes
 

@@ -87,7 +87,7 @@ def instruct_requests(run: JudgeRun, model_name: str, headers: Sequence[str],
 def summarize_instruct(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
     with_words = [j.meta["word_check"] for j in judgments if j.meta["word_check"]["words"]]
     return {
-        "scores": {key: bootstrap_mean([j.parsed[key] if j.ok else None for j in judgments],
+        "scores": {key: bootstrap_mean([j.parsed[key] if j.parsed is not None else None for j in judgments],
                                        seed=seed).to_json() for key in ("instructions", "grammar")},
         # judge-free: share of stories with every required word, and share of required words present
         "all_words_present": bootstrap_mean([float(not c["missing"]) for c in with_words], seed=seed).to_json(),

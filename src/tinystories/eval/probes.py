@@ -4,7 +4,7 @@ short beginnings whose continuation is right or wrong, judged as correct/incorre
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tinystories.eval.gpt_eval import normalize_quotes
@@ -26,7 +26,7 @@ def load_probes() -> dict[str, list[str]]:
 
 
 def probe_requests(run: JudgeRun, model_name: str, probes: dict[str, list[str]],
-                   completions: dict[str, Sequence[Sequence[str]]]) -> list[Judgment]:
+                   completions: Mapping[str, Sequence[Sequence[str]]]) -> list[Judgment]:
     return run.requests([
         ({"category": CATEGORIES[cat], "beginning": prompt.rstrip(), "completion": completion.strip()},
          {"model": model_name, "category": cat, "prompt": i, "sample": k, "beginning": prompt,
@@ -43,6 +43,6 @@ def summarize_probes(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, 
     for cat in CATEGORIES:
         js = [j for j in judgments if j.meta["category"] == cat]
         if js:
-            out[cat] = bootstrap_mean([float(j.parsed["verdict"] == "correct") if j.ok else None for j in js],
-                                      seed=seed).to_json()
+            verdicts = [float(j.parsed["verdict"] == "correct") if j.parsed is not None else None for j in js]
+            out[cat] = bootstrap_mean(verdicts, seed=seed).to_json()
     return out

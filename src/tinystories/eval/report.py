@@ -50,7 +50,9 @@ def bar_plot(groups: dict[str, dict[str, dict[str, Any]]], keys: list[str], titl
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(keys) * max(1, len(groups)) ** 0.5), 3.6))
     width = 0.8 / max(1, len(groups))
     for m, (name, scores) in enumerate(groups.items()):
-        xs, means, errs = [], [], [[], []]
+        xs: list[float] = []
+        means: list[float] = []
+        errs: list[list[float]] = [[], []]
         for k, key in enumerate(keys):
             est = scores.get(key)
             if est and est["n"]:

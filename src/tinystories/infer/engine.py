@@ -200,9 +200,15 @@ class Engine:
             # Trim slots that are padding in every live row: at the context's end, and also once
             # they are a quarter of the cache (attention reads every slot at each step, and at
             # batch 32 that reading is most of a step; one copy pays for itself in a few steps).
-            if c is not None and (c.length >= self.ctx or 4 * int(c.pad[self._live()].min()) >= c.length):
+            if c is not None and (c.length >= self.ctx
+                                  or 4 * int(self._batch_pad()[self._live()].min()) >= c.length):
                 self._compact()
             self._decode()
+
+    def _batch_pad(self) -> torch.Tensor:
+        """Per-row padding of the batch cache (the engine always builds its caches with one)."""
+        assert self.cache is not None and self.cache.pad is not None
+        return self.cache.pad
 
     def _live(self) -> list[int]:
         return [i for i, r in enumerate(self.slots) if r is not None]
@@ -213,7 +219,7 @@ class Engine:
         for i, r in enumerate(self.slots):
             if r is not None and (r.cancelled or r.finished):
                 self.slots[i] = None
-                self.cache.pad[i] = self.cache.length  # a free slot only sees itself from now on
+                self._batch_pad()[i] = self.cache.length  # a free slot only sees itself from now on
         live = self._live()
         if not live:
             self.slots, self.cache = [], None
@@ -243,7 +249,7 @@ class Engine:
 
     def _place(self, new: KVCache, rows: list[Row]) -> torch.Tensor:
         c = self.cache
-        assert c is not None and new.pad is not None
+        assert c is not None and c.pad is not None and new.pad is not None
         free = [i for i, r in enumerate(self.slots) if r is None]
         if len(free) < len(rows):  # grow the batch by the missing slots
             extra = len(rows) - len(free)
@@ -304,7 +310,7 @@ class Engine:
             self._sample(logits[:, -1], self.rows, slice(None))
             return
         where = torch.tensor(live, device=self.device)
-        self._sample(logits[where, -1], [self.slots[i] for i in live], where)
+        self._sample(logits[where, -1], self.rows, where)  # the rows in the live slots, in order
 
     # ------------------------------------------------------------ sampling and output
     def _sample(self, logits: torch.Tensor, rows: list[Row], where: torch.Tensor | slice) -> None:

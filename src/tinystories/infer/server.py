@@ -73,7 +73,8 @@ def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # True is an int
         names = "/".join(t.__name__ for t in kinds)
         raise ApiError(400, f"'{key}' must be a {names}, got {value!r}", key, "invalid_type")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if isinstance(value, (int, float)) and (  # bounds are only given for numeric kinds
+            (lo is not None and value < lo) or (hi is not None and value > hi)):
         raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {value}", key, "invalid_value")
     return value
 
@@ -445,7 +446,7 @@ async def respond(j: Job, fmt: Format) -> Any:
 async def stream(j: Job, fmt: Format) -> AsyncIterator[str]:
     completion = [0] * len(j.params)
     async for batch in run_rows(j):
-        out = []
+        out: list[str] = []
         for i, ev in batch:
             if ev.finish_reason == "error":
                 yield "".join(out) + f"data: {bytes(_engine_failed(ev).response().body).decode()}\n\n"

@@ -92,7 +92,7 @@ def run_with_cache(model: GPT, idx: torch.Tensor, pad: torch.Tensor | None = Non
     cache = ActivationCache(cfg.n_layer)
     x, rope = model.embed(idx, 0, pad)
     cache["embed"] = x
-    for layer, block in enumerate(model.blocks):
+    for layer, block in enumerate(model.layers()):
         cache["resid_pre", layer] = x
         attn = block.attn
         h = block.norm1(x)

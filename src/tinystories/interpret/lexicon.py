@@ -50,7 +50,7 @@ class Lexicon:
     def build(cls, texts: list[str]) -> Lexicon:
         """Names from `texts` plus the shipped vocabulary's verbs, nouns and adjectives."""
         vocab = load_vocabulary()
-        classes = {}
+        classes: dict[str, str] = {}
         for category, words in vocab.words.items():
             for word in words:
                 for form in vocab.surface_forms(word):

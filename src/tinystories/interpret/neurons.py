@@ -74,7 +74,7 @@ def unit_activations(model: GPT, idx: torch.Tensor, layer: int,
         raise ValueError(f"layer {layer} does not exist: the model has layers 0..{model.cfg.n_layer - 1}")
     captured: list[torch.Tensor] = []
     # The input of mlp.proj is exactly MLP.hidden(x), for both architectures.
-    hook = model.blocks[layer].mlp.proj.register_forward_pre_hook(lambda mod, inp: captured.append(inp[0]))
+    hook = model.layers()[layer].mlp.proj.register_forward_pre_hook(lambda mod, inp: captured.append(inp[0]))
     try:
         model(idx)
     finally:

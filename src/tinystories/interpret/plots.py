@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 
 from tinystories.interpret.heads import CLASSES, HeadStats
@@ -104,7 +106,7 @@ def plot_examples(units: dict[int, list[Example]], title: str, unit_name: str, p
     height = 0.27 * n_rows + 0.8
     fig = plt.figure(figsize=(11, height))
     fig.text(0.5, 1.0 - 0.15 / height, title, fontsize=11, ha="center", va="top")
-    renderer = fig.canvas.get_renderer()
+    renderer = cast(FigureCanvasAgg, fig.canvas).get_renderer()  # the Agg backend is forced above
     step = 0.27 / height
     y = 1.0 - 0.6 / height
     for unit, examples in units.items():

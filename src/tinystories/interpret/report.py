@@ -94,11 +94,12 @@ def representative_heads(stats: HeadStats) -> list[tuple[int, int]]:
     score = {"previous-token": stats.prev_token, "sink": stats.first_token, "semantic": stats.semantic,
              "positional-local": -stats.mean_distance, "diffuse": stats.entropy}
     labels = np.array(stats.labels)
-    picks = []
+    picks: list[tuple[int, int]] = []
     for cls, s in score.items():
         if (labels == cls).any():
             masked = np.where(labels == cls, s, -np.inf)
-            picks.append(tuple(int(i) for i in np.unravel_index(masked.argmax(), masked.shape)))
+            layer, head = np.unravel_index(masked.argmax(), masked.shape)
+            picks.append((int(layer), int(head)))
     return picks
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +215,10 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def layers(self) -> list[Block]:
+        """The blocks in order, typed (iterating an `nn.ModuleList` gives plain `nn.Module`s)."""
+        return [cast(Block, block) for block in self.blocks]
+
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -250,7 +254,7 @@ class GPT(nn.Module):
         x, rope = self.embed(idx, start, pad)
         x = self.drop(x)
         k_len = start + T
-        windows = {0} | {blk.attn.window for blk in self.blocks}
+        windows = {0} | {blk.attn.window for blk in self.layers()}
         masks = {w: attention_mask(start, T, k_len, pad, w, idx.device) for w in windows}
         if T == 1:  # a decode step: its one query always sees its own key, so no row is all masked
             masks = {w: m if m is None else additive(m, x.dtype) for w, m in masks.items()}

@@ -103,8 +103,8 @@ def hf_config(cfg: GPTConfig, eos: int) -> Any:
     """The `transformers` config (GPTNeoConfig or LlamaConfig) of the same architecture."""
     from transformers import GPTNeoConfig, LlamaConfig
 
-    common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
-                  "bos_token_id": eos, "eos_token_id": eos}
+    common: dict[str, Any] = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
+                              "bos_token_id": eos, "eos_token_id": eos}
     if cfg.arch == "neo":
         return GPTNeoConfig(
             hidden_size=cfg.d_model, num_layers=cfg.n_layer, num_heads=cfg.n_head,

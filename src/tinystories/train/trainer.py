@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,18 @@ OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
 
 
+class TrainingLoss(torch.nn.Module):
+    """`GPT.loss` as a module's forward, so DDP and torch.compile can wrap it (DDP syncs
+    gradients only for computations that go through the wrapped module's forward)."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(x, y)
+
+
 class TokenBatches:
     """Random context windows from a token file, drawn by a seeded generator whose state is saved."""
 
@@ -63,10 +76,10 @@ class TokenBatches:
             xy = xy.pin_memory().to(device, non_blocking=True)
         return xy[:, :-1].to(device), xy[:, 1:].to(device)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> Mapping[str, Any]:
         return self.rng.bit_generator.state
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: Mapping[str, Any]) -> None:
         self.rng.bit_generator.state = state
 
 
@@ -190,9 +203,10 @@ class Trainer:
 
         self.dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.compiled: torch.nn.Module = self.model
+        # What the loop calls: the training loss (the fused one on the CPU), compiled and/or DDP-wrapped.
+        self.compiled: torch.nn.Module = TrainingLoss(self.model)
         if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
-            self.compiled = torch.compile(self.model)  # type: ignore[assignment]
+            self.compiled = torch.compile(self.compiled)  # type: ignore[assignment]
         if self.dist.world > 1:
             self.compiled = DistributedDataParallel(
                 self.compiled, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -287,6 +301,13 @@ class Trainer:
             frac = max(frac, self.train_seconds / (60 * self.cfg.max_minutes))
         return frac
 
+    def _sync_context(self, last: bool) -> contextlib.AbstractContextManager[object]:
+        """All-reduce gradients on the last micro-step only: DDP's `no_sync` on the others."""
+        if last or self.dist.world == 1:
+            return contextlib.nullcontext()
+        assert isinstance(self.compiled, DistributedDataParallel)  # wrapped in __init__ when world > 1
+        return self.compiled.no_sync()
+
     def train_step(self) -> float:
         cfg = self.cfg
         lr = lr_at(cfg, self.progress(), self.step)
@@ -296,9 +317,8 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             x, y = self.batches.next(self.device)
             last = micro == cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.compiled.no_sync()
-            with sync, self._autocast():
-                _, loss = self.compiled(x, y)
+            with self._sync_context(last), self._autocast():
+                loss = self.compiled(x, y)
                 loss = loss / cfg.grad_accum
             self.scaler.scale(loss).backward()
             total += float(loss.detach())
