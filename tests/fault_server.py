@@ -67,6 +67,7 @@ class Script:
     retry_after: str = "0.05"  # the Retry-After header of a 429
     api_key: str | None = None  # if set, other Authorization headers get 401
     batch_polls: int = 1  # "in_progress" answers before a batch completes
+    failed_batches: int = 0  # the first this many batches end "failed" with no output
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
     certfile: str | None = None  # with keyfile: serve https
     keyfile: str | None = None
@@ -142,7 +143,9 @@ class FaultServer:
         if method == "GET" and path.startswith("/v1/batches/"):
             batch = self.batches[path.rsplit("/", 1)[1]]
             batch["_polls"] += 1
-            if batch["_polls"] > self.script.batch_polls:
+            if batch["_polls"] > self.script.batch_polls and int(batch["id"].split("-")[1]) < self.script.failed_batches:
+                batch.update(status="failed", errors={"data": [{"message": "scripted failure"}]})
+            elif batch["_polls"] > self.script.batch_polls:
                 batch.update(status="completed", output_file_id=batch["_out"])
             else:
                 batch["status"] = "in_progress"

@@ -102,3 +102,19 @@ def test_filters_can_be_switched_off_for_other_languages():
     f = StoryFilter(FilterConfig(min_words=5, ascii_only=False, min_stopword_ratio=0, require_words=False),
                     load_vocabulary())
     assert check(f, "Il était une fois un petit chat très mignon qui aimait sauter.") is None
+
+
+def test_decontamination_reads_a_text_file_of_beginnings(tmp_path):
+    from tinystories.data.filters import FilterConfig, StoryFilter
+    from tinystories.data.vocabulary import load_vocabulary
+
+    beginnings = tmp_path / "beginnings.txt"
+    beginnings.write_text("Once upon a time, there lived a bunny in a field. Her name was Lucy.\n\n"
+                          "One day a girl walked into the living room and noticed something very strange.\n")
+    filt = StoryFilter(FilterConfig(eval_prompts=str(beginnings), min_words=5, require_words=False,
+                                    near_duplicate_threshold=1), load_vocabulary())
+    ordinary = "Tom had a red ball. He threw the ball to his dog and the dog ran fast. They played all day."
+    assert filt.check(ordinary, {}, "a") is None
+    copied = ("One day a girl walked into the living room and noticed something very strange. "
+              "It was a big box. She opened it and smiled.")
+    assert filt.check(copied, {}, "b") == "eval_contamination"

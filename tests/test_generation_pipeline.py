@@ -198,3 +198,17 @@ def test_cli_reports_user_mistakes_without_traceback(tmp_path, capsys):
     assert "unknown key(s) ['modle']" in err and "Traceback" not in err
     assert main(["vocab", "--word", "hang"]) == 0
     assert "hung" in capsys.readouterr().out
+
+
+def test_failed_batch_is_not_polled_forever(tmp_path):
+    failing = ServerProcess(api_key=KEY, failed_batches=1)
+    try:
+        first = generate(make_config(failing.url, tmp_path, n=10, batch_api=True))
+        assert first["status"] != "complete" and not (tmp_path / "batch_state.json").exists()
+        assert records(tmp_path)[0] == []
+        second = generate(make_config(failing.url, tmp_path, n=10, batch_api=True))  # submits them afresh
+        assert second["status"] == "complete"
+        assert len(records(tmp_path)[0]) + len(records(tmp_path)[1]) == 10
+        assert failing.stats()["batches_created"] == 2
+    finally:
+        failing.close()

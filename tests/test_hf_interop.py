@@ -22,7 +22,7 @@ SEQ = 40  # longer than the local window below, so local attention really bites
 def _ours(tmp: Path, tokenizer: Tokenizer, **kw: object) -> Path:
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=64, n_layer=3, n_head=4, d_model=32, **kw)
-    return save_model(tmp / "ours", GPT(cfg).eval(), tokenizer, {"train": {"lr": 0.001, "steps": 10}})
+    return save_model(tmp / "ours", GPT(cfg).eval(), tokenizer, {"training": {"lr": 0.001, "steps": 10}})
 
 
 def _tokens(vocab: int) -> torch.Tensor:

@@ -117,7 +117,7 @@ def test_any_unicode_prompt(client: openai.OpenAI) -> None:
     (b"{not json", 400, "not valid JSON"),
     (b"[1, 2]", 400, "JSON object"),
     (json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 10**9}).encode(), 400, "maximum context length"),
-    (json.dumps({"model": MODEL, "prompt": "Hi " * 200}).encode(), 400, "maximum context length"),
+    (json.dumps({"model": MODEL, "prompt": "Hi " * 200}).encode(), 400, "but the prompt alone has"),
     (json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 0}).encode(), 400, "max_tokens"),
     (json.dumps({"model": MODEL, "prompt": "Hi", "temperature": 9}).encode(), 400, "temperature"),
     (json.dumps({"model": MODEL, "prompt": "Hi", "top_p": 0}).encode(), 400, "top_p"),

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
 from datasketch import MinHash, MinHashLSH
 
 from tinystories.data.vocabulary import Vocabulary
-from tinystories.utils import resource_path
 
 # Typographic characters a teacher model likes, mapped to the ASCII the corpus uses.
 _NORMALISE = str.maketrans({
@@ -40,7 +37,7 @@ class FilterConfig:
     require_words: bool = True
     near_duplicate_threshold: float = 0.8  # estimated Jaccard of word 3-grams; 1 disables
     minhash_perm: int = 64
-    eval_prompts: str | None = None  # YAML list of story beginnings; None = the shipped 44
+    eval_prompts: str | None = None  # story beginnings (YAML/JSON list or text file); None = the shipped 44
     decontam_ngram: int = 8
     decontam_threshold: float = 0.5  # share of a beginning's n-grams found in the story
 
@@ -70,8 +67,11 @@ class StoryFilter:
         self._contamination = self._eval_index()
 
     def _eval_index(self) -> list[tuple[int, set[tuple[str, ...]]]]:
-        path = Path(self.cfg.eval_prompts) if self.cfg.eval_prompts else resource_path("evaluation_prompts.yaml")
-        beginnings = yaml.safe_load(path.read_text()) or []
+        from tinystories.eval.gpt_eval import (
+            load_prompts,  # the one reader of story-beginning files
+        )
+
+        beginnings = load_prompts(self.cfg.eval_prompts)
         out = []
         for text in beginnings:
             ws = words_of(text)

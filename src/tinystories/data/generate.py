@@ -291,14 +291,25 @@ class Run:
         while True:
             state = json.loads(state_path.read_text()) if state_path.exists() else None
             if state is None:
-                chunk = [i for i in todo if i not in self.done][: self.cfg.teacher.batch_max_requests]
-                todo = todo[len(chunk):]
+                todo = [i for i in todo if i not in self.done]
+                chunk, todo = todo[: self.cfg.teacher.batch_max_requests], todo[self.cfg.teacher.batch_max_requests:]
                 if not chunk:
                     return
                 batch_id = await self.client.submit_batch({str(i): self.builder.prompt(i).text for i in chunk})
                 state = {"phase": "story", "batch_id": batch_id, "indices": chunk}
                 write_json(state_path, state)
-            results = await self.client.collect_batch(state["batch_id"])
+            in_batch = {int(i) for i in state.get("indices") or state["records"]}
+            todo = [i for i in todo if i not in in_batch]  # a prompt is sent at most once per session
+            try:
+                results = await self.client.collect_batch(state["batch_id"])
+            except TeacherError as exc:
+                # The batch ended (failed, expired, cancelled) with no results: its prompts count as
+                # failed this session, and the next run submits them afresh instead of re-polling it.
+                for index in in_batch:
+                    self.failed[index] = str(exc)
+                log.warning("%s", exc)
+                state_path.unlink()
+                continue
             next_state = self._handle_batch(state, results)
             if next_state:
                 next_state["batch_id"] = await self.client.submit_batch(

@@ -26,7 +26,7 @@ class PrepareConfig:
 def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, TokenFileInfo]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_stats, valid_stats = CorpusStats(), CorpusStats()
+    valid_stats = CorpusStats()  # stays empty when there is no validation corpus
     train, train_stats = read_stories(cfg.train, cfg.split, cfg.text_field)
     if progress:
         print(f"train corpus: {train_stats.summary()}")

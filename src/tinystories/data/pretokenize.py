@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from tinystories.data.tokenizer import Tokenizer
 from tinystories.errors import TinyStoriesError
-from tinystories.utils import write_json
+from tinystories.utils import atomic_write, write_json
 
 DTYPE = np.uint16
 
@@ -48,11 +48,10 @@ def pretokenize(stories: Sequence[str], tokenizer: Tokenizer, out_path: str | Pa
         raise TinyStoriesError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".bin.tmp")
     n_tokens = n_bytes = 0
     bar = tqdm(total=len(stories), unit="story", desc=f"tokenizing {out_path.name}", disable=not progress)
     start = time.perf_counter()
-    with tmp.open("wb") as f:
+    with atomic_write(out_path, "wb") as f:  # a crash never leaves a half-written token file
         for i in range(0, len(stories), batch_size):
             batch = list(stories[i:i + batch_size])
             ids = tokenizer.encode_batch(batch)
@@ -65,7 +64,6 @@ def pretokenize(stories: Sequence[str], tokenizer: Tokenizer, out_path: str | Pa
             bar.update(len(batch))
             bar.set_postfix(MBps=f"{n_bytes / 1e6 / (time.perf_counter() - start + 1e-9):.1f}")
     bar.close()
-    tmp.replace(out_path)
     info = TokenFileInfo(n_tokens, len(stories), n_bytes, tokenizer.fingerprint, tokenizer.vocab_size)
     write_json(out_path.with_suffix(".json"), asdict(info))
     return info

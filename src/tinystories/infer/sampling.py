@@ -142,8 +142,9 @@ def generate(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, eos_id: 
         nxt = sample_next(logits[:, -1], cfg, generator)
         if cfg.stop_at_eos:
             alive = alive & (nxt != eos_id)
+        tokens = nxt.tolist()  # one device sync per step, not one per row
         for row in alive.nonzero().flatten().tolist():
-            out[row].append(int(nxt[row]))
+            out[row].append(tokens[row])
         if on_tokens is not None:
             on_tokens(nxt, alive)
         if not bool(alive.any()) or step == steps - 1:
@@ -164,8 +165,9 @@ def generate_reference(model: GPT, prompts: list[list[int]], cfg: SamplingConfig
         nxt = sample_next(logits[:, -1], cfg, generator)
         if cfg.stop_at_eos:
             alive = alive & (nxt != eos_id)
+        tokens = nxt.tolist()  # one device sync per step, not one per row
         for row in alive.nonzero().flatten().tolist():
-            out[row].append(int(nxt[row]))
+            out[row].append(tokens[row])
         if not bool(alive.any()):
             break
         idx = torch.cat([idx, nxt[:, None]], dim=1)

@@ -218,7 +218,11 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, max_b
         prompts = [[tok.eos_id, *tok.encode(t)] for t in texts]
         longest = max(len(p) for p in prompts)
         budget = max_tokens if max_tokens is not None else ctx - longest
-        if longest + max(budget, 1) > ctx:
+        if longest >= ctx:
+            raise ApiError(400, f"this model's maximum context length is {ctx} tokens, but the prompt alone "
+                           f"has {longest} (with the start-of-story token): shorten the prompt",
+                           "prompt", "context_length_exceeded")
+        if longest + budget > ctx:
             raise ApiError(400, f"this model's maximum context length is {ctx} tokens, but {longest + budget} "
                            f"were requested ({longest} in the prompt, {budget} for the completion); "
                            "shorten the prompt or lower max_tokens", "max_tokens", "context_length_exceeded")

@@ -218,7 +218,7 @@ def export_hf(loaded: LoadedModel, out_dir: str | Path) -> Path:
 def model_card(loaded: LoadedModel, architecture: str) -> str:
     cfg = loaded.model.cfg
     n = loaded.model.num_params()
-    training = loaded.config.get("train") or loaded.config.get("training")
+    training = loaded.config.get("training")
     lines = [
         "---", "license: mit", "library_name: transformers", "pipeline_tag: text-generation",
         "tags:", "- tinystories", "- text-generation", f"- {'gpt_neo' if cfg.arch == 'neo' else 'llama'}",

@@ -123,6 +123,14 @@ class Distributed:
             return cls(rank, world, local), torch.device("cuda", local)
         return cls(rank, world, local), torch.device("cpu")
 
+    def max(self, value: float, device: torch.device) -> float:
+        """The largest `value` over all processes (the same answer on every one)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
     def gather(self, obj: Any) -> list[Any]:
         if self.world == 1:
             return [obj]
@@ -352,6 +360,8 @@ class Trainer:
             loss = self.train_step()
             self.step += 1
             self.train_seconds += time.perf_counter() - t0
+            if cfg.max_minutes:  # a time budget: all processes must agree on the LR and the last step
+                self.train_seconds = self.dist.max(self.train_seconds, self.device)
             window_steps += 1
             bar.update(min(round(self.train_seconds), bar.total) - bar.n if by_time else 1)
             if self.step % cfg.log_interval == 0 or self.step == 1:
@@ -369,7 +379,7 @@ class Trainer:
         if self.step % cfg.eval_interval != 0 or not last_eval:
             last_eval = self._eval_and_log()
         self.save_checkpoint()
-        if self.dist.main:
+        if not last_eval:  # no validation set: nothing has drawn the curves yet
             self.log.plot()
         if self.dist.world > 1:
             dist.destroy_process_group()
