@@ -206,7 +206,7 @@ def test_streams_wake_the_loop_once_per_step(loaded: LoadedModel) -> None:
         loaded.tokenizer.decode(greedy(loaded, p, 30)) for p in prompts]
     engine, mailbox = app.state.served[MODEL].engine, app.state.mailbox
     assert 0 < mailbox.wakeups <= engine.steps + len(prompts)  # (+ steps that only admitted rows)
-    assert mailbox.wakeups * 2 < sum(chunks)
+    assert mailbox.wakeups < sum(chunks)  # one wake-up per step for all rows, not one per token
 
 
 def test_per_row_filtering_matches_filter_logits() -> None:
