@@ -18,11 +18,11 @@ import time
 import torch
 
 from tinystories.data.corpus import read_stories
-from tinystories.data.tokenizer import train_bpe
 from tinystories.interpret.hooks import run_with_cache
 from tinystories.interpret.neurons import corpus_batches, top_activations
 from tinystories.model.gpt import GPT
 from tinystories.model.presets import get_preset
+from tinystories.tokenizer import train_bpe
 
 
 def best_of(repeats: int, fn) -> float:

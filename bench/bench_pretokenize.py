@@ -17,7 +17,7 @@ import numpy as np
 
 from tinystories.data.corpus import read_stories
 from tinystories.data.pretokenize import load_tokens, pretokenize
-from tinystories.data.tokenizer import train_bpe
+from tinystories.tokenizer import train_bpe
 
 
 def main() -> None:

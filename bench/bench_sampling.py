@@ -17,13 +17,14 @@ import time
 
 import torch
 
-from tinystories.infer.sampling import SamplingConfig, generate
+from tinystories.infer.params import SamplingParams
+from tinystories.infer.sampling import generate
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.model.hf import to_transformers
 
 
 def time_ours(model: GPT, prompts: list[list[int]], new_tokens: int, repeats: int, sample: bool) -> float:
-    cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0 if sample else 0.0, top_p=0.95, seed=0,
+    cfg = SamplingParams(max_new_tokens=new_tokens, temperature=1.0 if sample else 0.0, top_p=0.95, seed=0,
                          stop_at_eos=False)
     generate(model, prompts, cfg, eos_id=0)  # warm-up
     start = time.perf_counter()

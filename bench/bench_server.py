@@ -32,10 +32,10 @@ import httpx
 import torch
 
 from tinystories.data.corpus import read_stories
-from tinystories.data.tokenizer import train_bpe
 from tinystories.model.checkpoint import save_model
 from tinystories.model.gpt import GPT
 from tinystories.model.presets import get_preset
+from tinystories.tokenizer import train_bpe
 
 HERE = Path(__file__).parent
 

@@ -7,10 +7,10 @@ at each `c`, in the same run:
 
 - `raw`: a bare keep-alive HTTP/1.1 loop on asyncio streams (no retries, no parsing beyond the
   JSON). It checks the server: if it misses the limit, the server or the machine is the cap.
-- `httpx`: the previous transport of TeacherClient (httpx, pools of 8 connections), the peer.
-- `aiohttp`: TeacherClient as shipped.
+- `httpx`: the previous transport of LLMClient (httpx, pools of 8 connections), the peer.
+- `aiohttp`: LLMClient as shipped.
 - `generate` (only if asked for): the whole generation run (`tinystories.data.generate`,
-  TeacherClient + filters + MinHash + JSONL writes, no progress bar) into a temporary folder.
+  LLMClient + filters + MinHash + JSONL writes, no progress bar) into a temporary folder.
 
 `--delay 0 --clients raw` measures the server's own capacity (no limit, no ratio).
 
@@ -40,14 +40,14 @@ from fault_server import ServerProcess
 from tinystories.data.filters import FilterConfig
 from tinystories.data.generate import GenerateConfig, generate
 from tinystories.data.prompts import PromptBuilder
-from tinystories.data.teacher import Response, TeacherClient, TeacherConfig
+from tinystories.llm_client import ClientConfig, LLMClient, Response
 
 
-class HttpxTeacher(TeacherClient):
-    """TeacherClient on its previous transport: httpx, spread over pools of 8 connections
+class HttpxTeacher(LLMClient):
+    """LLMClient on its previous transport: httpx, spread over pools of 8 connections
     (httpcore scans the whole pool for every queued request, quadratic at hundreds in flight)."""
 
-    def __init__(self, cfg: TeacherConfig):
+    def __init__(self, cfg: ClientConfig):
         super().__init__(cfg)
         size = min(cfg.concurrency, 8)
         limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
@@ -71,7 +71,7 @@ class HttpxTeacher(TeacherClient):
 
 class RawClient:
     """The server check: a bare keep-alive HTTP/1.1 client on asyncio streams (no retries, no
-    timeouts, no TLS), with TeacherClient's `complete` and `aclose`."""
+    timeouts, no TLS), with LLMClient's `complete` and `aclose`."""
 
     def __init__(self, url: str):
         self.host, self.port = urlsplit(url).hostname, urlsplit(url).port
@@ -96,8 +96,8 @@ class RawClient:
 async def measure(name: str, url: str, concurrency: int, requests: int, prompts: list[str]) -> tuple[float, float]:
     """(wall seconds, client CPU seconds) for `requests` requests, after a warm-up round that
     opens the connections."""
-    cfg = TeacherConfig(base_url=url, model="bench", concurrency=concurrency, max_retries=0)
-    client = {"raw": lambda: RawClient(url), "httpx": lambda: HttpxTeacher(cfg), "aiohttp": lambda: TeacherClient(cfg)}[name]()
+    cfg = ClientConfig(base_url=url, model="bench", concurrency=concurrency, max_retries=0)
+    client = {"raw": lambda: RawClient(url), "httpx": lambda: HttpxTeacher(cfg), "aiohttp": lambda: LLMClient(cfg)}[name]()
 
     async def run(n: int) -> None:
         todo = iter(range(n))
@@ -119,7 +119,7 @@ async def measure(name: str, url: str, concurrency: int, requests: int, prompts:
 
 def measure_generate(url: str, concurrency: int, requests: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of a whole `generate` run of `requests` prompts."""
-    teacher = TeacherConfig(base_url=url, model="bench", concurrency=concurrency, max_retries=0)
+    teacher = ClientConfig(base_url=url, model="bench", concurrency=concurrency, max_retries=0)
     with tempfile.TemporaryDirectory() as out:
         cfg = GenerateConfig(n=requests, out=out, progress=False, teacher=teacher, filters=FilterConfig(min_words=40))
         cpu, wall = time.process_time(), time.perf_counter()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tinystories.data.corpus import read_stories
-from tinystories.data.tokenizer import Tokenizer, train_bpe
 from tinystories.model.checkpoint import save_model
 from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.tokenizer import Tokenizer, train_bpe
 
 
 @pytest.fixture(scope="session")

@@ -17,17 +17,21 @@ def tinystories(*args: str, cwd: Path | None = None, timeout: int = 300) -> subp
                           timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def test_every_command_has_help() -> None:
     top = tinystories("--help")
     assert top.returncode == 0
-    parser = build_parser()
-    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    names = set(subcommands(build_parser([])))
     assert {"corpus", "pretokenize", "generate", "presets", "train", "sample", "serve", "export-hf",
-            "import-hf", "eval", "interpret", "demo"} <= set(subcommands)
-    for name, sub in subcommands.items():
+            "import-hf", "eval", "interpret", "demo"} <= names
+    for name in names:
         assert name in top.stdout
-        text = sub.format_help()
+        text = subcommands(build_parser([name]))[name].format_help()  # the command's own arguments load
         assert text.startswith(f"usage: tinystories {name}") and len(text) > 200, name
+        assert "Example" in text, name
 
 
 def test_presets_table_lists_the_zoo() -> None:

@@ -22,7 +22,7 @@ def test_file_flags_and_overrides_layer_in_order(tmp_path: Path) -> None:
     ("optim:\n  learning_rate: 1\n", r"optim: unknown key\(s\) \['learning_rate'\]"),
     ("model:\n  layers: 1\n", r"model: unknown key\(s\) \['layers'\]"),
     ("preset: 99M\n", "unknown model preset '99M'"),
-    ("batch_size: many\n", "batch_size: expected int"),
+    ("batch_size: many\n", "train.batch_size: expected an integer, got 'many'"),
     ("dtype: float8\n", "is not one of"),
     ("model:\n  d_model: 100\n  n_head: 3\n", "not divisible"),
 ])

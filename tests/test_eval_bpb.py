@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinystories.eval.bpb import bits_per_byte, evaluate_bpb, story_windows
-from tinystories.model.checkpoint import load_any
+from tinystories.eval.bpb import evaluate_bpb, story_windows
 from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.model.loader import load_any
+from tinystories.model.losses import bits_per_byte
 
 
 def test_windows_cover_every_target_once():

@@ -3,7 +3,6 @@ sometimes malformed, sometimes with HTTP 500; the full `tinystories eval` pipeli
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import hashlib
@@ -21,16 +20,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from tinystories.cli import build_parser
 from tinystories.errors import TinyStoriesError
-from tinystories.eval import cli as eval_cli
-from tinystories.eval.gpt_eval import (
-    grade_requests,
-    pairwise_outcomes,
-    pairwise_requests,
-    summarize_grades,
-)
 from tinystories.eval.judge import (
-    JudgeConfig,
     JudgeParseError,
     JudgeRun,
     JudgmentCache,
@@ -39,6 +31,9 @@ from tinystories.eval.judge import (
     parse_grade,
     parse_pairwise,
 )
+from tinystories.eval.tasks.gpt_eval import grade_requests, summarize_grades
+from tinystories.eval.tasks.pairwise import pairwise_outcomes, pairwise_requests
+from tinystories.llm_client import ClientConfig
 
 
 def true_scores(completion: str) -> dict:
@@ -108,15 +103,14 @@ def judge_server():
     thread.join(5)
 
 
-def judge_cfg(url: str, cache: Path | str = "") -> JudgeConfig:
-    return JudgeConfig(base_url=url, model="scripted-judge", max_retries=1, backoff_base_s=0.001,
-                       parse_attempts=3, cache=str(cache))
+def judge_cfg(url: str) -> ClientConfig:
+    return ClientConfig(base_url=url, model="scripted-judge", max_retries=1, backoff_base_s=0.001)
 
 
-def run_judgments(run: JudgeRun, judgments: list, cfg: JudgeConfig) -> list:
+def run_judgments(run: JudgeRun, judgments: list, cfg: ClientConfig) -> list:
     async def go() -> list:
         async with make_judge(cfg)() as complete:
-            return await run.run(judgments, complete, cfg.concurrency, cfg.parse_attempts, progress=False)
+            return await run.run(judgments, complete, cfg.concurrency, 3, progress=False)
     return asyncio.run(go())
 
 
@@ -168,8 +162,8 @@ def test_grading_survives_failures_and_caches(judge_server: ScriptedJudge, tmp_p
     beginnings = ["Once upon a time, there was a cat. The cat", "Tom had a red ball. One day,"]
     completions = [[" sat on the mat and slept.", " FLAKY ran to the park."],
                    [" he lost it BROKEN.", " it rolled away DOWN the hill.", " he gave it to Lily."]]
-    cfg = judge_cfg(judge_server.url, tmp_path / "cache.jsonl")
-    run = JudgeRun(Template.load("grade"), parse_grade, cfg.model, JudgmentCache(cfg.cache))
+    cfg, cache = judge_cfg(judge_server.url), tmp_path / "cache.jsonl"
+    run = JudgeRun(Template.load("grade"), parse_grade, cfg.model, JudgmentCache(cache))
     before = judge_server.total
     js = run_judgments(run, grade_requests(run, "m", beginnings, completions), cfg)
 
@@ -181,7 +175,7 @@ def test_grading_survives_failures_and_caches(judge_server: ScriptedJudge, tmp_p
     assert by_completion[" he lost it BROKEN."].attempts == 3  # bounded re-asks
     assert "unparseable" in by_completion[" he lost it BROKEN."].error
     assert by_completion[" it rolled away DOWN the hill."].parsed is None
-    assert "TeacherError" in by_completion[" it rolled away DOWN the hill."].error
+    assert "LLMError" in by_completion[" it rolled away DOWN the hill."].error
 
     summary = summarize_grades(js)
     assert summary["judged"] == 3 and summary["missing"] == 2
@@ -195,7 +189,7 @@ def test_grading_survives_failures_and_caches(judge_server: ScriptedJudge, tmp_p
     assert spent == 1 + 3 + 3 + 2 + 1
 
     # a rerun asks again only for the two missing judgments
-    again = JudgeRun(Template.load("grade"), parse_grade, cfg.model, JudgmentCache(cfg.cache))
+    again = JudgeRun(Template.load("grade"), parse_grade, cfg.model, JudgmentCache(cache))
     requests = grade_requests(again, "m", beginnings, completions)
     preview = again.preview(requests, cfg.max_tokens)
     assert (preview.calls, preview.cached) == (2, 3)
@@ -205,17 +199,17 @@ def test_grading_survives_failures_and_caches(judge_server: ScriptedJudge, tmp_p
 
 
 def test_full_cache_makes_no_http_calls(judge_server: ScriptedJudge, tmp_path: Path):
-    cfg = judge_cfg(judge_server.url, tmp_path / "cache.jsonl")
+    cfg, cache = judge_cfg(judge_server.url), tmp_path / "cache.jsonl"
     beginnings = ["Lily saw a bird. She"]
     completions = [[" smiled.", " waved at it.", " ran home."]]
     for expected_calls in (3, 0):
-        run = JudgeRun(Template.load("grade"), parse_grade, cfg.model, JudgmentCache(cfg.cache))
+        run = JudgeRun(Template.load("grade"), parse_grade, cfg.model, JudgmentCache(cache))
         before = judge_server.total
         js = run_judgments(run, grade_requests(run, "m", beginnings, completions), cfg)
         assert judge_server.total - before == expected_calls
         assert [j.parsed for j in js] == [true_scores(c.strip()) for c in completions[0]]
     # another judge model or template is another key
-    other = JudgeRun(Template.load("grade"), parse_grade, "another-judge", JudgmentCache(cfg.cache))
+    other = JudgeRun(Template.load("grade"), parse_grade, "another-judge", JudgmentCache(cache))
     assert other.preview(grade_requests(other, "m", beginnings, completions), 100).calls == 3
 
 
@@ -233,9 +227,8 @@ def test_pairwise_counts_order_disagreement_as_tie(judge_server: ScriptedJudge, 
 # --- the whole pipeline through the CLI ---------------------------------------------------------
 
 def eval_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tinystories")
-    eval_cli.add_commands(parser.add_subparsers())
-    args = parser.parse_args(argv)
+    """The CLI without its error handling, so a test sees the exception itself."""
+    args = build_parser(argv).parse_args(argv)
     return args.func(args)
 
 
@@ -306,7 +299,7 @@ def test_cli_refuses_a_missing_key_before_sampling(tiny_model_dir: Path, tmp_pat
                                                    monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(TinyStoriesError, match="NO_SUCH_KEY_VAR"):
-        eval_main(["eval", "gpt-eval", str(tiny_model_dir), "--api-key-env", "NO_SUCH_KEY_VAR",
+        eval_main(["eval", "gpt-eval", str(tiny_model_dir), "--judge-api-key-env", "NO_SUCH_KEY_VAR",
                    "--out", str(tmp_path / "x")])
     with pytest.raises(TinyStoriesError, match="exactly two"):
         eval_main(["eval", "pairwise", str(tiny_model_dir), "--judge-url", "http://127.0.0.1:9/v1"])

@@ -9,14 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from tinystories.data.beginnings import load_beginnings
 from tinystories.errors import TinyStoriesError
-from tinystories.eval.gpt_eval import load_prompts, sample_completions
-from tinystories.eval.instruct import inflections, instruction_text, load_instructions, word_check
-from tinystories.eval.probes import load_probes
 from tinystories.eval.report import write_report
+from tinystories.eval.sample import sample_completions
 from tinystories.eval.stats import bootstrap_mean, win_rate
-from tinystories.infer.sampling import SamplingConfig
-from tinystories.model.checkpoint import load_any
+from tinystories.eval.tasks import registry
+from tinystories.eval.tasks.instruct import (
+    inflections,
+    instruction_text,
+    load_instructions,
+    word_check,
+)
+from tinystories.eval.tasks.probes import load_probes
+from tinystories.infer.params import SamplingParams
+from tinystories.model.loader import load_any
 
 
 def est(values: list[float]) -> dict:
@@ -39,14 +46,14 @@ def fake_results() -> dict:
             "bpb": {"nll_nats": 100.0, "tokens": 50, "bytes": 200, "stories": 2, "loss": 2.0, "bpb": 1.5 - 0.3 * i},
         }
     pair = {"models": ["tiny-1M", "tiny-8M"], **win_rate(["a", "b", "tie"])}
-    return {"config": {"judge": {"model": "judge-x", "base_url": "http://127.0.0.1:1/v1"}}, "models": models,
-            "pairwise": [pair]}
+    judge = {"model": "judge-x", "base_url": "http://127.0.0.1:1/v1"}
+    return {"config": {"judge": judge}, "judge": judge, "models": models, "pairwise": [pair]}
 
 
 def test_report_writes_markdown_html_plots_and_raw_files(tmp_path: Path):
     results = fake_results()
     judgments = [{"prompt": "p", "parsed": None, "answer": "x", "meta": {}}]
-    out = write_report(tmp_path / "r", results, judgments)
+    out = write_report(tmp_path / "r", results, judgments, list(registry().values()))
     md = (out / "report.md").read_text()
     for heading in ("GPT-Eval", "Pairwise: tiny-1M vs tiny-8M", "Instruction following", "probes",
                     "Diversity and memorisation", "Validation loss"):
@@ -65,7 +72,7 @@ def test_report_writes_markdown_html_plots_and_raw_files(tmp_path: Path):
 
 
 def test_prompt_sets(tmp_path: Path):
-    paper = load_prompts()
+    paper = load_beginnings()
     assert len(paper) == 44 and paper[0].startswith("Once upon a time, there lived a bunny")
     probes = load_probes()
     assert [len(v) for v in probes.values()] == [9, 9, 6]
@@ -73,12 +80,12 @@ def test_prompt_sets(tmp_path: Path):
     assert not any(c in p for p in flat for c in "\u201c\u201d\u2019")
     assert '"Can cows fly?", Alice asked her mother.' in probes["factual"]
     (tmp_path / "p.json").write_text(json.dumps([{"prompt": "Tom said, \u201dHi"}, {"prompt": "Sue ran"}]))
-    assert load_prompts(tmp_path / "p.json") == ['Tom said, "Hi', "Sue ran"]
+    assert load_beginnings(tmp_path / "p.json") == ['Tom said, "Hi', "Sue ran"]
     (tmp_path / "bad.yaml").write_text("- ok\n- 3\n")
     with pytest.raises(TinyStoriesError, match="item 1"):
-        load_prompts(tmp_path / "bad.yaml")
+        load_beginnings(tmp_path / "bad.yaml")
     with pytest.raises(TinyStoriesError, match="not found"):
-        load_prompts(tmp_path / "missing.yaml")
+        load_beginnings(tmp_path / "missing.yaml")
 
 
 def test_instruction_words_check():
@@ -96,7 +103,7 @@ def test_instruction_words_check():
 
 def test_sampling_is_seeded(tiny_model_dir: Path):
     loaded = load_any(tiny_model_dir)
-    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, seed=5)
+    cfg = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)  # row j of the jobs: seed 5 + j
     a = sample_completions(loaded, ["Once upon a time", "Tom ran"], 3, cfg, batch_size=4, progress=False)
     b = sample_completions(loaded, ["Once upon a time", "Tom ran"], 3, cfg, batch_size=4, progress=False)
     assert a == b and len(a) == 2 and all(len(s) == 3 for s in a)

@@ -7,6 +7,7 @@ mid-run and a restart, the Batch API, and the API key's secrecy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -23,8 +24,8 @@ from tinystories.data.corpus import read_stories
 from tinystories.data.filters import FilterConfig
 from tinystories.data.generate import GenerateConfig, generate
 from tinystories.data.prompts import PromptBuilder
-from tinystories.data.teacher import RateLimiter, TeacherClient, TeacherConfig, parse_retry_after
 from tinystories.errors import TinyStoriesError
+from tinystories.llm_client import ClientConfig, LLMClient, RateLimiter, parse_retry_after
 
 KEY = "sk-test-Secret-7f3a9c"  # the scripted server answers 401 to any other key
 KEY_ENV = "TS_GEN_TEST_KEY"
@@ -44,11 +45,10 @@ def api_key(monkeypatch):
 
 
 def make_config(url: str, out: Path, **kw) -> GenerateConfig:
-    teacher = TeacherConfig(base_url=url, model="scripted", api_key_env=KEY_ENV, timeout_s=0.4,
+    teacher = ClientConfig(base_url=url, model="scripted", api_key_env=KEY_ENV, timeout_s=0.4,
                             backoff_base_s=0.02, backoff_max_s=0.1, concurrency=8,
                             price_input_per_1m=1.0, price_output_per_1m=2.0, batch_poll_s=0.05)
-    for key in [k for k in kw if hasattr(teacher, k)]:
-        setattr(teacher, key, kw.pop(key))
+    teacher = dataclasses.replace(teacher, **{k: kw.pop(k) for k in list(kw) if hasattr(teacher, k)})
     return GenerateConfig(out=str(out), progress=False, teacher=teacher, filters=FilterConfig(min_words=40), **kw)
 
 
@@ -98,7 +98,7 @@ def test_every_story_arrives_once_after_faults(server, tmp_path):
     answered = server.stats()["ok"]
     assert generate(cfg)["counts"]["accepted"] == len(accepted)
     assert server.stats()["ok"] == answered
-    cfg.n = 75
+    cfg = dataclasses.replace(cfg, n=75)
     generate(cfg)
     assert_exactly_once(tmp_path, 75)
 
@@ -117,7 +117,7 @@ def test_kill_and_restart_loses_and_duplicates_nothing(tmp_path):
     slow = ServerProcess(delay=0.02, fault_rate=0.2, faults=["429", "500", "truncated"], api_key=KEY)
     out, n = tmp_path / "run", 300
     cmd = [*CLI, "generate", "--base-url", slow.url, "--model", "scripted", "--api-key-env", KEY_ENV,
-           "--n", str(n), "--seed", "5", "--concurrency", "2", "--out", str(out), "-v",
+           "--num-stories", str(n), "--seed", "5", "--concurrency", "2", "--out", str(out), "-v",
            "--set", "filters.min_words=40", "--set", "teacher.backoff_base_s=0.02"]
     logs = tmp_path / "logs.txt"
     try:
@@ -184,7 +184,7 @@ def test_rate_limits_and_retry_after():
     assert 0.4 < asyncio.run(burst()) < 2
     assert parse_retry_after("2.5") == 2.5
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    client = TeacherClient(TeacherConfig(base_url="http://127.0.0.1:9/v1", backoff_base_s=0.01))
+    client = LLMClient(ClientConfig(base_url="http://127.0.0.1:9/v1", backoff_base_s=0.01))
     assert client._backoff(0, retry_after=3.0) >= 3.0
     assert all(0 <= client._backoff(3, None) <= 0.08 for _ in range(50))
     asyncio.run(client.aclose())

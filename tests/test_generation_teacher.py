@@ -11,15 +11,15 @@ import pytest
 
 from fault_server import ServerProcess
 from tinystories.data.prompts import PromptBuilder
-from tinystories.data.teacher import TeacherClient, TeacherConfig, TeacherError, multipart_body
 from tinystories.errors import TinyStoriesError
+from tinystories.llm_client import ClientConfig, LLMClient, LLMError, multipart_body
 
 PROMPTS = [PromptBuilder(seed=3).prompt(i).text for i in range(12)]
 
 
-def complete_all(cfg: TeacherConfig, prompts: list[str]) -> tuple[list[str], TeacherClient]:
-    async def go() -> tuple[list[str], TeacherClient]:
-        client = TeacherClient(cfg)
+def complete_all(cfg: ClientConfig, prompts: list[str]) -> tuple[list[str], LLMClient]:
+    async def go() -> tuple[list[str], LLMClient]:
+        client = LLMClient(cfg)
         try:
             return [c.text for c in await asyncio.gather(*map(client.complete, prompts))], client
         finally:
@@ -28,8 +28,8 @@ def complete_all(cfg: TeacherConfig, prompts: list[str]) -> tuple[list[str], Tea
     return asyncio.run(go())
 
 
-def config(url: str, **kw) -> TeacherConfig:
-    return TeacherConfig(**{"base_url": url, "model": "scripted", "api_key_env": "TS_TEACHER_TEST_NO_KEY",
+def config(url: str, **kw) -> ClientConfig:
+    return ClientConfig(**{"base_url": url, "model": "scripted", "api_key_env": "TS_TEACHER_TEST_NO_KEY",
                             "timeout_s": 2.0, "backoff_base_s": 0.01, "backoff_max_s": 0.05, **kw})
 
 
@@ -71,7 +71,7 @@ def test_retry_after_is_honoured():
 def test_retries_run_out_with_a_clear_error():
     server = ServerProcess(fault_rate=1.0, faults=["500"])
     try:
-        with pytest.raises(TeacherError, match="gave up after 1 attempts; last: HTTP 500"):
+        with pytest.raises(LLMError, match="gave up after 1 attempts; last: HTTP 500"):
             complete_all(config(server.url, max_retries=0), PROMPTS[:1])
     finally:
         server.close()

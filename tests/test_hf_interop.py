@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from tinystories.cli import main
-from tinystories.data.tokenizer import Tokenizer
 from tinystories.errors import TinyStoriesError
-from tinystories.infer.sampling import SamplingConfig, generate
-from tinystories.model.checkpoint import load_any, load_model, save_model
+from tinystories.infer.params import SamplingParams
+from tinystories.infer.sampling import generate
+from tinystories.model.checkpoint import load_model, save_model
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.model.hf import export_hf, load_hf_model
+from tinystories.model.loader import load_any
+from tinystories.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 SEQ = 40  # longer than the local window below, so local attention really bites
@@ -83,7 +85,7 @@ def test_import_transformers_model(tmp_path: Path, tokenizer: Tokenizer, build: 
         torch.testing.assert_close(loaded.model(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
     prompt = [tokenizer.eos_id, *tokenizer.encode("Once upon a time")]
     assert tokenizer.eos_id == 0
-    ours = generate(loaded.model, [prompt], SamplingConfig(max_new_tokens=15, temperature=0), 0)[0]
+    ours = generate(loaded.model, [prompt], SamplingParams(max_new_tokens=15, temperature=0), 0)[0]
     theirs = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=15,
                          pad_token_id=0)[0, len(prompt):].tolist()
     assert ours == (theirs[:theirs.index(0)] if 0 in theirs else theirs)

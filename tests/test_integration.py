@@ -16,9 +16,9 @@ import httpx
 import pytest
 import torch
 
-from tinystories.data.tokenizer import Tokenizer
 from tinystories.model.checkpoint import save_model
 from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.tokenizer import Tokenizer
 
 
 def free_port() -> int:
@@ -67,7 +67,7 @@ def test_our_server_as_the_teacher(served: tuple[str, str], tmp_path: Path) -> N
     url, model = served
     out = tmp_path / "gen"
     # A random-weight student writes no real stories, so only the structural filters stay on.
-    p = run_cli("generate", "--base-url", url, "--model", model, "--api", "completion", "--n", "6",
+    p = run_cli("generate", "--base-url", url, "--model", model, "--api", "completion", "--num-stories", "6",
                 "--out", str(out), "--no-progress", "--api-key-env", "TS_TEST_KEY",
                 "--set", "filters.require_words=false", "--set", "filters.min_words=1",
                 "--set", "filters.min_stopword_ratio=0", "--set", "filters.ascii_only=false",
@@ -87,7 +87,7 @@ def test_our_server_as_a_judge_that_cannot_grade(served: tuple[str, str], model_
     out = tmp_path / "eval"
     p = run_cli("eval", "gpt-eval", str(model_dir), "--prompts", str(prompts), "-n", "1",
                 "--max-new-tokens", "20", "--judge-url", url, "--judge-model", model, "--judge-max-tokens", "30",
-                "--api-key-env", "TS_TEST_KEY", "--yes", "--no-progress", "--out", str(out),
+                "--judge-api-key-env", "TS_TEST_KEY", "--yes", "--no-progress", "--out", str(out),
                 env={"TS_TEST_KEY": "unused"})
     assert p.returncode == 0, p.stderr[-2000:]
     judgments = json.loads((out / "judgments.json").read_text())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinystories.data.tokenizer import Tokenizer
 from tinystories.interpret.hooks import run_with_cache
 from tinystories.interpret.neurons import (
     corpus_batches,
@@ -16,6 +15,7 @@ from tinystories.interpret.neurons import (
     unit_examples,
 )
 from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinystories.data.tokenizer import Tokenizer, train_bpe
 from tinystories.errors import TinyStoriesError
 from tinystories.model.checkpoint import WEIGHTS_NAME, load_model, save_model
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.model.losses import linear_cross_entropy
 from tinystories.model.presets import PRESETS, count_params
+from tinystories.tokenizer import Tokenizer, train_bpe
 
 ARCHS = [{"arch": "neo"}, {"arch": "neo", "local_window": 5}, {"arch": "modern"}, {"arch": "modern", "tie_embeddings": False}]
 
@@ -75,7 +75,7 @@ def test_fused_loss_chunking_is_exact() -> None:
 
 def test_neo_attention_is_unscaled_like_gpt_neo() -> None:
     model = small(arch="neo")
-    assert model.blocks[0].attn.scale == 1.0 and small(arch="modern").blocks[0].attn.scale is None
+    assert model.blocks[0].attn.scale == 1.0 and small(arch="modern").blocks[0].attn.scale == 8 ** -0.5
 
 
 def test_context_overflow_is_a_clear_error() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tinystories.infer.server import create_app, load_models, running
+from tinystories.interpret import attention_api
 
 webdriver = pytest.importorskip("selenium.webdriver")
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -49,13 +50,16 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     wait = WebDriverWait(browser, 20)
-    with running(create_app(load_models([str(tiny_model_dir)]))) as url:
+    app = create_app(load_models([str(tiny_model_dir)]), extensions=[attention_api.install])
+    with running(app) as url:
         browser.get(url + "/")
         wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value"))
         assert "2 layers × 4 heads" in browser.find_element(By.ID, "model-info").text
         prompt = browser.find_element(By.ID, "prompt")
         prompt.clear()
-        prompt.send_keys("Once upon a time, Tom found a shiny 🐚")
+        prompt.send_keys("Once upon a time, Tom found a shiny ")
+        # ChromeDriver types only the Basic Multilingual Plane: the emoji goes in through the page.
+        browser.execute_script("arguments[0].value += '\\u{1F41A}'", prompt)
         browser.execute_script("const m = document.getElementById('max_tokens'); m.value = 60;"
                                "m.dispatchEvent(new Event('input'))")
         browser.find_element(By.ID, "seed").send_keys("3")

@@ -1,15 +1,12 @@
+import dataclasses
+
 import pytest
 import torch
 
 from tinystories.errors import TinyStoriesError
-from tinystories.infer.sampling import (
-    SamplingConfig,
-    candidates,
-    filter_logits,
-    generate,
-    generate_reference,
-    sample_next,
-)
+from tinystories.infer.params import SamplingParams
+from tinystories.infer.sampler import _kept, draw, new_generator, reference_probs, sample
+from tinystories.infer.sampling import generate, generate_reference
 from tinystories.model.gpt import GPT, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
@@ -23,22 +20,22 @@ def model(request: pytest.FixtureRequest) -> GPT:
 
 
 @pytest.mark.parametrize("cfg", [
-    SamplingConfig(max_new_tokens=25, temperature=0, stop_at_eos=False),
-    SamplingConfig(max_new_tokens=25, temperature=0.9, top_k=20, top_p=0.9, seed=7, stop_at_eos=False),
-    SamplingConfig(max_new_tokens=25, temperature=1.5, seed=3),
+    SamplingParams(max_new_tokens=25, temperature=0, stop_at_eos=False),
+    SamplingParams(max_new_tokens=25, temperature=0.9, top_k=20, top_p=0.9, seed=7, stop_at_eos=False),
+    SamplingParams(max_new_tokens=25, temperature=1.5, seed=3),
 ])
-def test_kv_cache_sampling_equals_no_cache_sampling(model: GPT, cfg: SamplingConfig) -> None:
+def test_kv_cache_sampling_equals_no_cache_sampling(model: GPT, cfg: SamplingParams) -> None:
     assert generate(model, PROMPTS, cfg, eos_id=0) == generate_reference(model, PROMPTS, cfg, eos_id=0)
 
 
 def test_batched_greedy_equals_one_at_a_time(model: GPT) -> None:
-    cfg = SamplingConfig(max_new_tokens=20, temperature=0, stop_at_eos=False)
+    cfg = SamplingParams(max_new_tokens=20, temperature=0, stop_at_eos=False)
     batched = generate(model, PROMPTS, cfg, eos_id=0)
     assert batched == [generate(model, [p], cfg, eos_id=0)[0] for p in PROMPTS]
 
 
 def test_seed_reproduces_and_stops_at_context_end(model: GPT) -> None:
-    cfg = SamplingConfig(max_new_tokens=500, temperature=1.0, seed=11, stop_at_eos=False)
+    cfg = SamplingParams(max_new_tokens=500, temperature=1.0, seed=11, stop_at_eos=False)
     a, b = generate(model, PROMPTS, cfg, 0), generate(model, PROMPTS, cfg, 0)
     assert a == b
     assert [len(p) + len(o) for p, o in zip(PROMPTS, a)] == [48 - 9 + len(p) for p in PROMPTS]
@@ -52,54 +49,77 @@ def test_stops_at_end_of_story() -> None:
         model.lm_head.weight[3, 0] = 50.0  # after any token, EOS (3) is near certain
         model.norm.bias.zero_()
         model.norm.bias[0] = 1.0
-    out = generate(model, [[1, 2]], SamplingConfig(max_new_tokens=10, temperature=1.0, seed=0), eos_id=3)
+    out = generate(model, [[1, 2]], SamplingParams(max_new_tokens=10, temperature=1.0, seed=0), eos_id=3)
     assert out == [[]]
 
 
 def test_top_k_and_top_p_masks() -> None:
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    keep_k = filter_logits(logits, SamplingConfig(top_k=2)).isfinite()
-    assert keep_k.tolist() == [[True, True, False, False]]
-    keep_p = filter_logits(logits, SamplingConfig(top_p=0.8)).isfinite()
-    assert keep_p.tolist() == [[True, True, False, False]]
-    keep_p = filter_logits(logits, SamplingConfig(top_p=0.81)).isfinite()
-    assert keep_p.tolist() == [[True, True, True, False]]
-    keep_tiny = filter_logits(logits, SamplingConfig(top_p=0.01)).isfinite()
-    assert keep_tiny.tolist() == [[True, False, False, False]]
+
+    def kept(**kw: float) -> list[bool]:
+        return (reference_probs(logits, [SamplingParams(**kw)])[0] > 0).tolist()
+
+    assert kept(top_k=2) == [True, True, False, False]
+    assert kept(top_p=0.8) == [True, True, False, False]
+    assert kept(top_p=0.81) == [True, True, True, False]
+    assert kept(top_p=0.01) == [True, False, False, False]
 
 
-@pytest.mark.parametrize("cfg,needle", [
-    (SamplingConfig(temperature=-1), "temperature"), (SamplingConfig(top_p=0), "top_p"),
-    (SamplingConfig(top_k=-2), "top_k"), (SamplingConfig(max_new_tokens=-1), "max_new_tokens"),
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"temperature": -1}, "temperature"), ({"temperature": float("nan")}, "temperature"), ({"top_p": 0}, "top_p"),
+    ({"top_p": float("nan")}, "top_p"), ({"top_k": -2}, "top_k"), ({"top_k": 2**63}, "top_k"),
+    ({"max_new_tokens": -1}, "max_new_tokens"), ({"seed": 2**64}, "seed"), ({"seed": -(2**63) - 1}, "seed"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"top_k": 1.5}, "top_k"), ({"temperature": "hot"}, "temperature"),
 ])
-def test_bad_sampling_settings(model: GPT, cfg: SamplingConfig, needle: str) -> None:
+def test_bad_sampling_settings(kwargs: dict, needle: str) -> None:
     with pytest.raises(TinyStoriesError, match=needle):
-        generate(model, PROMPTS, cfg, 0)
+        SamplingParams(**kwargs)
 
 
 def test_prompt_longer_than_context(model: GPT) -> None:
     with pytest.raises(TinyStoriesError, match="longer than the model's context of 48"):
-        generate(model, [list(range(1, 60))], SamplingConfig(), 0)
+        generate(model, [list(range(1, 60))], SamplingParams(), 0)
 
 
-@pytest.mark.parametrize("cfg", [
-    SamplingConfig(temperature=0.7), SamplingConfig(top_k=5), SamplingConfig(top_p=0.9),
-    SamplingConfig(temperature=1.3, top_k=300, top_p=0.97), SamplingConfig(temperature=0.2, top_p=0.5),
-    SamplingConfig(temperature=5.0, top_p=0.999),  # a flat distribution: the nucleus outgrows 64 tokens
-])
-def test_fast_candidates_equal_the_reference_filter(cfg: SamplingConfig) -> None:
+CASES = [
+    SamplingParams(temperature=0.7), SamplingParams(top_k=5), SamplingParams(top_p=0.9),
+    SamplingParams(temperature=1.3, top_k=300, top_p=0.97), SamplingParams(temperature=0.2, top_p=0.5),
+    SamplingParams(temperature=2.0, top_p=0.999),  # a flat distribution: the nucleus outgrows 64 tokens
+]
+
+
+@pytest.mark.parametrize("cfg", CASES)
+def test_fast_candidates_equal_the_reference_filter(cfg: SamplingParams) -> None:
     torch.manual_seed(0)
     logits = torch.randn(6, 1000) * 3
-    expected = filter_logits(logits, cfg).softmax(-1)
-    probs, ids = candidates(logits, cfg)
+    expected = reference_probs(logits, [cfg] * 6)
+    x = logits / cfg.temperature
+    probs, ids = _kept(x, torch.full((6,), cfg.top_k or 1000), torch.full((6,), cfg.top_p), 1000)
     got = torch.zeros_like(expected).scatter(-1, ids, probs)
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got / got.sum(-1, keepdim=True), expected, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", [SamplingConfig(), SamplingConfig(top_p=0.9), SamplingConfig(top_k=3)])
-def test_sampling_follows_the_filtered_distribution(cfg: SamplingConfig) -> None:
-    logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])).repeat(40_000, 1)
-    draws = sample_next(logits, cfg, torch.Generator().manual_seed(0))
+def test_sampler_draws_what_the_reference_draws() -> None:
+    """Rows with different settings in one batch: each draws exactly the reference's token."""
+    torch.manual_seed(0)
+    logits = torch.randn(60, 1000) * 3
+    params = [CASES[i % len(CASES)].for_row(i) if i % 7 else SamplingParams(temperature=0) for i in range(60)]
+    params = [p if p.greedy else dataclasses.replace(p, seed=i) for i, p in enumerate(params)]
+    got = sample(logits, params, [new_generator(p) for p in params])
+    for i, p in enumerate(params):
+        if p.greedy:
+            assert got[i] == logits[i].argmax()
+            continue
+        u = torch.rand(1, generator=new_generator(p))
+        assert got[i] == draw(reference_probs(logits[i:i + 1], [p]), u)[0], (i, p)
+
+
+@pytest.mark.parametrize("cfg", [SamplingParams(seed=0), SamplingParams(top_p=0.9, seed=0),
+                                 SamplingParams(top_k=3, seed=0)])
+def test_sampling_follows_the_filtered_distribution(cfg: SamplingParams) -> None:
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])).repeat(20_000, 1)
+    rows = [cfg.for_row(i) for i in range(len(logits))]
+    draws = sample(logits, rows, [new_generator(p) for p in rows])
     freq = torch.bincount(draws, minlength=5).float() / len(draws)
-    expected = filter_logits(logits[:1], cfg).softmax(-1)[0]
-    torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)
+    expected = reference_probs(logits[:1], [cfg])[0]
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)

@@ -13,9 +13,12 @@ import openai
 import pytest
 import torch
 
-from tinystories.infer.engine import RowParams, filter_rows, sample_rows
-from tinystories.infer.sampling import SamplingConfig, filter_logits, generate
-from tinystories.infer.server import chat_prompt, create_app, load_models, running
+from tinystories.cli import main
+from tinystories.infer.openai_api import chat_prompt
+from tinystories.infer.params import SamplingParams
+from tinystories.infer.sampling import generate
+from tinystories.infer.server import create_app, load_models, running
+from tinystories.interpret import attention_api
 from tinystories.model.checkpoint import LoadedModel
 
 MODEL = "tiny_model0"  # tiny_model_dir's folder name (pytest's mktemp numbers it)
@@ -30,7 +33,7 @@ def loaded(tiny_model_dir: Path) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def server(loaded: LoadedModel) -> Iterator[tuple[str, object]]:
-    app = create_app({MODEL: loaded})
+    app = create_app({MODEL: loaded}, extensions=[attention_api.install])
     with running(app) as url:
         yield url, app.state.served[MODEL].engine
 
@@ -42,7 +45,7 @@ def client(server: tuple[str, object]) -> openai.OpenAI:
 
 def greedy(loaded: LoadedModel, text: str, n: int) -> list[int]:
     tok = loaded.tokenizer
-    cfg = SamplingConfig(max_new_tokens=n, temperature=0)
+    cfg = SamplingParams(max_new_tokens=n, temperature=0)
     return generate(loaded.model, [[tok.eos_id, *tok.encode(text)]], cfg, tok.eos_id)[0]
 
 
@@ -209,30 +212,20 @@ def test_streams_wake_the_loop_once_per_step(loaded: LoadedModel) -> None:
     assert mailbox.wakeups < sum(chunks)  # one wake-up per step for all rows, not one per token
 
 
-def test_per_row_filtering_matches_filter_logits() -> None:
-    logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
-    for t, k, p in [(0.7, 0, 0.9), (1.0, 5, 1.0), (1.5, 20, 0.5)]:
-        expected = filter_logits(logits, SamplingConfig(temperature=t, top_k=k, top_p=p))
-        got = filter_rows(logits, torch.full((3,), t), torch.full((3,), k), torch.full((3,), p))
-        torch.testing.assert_close(got, expected)
-
-
-def test_per_row_sampling_follows_the_distribution() -> None:
-    logprobs = torch.tensor([[2.0, 1.0, 0.0, -1.0, -9.0]]).log_softmax(-1).repeat(4000, 1)
-    params = [RowParams(1, temperature=1.0, top_p=0.9)] * 2000 + [RowParams(1, temperature=0.0)] * 2000
-    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
-    drawn = sample_rows(logprobs, params, gens)
-    assert (drawn[2000:] == 0).all()  # temperature 0 is greedy
-    freq = torch.bincount(drawn[:2000], minlength=5).float() / 2000
-    expected = filter_logits(logprobs[:1], SamplingConfig(top_p=0.9))[0].softmax(-1)  # keeps the first three
-    assert expected[3:].sum() == 0 and freq[3:].sum() == 0
-    torch.testing.assert_close(freq, expected, atol=0.04, rtol=0)
-    again = sample_rows(logprobs[:3], params[:3], [torch.Generator().manual_seed(i) for i in range(3)])
-    assert again.tolist() == drawn[:3].tolist()  # a row's seed fixes its draws
-    # Plain sampling (every row at temperature 1, no cut: the path that skips filtering).
-    plain = sample_rows(logprobs[:2000], [RowParams(1)] * 2000, [torch.Generator().manual_seed(i) for i in range(2000)])
-    freq = torch.bincount(plain, minlength=5).float() / 2000
-    torch.testing.assert_close(freq, logprobs[0].exp(), atol=0.04, rtol=0)
+@pytest.mark.parametrize("settings", [{"top_k": 40}, {"top_p": 0.9}, {"top_k": 20, "top_p": 0.8, "temperature": 1.3}])
+def test_cli_and_server_write_the_same_story(client: openai.OpenAI, tiny_model_dir: Path, settings: dict,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """One sampler on every path: `tinystories sample` and the server agree at the same seed."""
+    settings = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **settings}  # (the CLI's defaults differ)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    assert main(["sample", str(tiny_model_dir), "--prompt", "Once upon a time", "--seed", "3",
+                 "--max-new-tokens", "40", "-n", "2", *flags]) == 0
+    printed = [s.strip() for s in capsys.readouterr().out.split("-" * 40) if s.strip()]
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=40, n=2, seed=3,
+                                  temperature=settings["temperature"], top_p=settings["top_p"],
+                                  extra_body={"top_k": settings["top_k"]})
+    assert printed == [("Once upon a time" + c.text).strip() for c in r.choices]
+    assert r.choices[0].text != r.choices[1].text
 
 
 def test_attention_endpoint(server: tuple[str, object], loaded: LoadedModel) -> None:

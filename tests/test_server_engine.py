@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinystories.data.tokenizer import Tokenizer
-from tinystories.infer.engine import Engine, Event, Row, RowParams
-from tinystories.infer.sampling import SamplingConfig, generate
+from tinystories.infer.engine import Engine, Event, Row
+from tinystories.infer.params import SamplingParams
+from tinystories.infer.sampling import generate
 from tinystories.model.checkpoint import LoadedModel
-from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.model.gpt import GPT, GPTConfig, KVCache
+from tinystories.tokenizer import Tokenizer
 
 
-def run(engine: Engine, schedule: dict[int, list[tuple[list[int], RowParams]]]) -> list[list[int]]:
+def run(engine: Engine, schedule: dict[int, list[tuple[list[int], SamplingParams]]]) -> list[list[int]]:
     """Drive an unstarted engine: schedule[step] = rows submitted before that step."""
     outputs: list[list[int]] = []
     rows: list[Row] = []
@@ -41,11 +42,11 @@ def run(engine: Engine, schedule: dict[int, list[tuple[list[int], RowParams]]]) 
 @pytest.mark.parametrize("arch", ["neo", "modern"])
 def test_rows_joining_and_leaving(tokenizer: Tokenizer, arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: dict[str, int] = {}
-    for name in ("_merge", "_place", "_compact"):
-        def counted(self: Engine, *a: object, _f: object = getattr(Engine, name), _n: str = name) -> object:
+    for name in ("merge", "write_rows", "add_rows", "select"):  # the cache surgery the engine asks for
+        def counted(self: KVCache, *a: object, _f: object = getattr(KVCache, name), _n: str = name) -> object:
             calls[_n] = calls.get(_n, 0) + 1
             return _f(self, *a)
-        monkeypatch.setattr(Engine, name, counted)
+        monkeypatch.setattr(KVCache, name, counted)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=48, n_layer=2, n_head=4, d_model=32,
                     arch=arch, local_window=8 if arch == "neo" else 0)
@@ -56,20 +57,20 @@ def test_rows_joining_and_leaving(tokenizer: Tokenizer, arch: str, monkeypatch: 
              "Lily and her mom", "Sam saw a cat", "Then", "One day, a little bird flew"]
     prompts = [[eos, *tokenizer.encode(t)] for t in texts]
     limits = [30, 5, 40, 12, 48, 3, 20, 9]  # 48: runs into the context end
-    greedy = [(p, RowParams(max_new_tokens=n, temperature=0)) for p, n in zip(prompts, limits)]
+    greedy = [(p, SamplingParams(max_new_tokens=n, temperature=0)) for p, n in zip(prompts, limits)]
     # Joins while others run, a longer prompt than the batch so far (realign), free-slot reuse,
     # growth, compaction, and a row that outlives everything it started with.
     schedule = {0: greedy[:2], 3: greedy[2:4], 4: [greedy[4]], 9: greedy[5:7], 30: [greedy[7]]}
     got = run(Engine(loaded, start=False), schedule)
-    expected = [generate(model, [p], SamplingConfig(max_new_tokens=n, temperature=0), eos)[0]
+    expected = [generate(model, [p], SamplingParams(max_new_tokens=n, temperature=0), eos)[0]
                 for p, n in zip(prompts, limits)]
-    expected[4] = generate(model, [prompts[4]], SamplingConfig(max_new_tokens=48, temperature=0), eos)[0]
+    expected[4] = generate(model, [prompts[4]], SamplingParams(max_new_tokens=48, temperature=0), eos)[0]
     assert got == expected
-    assert set(calls) == {"_merge", "_place", "_compact"}, calls  # every batch-reshaping path ran
+    assert set(calls) == {"merge", "write_rows", "add_rows", "select"}, calls  # every batch-reshaping path ran
     assert len(got[4]) == 48 - len(prompts[4]) or eos in got[4]
 
     # A seeded sampled row draws the same tokens alone or in a crowd.
-    seeded = (prompts[0], RowParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=5))
+    seeded = (prompts[0], SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=5))
     alone = run(Engine(loaded, start=False), {0: [seeded]})[0]
     crowd = run(Engine(loaded, start=False), {0: greedy[:3], 2: [seeded, greedy[5]]})
     assert crowd[3] == alone and len(alone) > 0
@@ -86,7 +87,7 @@ def test_incremental_detokenization(tokenizer: Tokenizer) -> None:
     assert splits  # some tokens end inside a character: the case that must wait
     for limit in (len(ids), splits[0]):  # runs to the end / stops inside a character
         texts: list[str] = []
-        row = Row([tokenizer.eos_id], RowParams(max_new_tokens=limit), lambda ev, out=texts: out.append(ev.text))
+        row = Row([tokenizer.eos_id], SamplingParams(max_new_tokens=limit), lambda ev, out=texts: out.append(ev.text))
         for token in ids[:limit]:
             engine._advance(row, token, 0.0, {})
         assert "".join(texts) == tokenizer.decode(ids[:limit])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tinystories.data.pretokenize import load_tokens, pretokenize
-from tinystories.data.tokenizer import Tokenizer, top_k_tokenizer, train_bpe
 from tinystories.errors import TinyStoriesError
+from tinystories.tokenizer import Tokenizer, top_k_tokenizer, train_bpe
 
 
 def test_bpe_round_trips_real_stories_exactly(stories: list[str], valid_stories: list[str],

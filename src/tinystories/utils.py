@@ -1,4 +1,7 @@
-"""Small helpers shared by every stage: atomic writes, seeding, resources, devices."""
+"""Small helpers shared by every stage: atomic writes, seeding, resources, devices.
+
+Imports no torch at module level: the CLI's `--help` and the data stage load this too.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ import tempfile
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -49,6 +52,9 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -60,6 +66,8 @@ def resource_path(name: str) -> Path:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    import torch
+
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinystories.errors import TinyStoriesError
+from tinystories.tokenizer import EOS_TEXT
 from tinystories.utils import resource_path
 
-EOS_TEXT = "<|endoftext|>"
 BUNDLED = {"bundled:train": "train_sample.txt", "bundled:valid": "valid_dev.jsonl"}
 
 # UTF-8 punctuation read as cp1252: "’" arrives as "â€™". A run starts with a lead byte

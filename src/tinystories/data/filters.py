@@ -8,11 +8,14 @@ overlap with the evaluation prompts (decontamination), near-duplicate of an acce
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datasketch import MinHash, MinHashLSH
 
+from tinystories.config import Config, setting
+from tinystories.data.beginnings import load_beginnings
 from tinystories.data.vocabulary import Vocabulary
+from tinystories.errors import TinyStoriesError
 
 # Typographic characters a teacher model likes, mapped to the ASCII the corpus uses.
 _NORMALISE = str.maketrans({
@@ -26,20 +29,29 @@ REFUSALS = [r"i'?m sorry", r"i am sorry", r"as an ai", r"i can(?:no|')t (?:write
             r"i'?m not able to", r"i am unable", r"sorry, but"]
 
 
-@dataclass
-class FilterConfig:
-    min_words: int = 60
-    max_words: int = 1000
-    ascii_only: bool = True  # set false for non-Latin languages
-    stopwords: list[str] = field(default_factory=lambda: list(ENGLISH_STOPWORDS))
-    min_stopword_ratio: float = 0.15  # share of words that are stopwords; 0 disables
-    refusal_patterns: list[str] = field(default_factory=lambda: list(REFUSALS))
-    require_words: bool = True
-    near_duplicate_threshold: float = 0.8  # estimated Jaccard of word 3-grams; 1 disables
-    minhash_perm: int = 64
-    eval_prompts: str | None = None  # story beginnings (YAML/JSON list or text file); None = the shipped 44
-    decontam_ngram: int = 8
-    decontam_threshold: float = 0.5  # share of a beginning's n-grams found in the story
+@dataclass(frozen=True)
+class FilterConfig(Config):
+    min_words: int = setting(60, "shortest story kept, in words", ge=0)
+    max_words: int = setting(1000, "longest story kept, in words", ge=1)
+    ascii_only: bool = setting(True, "reject non-ASCII stories (set false for non-Latin languages)")
+    stopwords: list[str] = setting(help="the language's most common words", factory=lambda: list(ENGLISH_STOPWORDS))
+    min_stopword_ratio: float = setting(0.15, "share of words that must be stopwords (0 = off)", ge=0, le=1)
+    refusal_patterns: list[str] = setting(help="regular expressions of refusals", factory=lambda: list(REFUSALS))
+    require_words: bool = setting(True, "reject stories missing a prompt word")
+    near_duplicate_threshold: float = setting(0.8, "estimated Jaccard of word 3-grams above which a story is "
+                                                   "a near duplicate (1 = off)", gt=0, le=1)
+    minhash_perm: int = setting(64, "MinHash permutations", ge=8, le=1024)
+    eval_prompts: str | None = setting(None, "story beginnings kept out of the data (YAML/JSON list or text "
+                                             "file); none = the paper's 44")
+    decontam_ngram: int = setting(8, "n-gram length of the decontamination check", ge=1)
+    decontam_threshold: float = setting(0.5, "share of a beginning's n-grams found in a story that rejects it",
+                                        gt=0, le=1)
+
+    where = "filters"
+
+    def check(self) -> None:
+        if self.min_words > self.max_words:
+            raise TinyStoriesError(f"filters: min_words ({self.min_words}) is above max_words ({self.max_words})")
 
 
 def normalise(text: str) -> str:
@@ -67,11 +79,7 @@ class StoryFilter:
         self._contamination = self._eval_index()
 
     def _eval_index(self) -> list[tuple[int, set[tuple[str, ...]]]]:
-        from tinystories.eval.gpt_eval import (
-            load_prompts,  # the one reader of story-beginning files
-        )
-
-        beginnings = load_prompts(self.cfg.eval_prompts)
+        beginnings = load_beginnings(self.cfg.eval_prompts)
         out = []
         for text in beginnings:
             ws = words_of(text)

@@ -20,10 +20,9 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,87 +30,39 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from tinystories.config import to_dict
+from tinystories.config import Config, setting, to_dict
+from tinystories.data.batch_run import run_batches
 from tinystories.data.filters import FilterConfig, StoryFilter, normalise, reason_kind, words_of
 from tinystories.data.prompts import Prompt, PromptBuilder, PromptConfig, instruct_text
-from tinystories.data.teacher import Completion, TeacherClient, TeacherConfig, TeacherError
+from tinystories.data.shards import ShardWriter, append_line, read_jsonl_repairing
 from tinystories.errors import TinyStoriesError
+from tinystories.llm_client import ClientConfig, Completion, LLMClient, LLMError
 from tinystories.utils import write_json
 
 log = logging.getLogger(__name__)
 MANIFEST_EVERY_S = 10.0
 
 
-@dataclass
-class GenerateConfig:
-    n: int = 1000  # number of prompts (each ends accepted or rejected)
-    seed: int = 0
-    out: str = "runs/stories"
-    instruct: bool = False  # TinyStories-Instruct records (one more request per story)
-    batch_api: bool = False  # OpenAI Batch API instead of online requests
-    shard_size: int = 100_000  # accepted stories per JSONL shard
-    parquet: bool = False  # also write data.parquet at the end (needs pyarrow)
-    progress: bool = True
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    prompts: PromptConfig = field(default_factory=PromptConfig)
-    filters: FilterConfig = field(default_factory=FilterConfig)
+@dataclass(frozen=True)
+class GenerateConfig(Config):
+    n: int = setting(1000, "prompts to run (each ends as one accepted or rejected story)", ge=0, le=10**10,
+                     flag="num-stories")
+    seed: int = setting(0, "seed of the prompts (same seed, same prompts)", ge=0)
+    out: str = setting("runs/stories", "output folder (resumed if it exists)")
+    instruct: bool = setting(False, "TinyStories-Instruct records (one more request per story, for its summary)")
+    batch_api: bool = setting(False, "use the OpenAI Batch API (/v1/files + /v1/batches): cheaper, slower")
+    shard_size: int = setting(100_000, "accepted stories per JSONL shard", ge=1)
+    parquet: bool = setting(False, "also write OUT/data.parquet at the end (needs pyarrow)")
+    progress: bool = setting(True, "progress bar")
+    teacher: ClientConfig = setting(help="the teacher LLM's endpoint", factory=ClientConfig)
+    prompts: PromptConfig = setting(help="how prompts are made", factory=PromptConfig)
+    filters: FilterConfig = setting(help="which stories are kept", factory=FilterConfig)
+
+    where = "generate"
 
     def fingerprint(self) -> dict[str, Any]:
         """What fixes the prompts and records: a resumed run must match it."""
         return {"seed": self.seed, "instruct": self.instruct, "prompts": to_dict(self.prompts)}
-
-
-def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
-    """Records of an append-only JSONL file; a torn last line (from a kill) is cut off."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("%s: cutting a torn last line (%d bytes) left by an interrupted run", path, len(data) - end)
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    records = []
-    for line in data[:end].splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s: skipping an unreadable line", path)
-    return records
-
-
-class ShardWriter:
-    """Appends records to data/stories-NNNNN.jsonl, starting a new shard every `shard_size`."""
-
-    def __init__(self, folder: Path, shard_size: int):
-        self.folder, self.shard_size = folder, shard_size
-        folder.mkdir(parents=True, exist_ok=True)
-        self.shard = max((int(p.stem.split("-")[1]) for p in folder.glob("stories-*.jsonl")), default=0)
-        self.lines = len(self.path.read_bytes().splitlines()) if self.path.exists() else 0
-        self.file = open(self.path, "a")  # noqa: SIM115 - held open for the whole run
-
-    @property
-    def path(self) -> Path:
-        return self.folder / f"stories-{self.shard:05d}.jsonl"
-
-    def append(self, record: dict[str, Any]) -> None:
-        if self.lines >= self.shard_size:
-            self.file.close()
-            self.shard, self.lines = self.shard + 1, 0
-            self.file = open(self.path, "a")  # noqa: SIM115 - held until the next shard
-        append_line(self.file, record)
-        self.lines += 1
-
-    def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-
-
-def append_line(file: Any, record: dict[str, Any]) -> None:
-    # One write of the whole line, flushed: a kill leaves at most a torn last line.
-    file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    file.flush()
 
 
 def story_id(text: str) -> str:
@@ -174,7 +125,7 @@ class Run:
         for w in words_of(record.get("story", record["text"])):
             self.story_words.update(self.form_index.get(w, ()))
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if record["index"] in self.done:  # a re-collected batch after a crash
             return
         if "reason" in record:
@@ -266,11 +217,11 @@ class Run:
             if self.cfg.instruct and "reason" not in record:
                 summary = await self.client.complete(self.builder.summary_request(record["text"]))
                 record = self.finish_instruct(record, prompt, summary)
-        except TeacherError as exc:
+        except LLMError as exc:
             self.failed[index] = str(exc)
             log.warning("prompt %d failed: %s", index, exc)
             return
-        self._write(record)
+        self.write(record)
 
     # --- drivers ------------------------------------------------------------------------
 
@@ -283,66 +234,9 @@ class Run:
 
         await asyncio.gather(*(worker() for _ in range(min(self.cfg.teacher.concurrency, len(pending)) or 1)))
 
-    async def run_batches(self, pending: list[int]) -> None:
-        """OpenAI Batch API: one batch of stories (then one of summaries for --instruct) at a
-        time; the batch id is saved first, so a restarted run collects it instead of paying twice."""
-        state_path = self.out / "batch_state.json"
-        todo = list(pending)
-        while True:
-            state = json.loads(state_path.read_text()) if state_path.exists() else None
-            if state is None:
-                todo = [i for i in todo if i not in self.done]
-                chunk, todo = todo[: self.cfg.teacher.batch_max_requests], todo[self.cfg.teacher.batch_max_requests:]
-                if not chunk:
-                    return
-                batch_id = await self.client.submit_batch({str(i): self.builder.prompt(i).text for i in chunk})
-                state = {"phase": "story", "batch_id": batch_id, "indices": chunk}
-                write_json(state_path, state)
-            in_batch = {int(i) for i in state.get("indices") or state["records"]}
-            todo = [i for i in todo if i not in in_batch]  # a prompt is sent at most once per session
-            try:
-                results = await self.client.collect_batch(state["batch_id"])
-            except TeacherError as exc:
-                # The batch ended (failed, expired, cancelled) with no results: its prompts count as
-                # failed this session, and the next run submits them afresh instead of re-polling it.
-                for index in in_batch:
-                    self.failed[index] = str(exc)
-                log.warning("%s", exc)
-                state_path.unlink()
-                continue
-            next_state = self._handle_batch(state, results)
-            if next_state:
-                next_state["batch_id"] = await self.client.submit_batch(
-                    {i: self.builder.summary_request(r["text"]) for i, r in next_state["records"].items()})
-                write_json(state_path, next_state)
-            else:
-                state_path.unlink()
-
-    def _handle_batch(self, state: dict[str, Any], results: dict[str, Completion | str]) -> dict[str, Any] | None:
-        """Write the records a finished batch completes; the summary batch still needed, if any."""
-        need_summary: dict[str, dict[str, Any]] = {}
-        items = state["indices"] if state["phase"] == "story" else list(state["records"])
-        for key in map(str, items):
-            index, result = int(key), results.get(key, "missing from the batch output")
-            if index in self.done:
-                continue
-            if isinstance(result, str):
-                self.failed[index] = result
-                continue
-            prompt = self.builder.prompt(index)
-            if state["phase"] == "summary":
-                self._write(self.finish_instruct(state["records"][key], prompt, result))
-                continue
-            record = self.judge(prompt, result)
-            if self.cfg.instruct and "reason" not in record:
-                need_summary[key] = record
-            else:
-                self._write(record)
-        return {"phase": "summary", "records": need_summary} if need_summary else None
-
     async def _drive(self, pending: list[int]) -> None:
         try:
-            await (self.run_batches(pending) if self.cfg.batch_api else self.run_online(pending))
+            await (run_batches(self, pending) if self.cfg.batch_api else self.run_online(pending))
         finally:
             await self.client.aclose()
 
@@ -351,7 +245,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self._load()
         pending = [i for i in range(self.cfg.n) if i not in self.done]
-        self.client = TeacherClient(self.cfg.teacher)
+        self.client = LLMClient(self.cfg.teacher)
         self.bar = tqdm(total=self.cfg.n, initial=self.cfg.n - len(pending), unit="story",
                         disable=not self.cfg.progress, dynamic_ncols=True)
         self.shards = ShardWriter(self.out / "data", self.cfg.shard_size)
@@ -423,6 +317,4 @@ def write_parquet(out: Path) -> None:
 
 
 def generate(cfg: GenerateConfig) -> dict[str, Any]:
-    if cfg.n < 0:
-        raise TinyStoriesError("n must be >= 0")
     return Run(cfg).run()

@@ -2,34 +2,46 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tinystories.data.corpus import CorpusStats, read_stories
-from tinystories.data.pretokenize import TokenFileInfo, pretokenize
-from tinystories.data.tokenizer import Tokenizer, top_k_tokenizer, train_bpe
+from tinystories.config import Config, setting
 from tinystories.utils import write_json
 
+if TYPE_CHECKING:
+    from tinystories.data.pretokenize import TokenFileInfo
 
-@dataclass
-class PrepareConfig:
-    train: list[str] = field(default_factory=lambda: ["bundled:train"])
-    valid: list[str] = field(default_factory=lambda: ["bundled:valid"])
-    out_dir: str = "data/tokens"
-    tokenizer: str = ""  # an existing tokenizer.json; empty = train a new BPE on `train`
-    vocab_size: int = 4096
-    gpt_neo_tokenizer: str = ""  # a local GPT-Neo tokenizer.json: keep its top `vocab_size` tokens (the paper)
-    text_field: str = "text"
-    split: str = "train"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrepareConfig(Config):
+    train: list[str] = setting(help="training corpus: files, folders, hf:NAME or bundled:train",
+                               factory=lambda: ["bundled:train"], ge=1)
+    valid: list[str] = setting(help="validation corpus (none to skip)", factory=lambda: ["bundled:valid"])
+    out_dir: str = setting("data/tokens", "output folder", flag="out")
+    tokenizer: str = setting("", "use this tokenizer.json instead of training one")
+    vocab_size: int = setting(4096, "BPE vocabulary size", ge=257, le=65536)
+    gpt_neo_tokenizer: str = setting("", "a local GPT-Neo tokenizer.json: keep its top --vocab-size tokens "
+                                         "(the paper's tokenizer)")
+    text_field: str = setting("text", "JSON field holding the story")
+    split: str = setting("train", "split of a Hugging Face dataset")
+
+    where = "pretokenize"
 
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, TokenFileInfo]:
+    from tinystories.data.corpus import CorpusStats, read_stories
+    from tinystories.data.pretokenize import pretokenize
+    from tinystories.tokenizer import Tokenizer, top_k_tokenizer, train_bpe
+
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     valid_stats = CorpusStats()  # stays empty when there is no validation corpus
     train, train_stats = read_stories(cfg.train, cfg.split, cfg.text_field)
-    if progress:
-        print(f"train corpus: {train_stats.summary()}")
+    log.info("train corpus: %s", train_stats.summary())
     if cfg.tokenizer:
         tokenizer = Tokenizer.from_file(cfg.tokenizer)
     elif cfg.gpt_neo_tokenizer:
@@ -40,11 +52,10 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, TokenFileInf
     infos = {"train": pretokenize(train, tokenizer, out / "train.bin", progress=progress)}
     if cfg.valid:
         valid, valid_stats = read_stories(cfg.valid, "validation", cfg.text_field)
-        if progress:
-            print(f"valid corpus: {valid_stats.summary()}")
+        log.info("valid corpus: %s", valid_stats.summary())
         infos["valid"] = pretokenize(valid, tokenizer, out / "valid.bin", progress=progress)
     write_json(out / "prepare.json", {
-        "config": cfg.__dict__,
+        "config": asdict(cfg),
         "corpus": {"train": train_stats.__dict__, "valid": valid_stats.__dict__},
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "fingerprint": tokenizer.fingerprint},
     })

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinystories.data.tokenizer import Tokenizer
 from tinystories.errors import TinyStoriesError
+from tinystories.tokenizer import Tokenizer
 from tinystories.utils import atomic_write, write_json
 
 DTYPE = np.uint16

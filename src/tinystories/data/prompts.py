@@ -11,6 +11,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tinystories.config import Config, setting
 from tinystories.data.vocabulary import Vocabulary, load_vocabulary
 from tinystories.errors import TinyStoriesError
 from tinystories.utils import resource_path
@@ -18,29 +19,31 @@ from tinystories.utils import resource_path
 INSTRUCT_KINDS = ("Features", "Words", "Summary", "Random sentence")
 
 
-@dataclass
-class PromptConfig:
-    vocabulary: str | None = None  # YAML/JSON word lists; None = the shipped TinyStories words
-    features: dict[str, str] | None = None  # feature name -> prompt phrase; None = shipped
-    min_features: int = 0
-    max_features: int = 2
+@dataclass(frozen=True)
+class PromptConfig(Config):
+    vocabulary: str | None = setting(None, "YAML/JSON word lists; none = the shipped TinyStories words")
+    features: dict[str, str] | None = setting(None, "feature name -> prompt phrase; none = the shipped ones")
+    min_features: int = setting(0, "fewest story features per prompt", ge=0)
+    max_features: int = setting(2, "most story features per prompt", ge=0)
     # Placeholders: {words} and {features} (the two clauses below, each may be empty).
-    template: str = (
+    template: str = setting(
         "Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year "
         "old child would understand. {words}{features}Remember to only use simple words!"
-        "\n\nPossible story:"
+        "\n\nPossible story:", "the prompt; {words} and {features} are the clauses below"
     )
     # Placeholders: one per vocabulary category ({verb}, {noun}, {adjective} by default).
-    words_template: str = (
+    words_template: str = setting(
         'The story should use the verb "{verb}", the noun "{noun}" and the adjective '
-        '"{adjective}". '
+        '"{adjective}". ', "one placeholder per vocabulary category"
     )
-    features_template: str = "The story has the following features: {features}. "
-    features_joiner: str = ", "
-    summary_template: str = (
+    features_template: str = setting("The story has the following features: {features}. ", "the features clause")
+    features_joiner: str = setting(", ", "between features")
+    summary_template: str = setting(
         "Summarize the following story in one short sentence, using only simple words.\n\n"
-        "{story}\n\nSummary:"
+        "{story}\n\nSummary:", "TinyStories-Instruct: how the summary is asked for"
     )
+
+    where = "prompts"
 
 
 @dataclass

@@ -19,11 +19,7 @@ from tqdm import tqdm
 
 from tinystories.errors import TinyStoriesError
 from tinystories.model.gpt import GPT
-
-
-def bits_per_byte(loss_nats_per_token: float, tokens_per_byte: float) -> float:
-    """Convert a mean cross-entropy (nats per token) to bits per UTF-8 byte of text."""
-    return loss_nats_per_token * tokens_per_byte / math.log(2)
+from tinystories.tokenizer import Tokenizer
 
 
 @dataclass
@@ -64,7 +60,7 @@ def story_windows(ids: list[int], context: int, stride: int) -> list[tuple[list[
 
 
 @torch.inference_mode()
-def evaluate_bpb(model: GPT, tokenizer: Any, stories: Sequence[str], batch_size: int = 16,
+def evaluate_bpb(model: GPT, tokenizer: Tokenizer, stories: Sequence[str], batch_size: int = 16,
                  stride: int | None = None, progress: bool = True) -> BpbResult:
     """Exact summed NLL of `stories` under `model`, in nats, tokens and bytes (see module doc)."""
     if not stories:
@@ -76,8 +72,7 @@ def evaluate_bpb(model: GPT, tokenizer: Any, stories: Sequence[str], batch_size:
     device = next(model.parameters()).device
     windows = []
     n_bytes = n_tokens = 0
-    for story, ids in zip(stories, tokenizer.encode_batch(list(stories))):
-        full = [tokenizer.eos_id, *ids, tokenizer.eos_id]
+    for story, full in zip(stories, tokenizer.encode_stories(list(stories), end=True)):
         windows.extend(story_windows(full, context, stride))
         n_bytes += len(story.encode("utf-8")) + 1
         n_tokens += len(full) - 1

@@ -2,7 +2,8 @@
 
 The runner talks to the judge through one async callable, `complete(prompt) -> text`, so any
 client fits; `make_judge` wraps the project's shared OpenAI-compatible client
-(`tinystories.data.teacher.TeacherClient`: retries, backoff, rate limits, timeouts).
+(`tinystories.llm_client.LLMClient`: retries, backoff, rate limits, timeouts), configured by
+the same `ClientConfig` as the teacher of `generate`.
 
 A judgment the judge fails to give (an HTTP error after retries, or an answer the strict
 parser refuses, re-asked a bounded number of times) is recorded as missing, never as 0.
@@ -11,11 +12,12 @@ parser refuses, re-asked a bounded number of times) is recorded as missing, neve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
+import logging
 import re
 import string
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +26,10 @@ from typing import Any
 from tqdm import tqdm
 
 from tinystories.errors import TinyStoriesError
+from tinystories.llm_client import ClientConfig
 from tinystories.utils import resource_path
 
+log = logging.getLogger(__name__)
 CompleteFn = Callable[[str], Awaitable[str]]
 Parser = Callable[[str], dict[str, Any]]
 
@@ -35,22 +39,6 @@ AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12
 
 class JudgeParseError(ValueError):
     """The judge's answer is not in the format the template asks for."""
-
-
-@dataclass
-class JudgeConfig:
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4o"
-    api_key_env: str = "OPENAI_API_KEY"  # name of the variable; the key itself is never stored
-    temperature: float = 0.0
-    max_tokens: int = 600  # the written assessment plus the JSON block
-    concurrency: int = 8
-    requests_per_minute: float = 0.0
-    timeout_s: float = 120.0
-    max_retries: int = 6  # HTTP-level retries inside the client
-    parse_attempts: int = 3  # re-asks after an answer the parser refuses
-    backoff_base_s: float = 1.0
-    cache: str = ""  # JSONL file of judgments; "" = no cache
 
 
 # --- templates ------------------------------------------------------------------------------
@@ -161,7 +149,7 @@ class JudgmentCache:
                     self.entries[item["key"]] = item
                 except (json.JSONDecodeError, KeyError, TypeError):
                     # a line cut short by a crash: skip it, the judgment is simply asked again
-                    print(f"warning: {self.path}:{n}: unreadable cache line skipped", file=sys.stderr)
+                    log.warning("%s:%d: unreadable cache line skipped", self.path, n)
 
     @staticmethod
     def key(judge_model: str, template: Template, prompt: str) -> str:
@@ -275,25 +263,17 @@ class JudgeRun:
         return list(judgments)
 
 
-def make_judge(cfg: JudgeConfig) -> Callable[[], Any]:
+def make_judge(client: ClientConfig) -> Callable[[], Any]:
     """An async context manager factory yielding `complete(prompt) -> text` on the shared client."""
     from contextlib import aclosing, asynccontextmanager
 
-    from tinystories.data.teacher import TeacherClient, TeacherConfig
-
-    teacher_cfg = TeacherConfig(
-        base_url=cfg.base_url, model=cfg.model, api="chat", api_key_env=cfg.api_key_env,
-        max_tokens=cfg.max_tokens, temperature=cfg.temperature, concurrency=cfg.concurrency,
-        requests_per_minute=cfg.requests_per_minute, timeout_s=cfg.timeout_s,
-        max_retries=cfg.max_retries, backoff_base_s=cfg.backoff_base_s,
-        backoff_max_s=max(cfg.backoff_base_s, 30.0),
-    )
+    from tinystories.llm_client import LLMClient
 
     @asynccontextmanager
     async def session():
-        async with aclosing(TeacherClient(teacher_cfg)) as client:
+        async with aclosing(LLMClient(dataclasses.replace(client, api="chat"))) as llm:
             async def complete(prompt: str) -> str:
-                return (await client.complete(prompt)).text
+                return (await llm.complete(prompt)).text
             yield complete
 
     return session

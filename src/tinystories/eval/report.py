@@ -2,7 +2,8 @@
 PNG), the raw judgments and the config, written into an output folder.
 
 A report is a list of blocks (heading, paragraph, table, image) rendered twice, so the two
-files always say the same thing.
+files always say the same thing. Each evaluation task writes its own section
+(`Task.report`); this module only renders.
 """
 
 from __future__ import annotations
@@ -10,17 +11,27 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from tinystories.eval.judge import AGE_GROUPS, SCORE_KEYS
 from tinystories.utils import atomic_write, write_json
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+
+    from tinystories.eval.task import Task
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib, imported when a plot is drawn (not when the CLI starts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @dataclass
@@ -31,13 +42,14 @@ class Block:
     png: bytes = b""
 
 
-def _fmt(est: dict[str, Any]) -> str:
+def fmt(est: dict[str, Any]) -> str:
     if not est or est.get("n", 0) == 0:
         return "n/a"
     return f"{est['mean']:.2f} [{est['low']:.2f}, {est['high']:.2f}]"
 
 
 def _png(fig: plt.Figure) -> bytes:
+    plt = _pyplot()
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
@@ -47,6 +59,7 @@ def _png(fig: plt.Figure) -> bytes:
 
 def bar_plot(groups: dict[str, dict[str, dict[str, Any]]], keys: list[str], title: str, ylabel: str) -> bytes:
     """Grouped bars (one group per key, one bar per model) with bootstrap-interval error bars."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(keys) * max(1, len(groups)) ** 0.5), 3.6))
     width = 0.8 / max(1, len(groups))
     for m, (name, scores) in enumerate(groups.items()):
@@ -70,6 +83,7 @@ def bar_plot(groups: dict[str, dict[str, dict[str, Any]]], keys: list[str], titl
 
 
 def hist_plot(series: dict[str, list[float]], title: str, xlabel: str, ylabel: str) -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for name, values in series.items():
         if values:
@@ -83,6 +97,7 @@ def hist_plot(series: dict[str, list[float]], title: str, xlabel: str, ylabel: s
 
 
 def size_plot(points: dict[str, tuple[int, float]], title: str, ylabel: str) -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for name, (params, value) in sorted(points.items(), key=lambda kv: kv[1][0]):
         ax.scatter(params, value)
@@ -96,85 +111,21 @@ def size_plot(points: dict[str, tuple[int, float]], title: str, ylabel: str) -> 
     return _png(fig)
 
 
-def build_blocks(results: dict[str, Any]) -> tuple[list[Block], dict[str, bytes]]:
-    """The report's blocks and its plots (file name -> PNG)."""
-    models: dict[str, dict[str, Any]] = results.get("models", {})
+def build_blocks(results: dict[str, Any], tasks: Sequence[Task]) -> tuple[list[Block], dict[str, bytes]]:
+    """The report's blocks, each task's section in turn, and its plots (file name -> PNG)."""
     blocks = [Block("h1", "TinyStories evaluation report")]
     plots: dict[str, bytes] = {}
-    if judge := results.get("config", {}).get("judge"):
+    if judge := results.get("judge"):
         blocks.append(Block("p", f"Judge: {judge.get('model')} at {judge.get('base_url')}. Intervals are "
                                  "bootstrap 95% intervals of the mean; missing judgments are left out, never "
                                  "counted as 0."))
 
-    def add_plot(name: str, png: bytes, caption: str) -> None:
+    def add_plot(name: str, png: bytes, caption: str) -> Block:
         plots[name] = png
-        blocks.append(Block("img", caption, png=png))
+        return Block("img", caption, png=png)
 
-    graded = {m: r["gpt_eval"] for m, r in models.items() if "gpt_eval" in r}
-    if graded:
-        blocks.append(Block("h2", "GPT-Eval"))
-        rows = [["model", *SCORE_KEYS, "judged", "missing"]]
-        rows += [[m, *(_fmt(g["scores"][k]) for k in SCORE_KEYS), str(g["judged"]), str(g["missing"])]
-                 for m, g in graded.items()]
-        blocks.append(Block("table", rows=rows))
-        rows = [["model", *(f"{g} ({AGE_GROUPS[g]})" for g in AGE_GROUPS)]]
-        rows += [[m, *(str(g["age_groups"][a]) for a in AGE_GROUPS)] for m, g in graded.items()]
-        blocks.append(Block("p", "Age group the judge guessed for the writer:"))
-        blocks.append(Block("table", rows=rows))
-        add_plot("gpt_eval.png", bar_plot({m: g["scores"] for m, g in graded.items()}, list(SCORE_KEYS),
-                                          "GPT-Eval scores (95% CI)", "score / 10"), "GPT-Eval scores")
-
-    for pair in results.get("pairwise", []):
-        a, b = pair["models"]
-        blocks.append(Block("h2", f"Pairwise: {a} vs {b}"))
-        blocks.append(Block("p", f"Win rate of {a} (tie = 1/2; each pair judged in both orders, a "
-                                 f"disagreement counts as a tie): {_fmt(pair['win_rate'])}."))
-        blocks.append(Block("table", rows=[["A wins", "B wins", "ties", "missing"],
-                                           [str(pair["a"]), str(pair["b"]), str(pair["tie"]), str(pair["missing"])]]))
-
-    instructed = {m: r["instruct"] for m, r in models.items() if "instruct" in r}
-    if instructed:
-        blocks.append(Block("h2", "Instruction following"))
-        rows = [["model", "instructions (judge)", "grammar (judge)", "all words present", "words present"]]
-        rows += [[m, _fmt(s["scores"]["instructions"]), _fmt(s["scores"]["grammar"]),
-                  _fmt(s["all_words_present"]), _fmt(s["words_present"])] for m, s in instructed.items()]
-        blocks.append(Block("table", rows=rows))
-
-    probed = {m: r["probes"] for m, r in models.items() if "probes" in r}
-    if probed:
-        blocks.append(Block("h2", "Knowledge, reasoning and context-tracking probes"))
-        cats = sorted({c for p in probed.values() for c in p})
-        rows = [["model", *cats]] + [[m, *(_fmt(p.get(c, {})) for c in cats)] for m, p in probed.items()]
-        blocks.append(Block("table", rows=rows))
-        add_plot("probes.png", bar_plot(probed, cats, "Share judged correct (95% CI)", "share"), "Probes")
-
-    diverse = {m: r["diversity"] for m, r in models.items() if "diversity" in r}
-    if diverse:
-        blocks.append(Block("h2", "Diversity and memorisation (Rouge-2)"))
-        rows = [["model", "max precision vs training (mean)", "share > 0.5", "within-prompt F (mean)"]]
-        for m, d in diverse.items():
-            p = d["max_precision"]
-            rows.append([m, _fmt(d["max_precision_mean"]), f"{sum(x > 0.5 for x in p) / max(len(p), 1):.3f}",
-                         _fmt(d["within_prompt_f_mean"])])
-        blocks.append(Block("table", rows=rows))
-        add_plot("rouge_train.png", hist_plot({m: d["max_precision"] for m, d in diverse.items()},
-                                              "Highest Rouge-2 precision against the training set",
-                                              "max Rouge-2 precision", "completions"), "Memorisation")
-        add_plot("rouge_within.png", hist_plot({m: d["within_prompt_f"] for m, d in diverse.items()},
-                                               "Rouge-2 F between completions of one prompt",
-                                               "Rouge-2 F", "pairs of completions"), "Diversity")
-
-    scored = {m: r["bpb"] for m, r in models.items() if "bpb" in r}
-    if scored:
-        blocks.append(Block("h2", "Validation loss"))
-        rows = [["model", "parameters", "bits per byte", "loss (nats/token)", "tokens", "bytes", "stories"]]
-        rows += [[m, f"{models[m].get('params', 0):,}", f"{s['bpb']:.4f}", f"{s['loss']:.4f}",
-                  str(s["tokens"]), str(s["bytes"]), str(s["stories"])] for m, s in scored.items()]
-        blocks.append(Block("table", rows=rows))
-        sized = {m: (models[m]["params"], s["bpb"]) for m, s in scored.items() if models[m].get("params")}
-        if sized:
-            add_plot("bpb_vs_size.png", size_plot(sized, "Validation bits per byte vs model size",
-                                                  "bits per byte"), "bpb vs size")
+    for task in tasks:
+        blocks += task.report(results, add_plot)
     return blocks, plots
 
 
@@ -212,10 +163,11 @@ def to_html(blocks: list[Block]) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(out_dir: str | Path, results: dict[str, Any], judgments: list[dict[str, Any]]) -> Path:
+def write_report(out_dir: str | Path, results: dict[str, Any], judgments: list[dict[str, Any]],
+                 tasks: Sequence[Task]) -> Path:
     """report.md, report.html, results.json, judgments.json, config.json and plots/ in `out_dir`."""
     out = Path(out_dir)
-    blocks, plots = build_blocks(results)
+    blocks, plots = build_blocks(results, tasks)
     for name, png in plots.items():
         with atomic_write(out / "plots" / name, "wb") as f:
             f.write(png)

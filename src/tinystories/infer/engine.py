@@ -19,24 +19,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from tinystories.infer.params import SamplingParams
+from tinystories.infer.sampler import new_generator, sample
 from tinystories.infer.sampling import left_pad
 from tinystories.model.checkpoint import LoadedModel
 from tinystories.model.gpt import KVCache
-
-
-@dataclass
-class RowParams:
-    max_new_tokens: int
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    logprobs: int = 0  # how many alternatives to report per token (0 = only the chosen one's)
 
 
 @dataclass
@@ -51,7 +42,7 @@ class Event:
 
 
 class Row:
-    def __init__(self, prompt: list[int], params: RowParams, emit: Callable[[Event], None]) -> None:
+    def __init__(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None]) -> None:
         self.prompt, self.params, self.emit = prompt, params, emit
         self.ids: list[int] = []
         self.text = ""  # decoded text of ids[:read]
@@ -59,9 +50,7 @@ class Row:
         self.sent = ""  # text already emitted
         self.cancelled = False
         self.finish_reason: str | None = None
-        self.generator = torch.Generator()
-        self.generator.manual_seed(params.seed if params.seed is not None
-                                   else int(torch.randint(0, 2**62, (1,)).item()))
+        self.generator = new_generator(params)
         self.pending_ids: list[int] = []
         self.pending_lp: list[float] = []
         self.pending_top: list[dict[int, float]] = []
@@ -73,49 +62,6 @@ class Row:
     def cancel(self) -> None:
         """Called from any thread (a client went away): the engine drops the row next step."""
         self.cancelled = True
-
-
-def filter_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                top_p: torch.Tensor) -> torch.Tensor:
-    """`sampling.filter_logits` with per-row settings: logits [B, V] (float), the rest [B]."""
-    logits = logits / temperature.clamp(min=1e-6)[:, None]
-    rows = ((top_k > 0) | (top_p < 1)).nonzero().flatten()
-    if not len(rows):  # nothing to cut (the common case): skip the sort
-        return logits
-    sub, k, p = logits[rows], top_k[rows, None], top_p[rows, None]
-    sorted_logits, order = torch.sort(sub, dim=-1, descending=True)
-    rank = torch.arange(sub.size(-1), device=sub.device)[None]
-    drop = (k > 0) & (rank >= k)
-    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
-    drop = drop | ((probs.cumsum(-1) - probs) >= p)  # the first token always stays
-    logits[rows] = sub.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
-
-
-def sample_rows(logprobs: torch.Tensor, params: list[RowParams], generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row of `logprobs` [B, V] (the model's log-softmax): argmax where
-    temperature is 0, else a draw after the row's temperature / top-k / top-p.
-
-    Inverse-CDF sampling, vectorized: each row takes one uniform number from its own
-    generator, so a seeded row draws the same tokens whatever else is in the batch. The
-    common case (every row at temperature 1, no cut) reuses `logprobs` as is.
-    """
-    temps = [p.temperature for p in params]
-    if any(t != 1 for t in temps) or any(p.top_k > 0 or p.top_p < 1 for p in params):
-        device = logprobs.device
-        temperature = torch.tensor(temps, device=device)
-        probs = filter_rows(logprobs, temperature, torch.tensor([p.top_k for p in params], device=device),
-                            torch.tensor([p.top_p for p in params], device=device)).softmax(-1)
-    else:
-        probs = logprobs.exp()
-    u = torch.tensor([torch.rand(1, generator=g).item() for g in generators], device=logprobs.device)
-    cum = probs.cumsum(-1)
-    sampled = torch.searchsorted(cum, (u * cum[:, -1])[:, None], side="right")[:, 0]
-    sampled = sampled.clamp(max=logprobs.size(-1) - 1)  # guards float round-off at the top end
-    if 0 in temps:
-        greedy = torch.tensor([t == 0 for t in temps], device=logprobs.device)
-        sampled = torch.where(greedy, logprobs.argmax(-1), sampled)
-    return sampled
 
 
 class Engine:
@@ -136,7 +82,7 @@ class Engine:
         self.max_batch = max_batch
         self.slots: list[Row | None] = []
         self.waiting: list[Row] = []
-        self.cache: KVCache | None = None  # cache.pad is always a tensor: each slot's padding
+        self.cache: KVCache | None = None
         self.last = torch.zeros(0, dtype=torch.long, device=self.device)  # each slot's latest token
         self.wake = threading.Condition()
         self.stopped = False
@@ -151,7 +97,7 @@ class Engine:
         """The requests being generated now."""
         return [r for r in self.slots if r is not None]
 
-    def submit(self, prompt: list[int], params: RowParams, emit: Callable[[Event], None]) -> Row:
+    def submit(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None]) -> Row:
         row = Row(prompt, params, emit)
         with self.wake:
             self.waiting.append(row)
@@ -197,18 +143,13 @@ class Engine:
             self._release_finished()
         if self.rows:
             c = self.cache
+            assert c is not None and c.pad is not None
             # Trim slots that are padding in every live row: at the context's end, and also once
             # they are a quarter of the cache (attention reads every slot at each step, and at
             # batch 32 that reading is most of a step; one copy pays for itself in a few steps).
-            if c is not None and (c.length >= self.ctx
-                                  or 4 * int(self._batch_pad()[self._live()].min()) >= c.length):
+            if c.length >= self.ctx or 4 * int(c.pad[self._live()].min()) >= c.length:
                 self._compact()
             self._decode()
-
-    def _batch_pad(self) -> torch.Tensor:
-        """Per-row padding of the batch cache (the engine always builds its caches with one)."""
-        assert self.cache is not None and self.cache.pad is not None
-        return self.cache.pad
 
     def _live(self) -> list[int]:
         return [i for i, r in enumerate(self.slots) if r is not None]
@@ -219,7 +160,7 @@ class Engine:
         for i, r in enumerate(self.slots):
             if r is not None and (r.cancelled or r.finished):
                 self.slots[i] = None
-                self._batch_pad()[i] = self.cache.length  # a free slot only sees itself from now on
+                self.cache.free_row(i)
         live = self._live()
         if not live:
             self.slots, self.cache = [], None
@@ -230,76 +171,41 @@ class Engine:
     def _admit(self, new: list[Row]) -> None:
         """Prefill the new prompts together and put them into the running batch."""
         idx, pad = left_pad([r.prompt for r in new], self.tokenizer.eos_id, self.device)
-        width = idx.shape[1]
-        if self.cache is None:  # the new rows become the batch
-            self.cache = self.model.new_cache(len(new), self.ctx, pad)
-            logits, _ = self.model(idx, cache=self.cache)
-            self.slots, self.last = list(new), torch.zeros(len(new), dtype=torch.long, device=self.device)
-            self._sample(logits[:, -1], new, torch.arange(len(new), device=self.device))
-            return
-        cache = self.model.new_cache(len(new), width, pad)
+        cache = self.model.new_cache(len(new), self.ctx, pad)
         logits, _ = self.model(idx, cache=cache)
-        if width > self.cache.length:  # longer than the batch so far: realign everything (copies)
+        if self.cache is None:  # the new rows become the batch
+            self.cache, self.slots = cache, list(new)
+            self.last = torch.zeros(len(new), dtype=torch.long, device=self.device)
+            where = torch.arange(len(new), device=self.device)
+        elif cache.length > self.cache.length:  # longer than the batch so far: realign everything (copies)
             self._compact()
+            assert self.cache is not None
             where = torch.arange(len(self.slots), len(self.slots) + len(new), device=self.device)
-            self._merge(cache, new)
-        else:  # right-align the new rows with the batch, in free slots
-            where = self._place(cache, new)
+            self.cache = self.cache.merge(cache)
+            self.slots += new
+            self.last = torch.cat([self.last, self.last.new_zeros(len(new))])
+        else:  # right-align the new rows with the batch, in free slots (grown if needed)
+            free = [i for i, r in enumerate(self.slots) if r is None]
+            if len(free) < len(new):
+                extra = len(new) - len(free)
+                self.cache.add_rows(extra)
+                free += list(range(len(self.slots), len(self.slots) + extra))
+                self.slots += [None] * extra
+                self.last = torch.cat([self.last, self.last.new_zeros(extra)])
+            where = torch.tensor(free[:len(new)], device=self.device)
+            self.cache.write_rows(where, cache)
+            for slot, row in zip(free, new):
+                self.slots[slot] = row
         self._sample(logits[:, -1], new, where)
-
-    def _place(self, new: KVCache, rows: list[Row]) -> torch.Tensor:
-        c = self.cache
-        assert c is not None and c.pad is not None and new.pad is not None
-        free = [i for i, r in enumerate(self.slots) if r is None]
-        if len(free) < len(rows):  # grow the batch by the missing slots
-            extra = len(rows) - len(free)
-            shape = (c.k.shape[0], extra, *c.k.shape[2:])
-            c.k, c.v = torch.cat([c.k, c.k.new_zeros(shape)], 1), torch.cat([c.v, c.v.new_zeros(shape)], 1)
-            c.pad = torch.cat([c.pad, c.pad.new_full((extra,), c.length)])
-            self.last = torch.cat([self.last, self.last.new_zeros(extra)])
-            free += list(range(len(self.slots), len(self.slots) + extra))
-            self.slots += [None] * extra
-        where = torch.tensor(free[:len(rows)], device=self.device)
-        start = c.length - new.length
-        c.k[:, where, :, start:c.length] = new.k[:, :, :, :new.length]
-        c.v[:, where, :, start:c.length] = new.v[:, :, :, :new.length]
-        c.pad[where] = new.pad + start
-        for slot, row in zip(free, rows):
-            self.slots[slot] = row
-        return where
-
-    def _merge(self, new: KVCache, rows: list[Row]) -> None:
-        """Append rows whose cache is longer than the batch's: shift the batch right to fit."""
-        old = self.cache
-        assert old is not None and old.pad is not None and new.pad is not None
-        shift = new.length - old.length
-        k, v = old.k[:, :, :, :old.length], old.v[:, :, :, :old.length]
-        zeros = k.new_zeros(*k.shape[:3], shift, k.shape[-1])
-        self._set_cache(torch.cat([torch.cat([zeros, k], 3), new.k[:, :, :, :new.length]], 1),
-                        torch.cat([torch.cat([zeros, v], 3), new.v[:, :, :, :new.length]], 1),
-                        torch.cat([old.pad + shift, new.pad]))
-        self.slots += rows
-        self.last = torch.cat([self.last, self.last.new_zeros(len(rows))])
 
     def _compact(self) -> None:
         """Keep only the live slots (one copy), and trim slots that are padding in all of them."""
-        c, live = self.cache, self._live()
-        assert c is not None and c.pad is not None
+        assert self.cache is not None
+        live = self._live()
         sel = torch.tensor(live, device=self.device)
-        self._set_cache(c.k[:, sel, :, :c.length], c.v[:, sel, :, :c.length], c.pad[sel])
+        self.cache = self.cache.select(sel)
         self.slots = [self.slots[i] for i in live]
         self.last = self.last[sel]
-
-    def _set_cache(self, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> None:
-        """Rebuild the batch cache from filled slots, dropping slots that are padding in every row."""
-        lead = int(pad.min())
-        k, v, pad = k[:, :, :, lead:], v[:, :, :, lead:], pad - lead
-        length = k.shape[3]
-        cache = self.model.new_cache(k.shape[1], self.ctx, pad)
-        cache.k[:, :, :, :length] = k
-        cache.v[:, :, :, :length] = v
-        cache.length = length
-        self.cache = cache
 
     def _decode(self) -> None:
         assert self.cache is not None
@@ -315,10 +221,10 @@ class Engine:
     # ------------------------------------------------------------ sampling and output
     def _sample(self, logits: torch.Tensor, rows: list[Row], where: torch.Tensor | slice) -> None:
         """Pick the next token of `rows` (in batch slots `where`) and report it."""
+        nxt = sample(logits, [r.params for r in rows], [r.generator for r in rows])
+        self.last[where] = nxt
         # Log-probabilities under the model itself (temperature 1), as OpenAI's logprobs report.
         logprobs = logits.float().log_softmax(-1)
-        nxt = sample_rows(logprobs, [r.params for r in rows], [r.generator for r in rows])
-        self.last[where] = nxt
         chosen, chosen_lp = nxt.tolist(), logprobs.gather(1, nxt[:, None])[:, 0].tolist()
         for i, row in enumerate(rows):
             top = {}

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tinystories.interpret.hooks import run_with_cache
+from tinystories.interpret.hooks import pattern_names, run_with_cache
 from tinystories.interpret.lexicon import Lexicon, token_words
 from tinystories.model.gpt import GPT
 
@@ -115,12 +115,13 @@ def head_stats(model: GPT, sequences: list[list[int]], token_strings: list[list[
                                                                "first_token", "semantic", "uniform")}
     n_queries = n_semantic = 0
     device = next(model.parameters()).device
+    patterns = pattern_names(model)
     pairs = zip(sequences, token_strings, strict=True)
     for ids, strings in tqdm(pairs, total=len(sequences), desc="attention heads", unit="story", disable=not progress):
         T = len(ids)
         if T < 3:
             continue
-        _, cache = run_with_cache(model, torch.tensor([ids], device=device))
+        _, cache = run_with_cache(model, torch.tensor([ids], device=device), names=patterns)
         p = cache.stack("attn")[:, 0, :, 2:].double().cpu()  # [L, H, Q, T], queries t >= 2
         t = torch.arange(2, T, dtype=torch.float64)
         dist = (t[:, None] - torch.arange(T, dtype=torch.float64)[None, :]).clamp(min=0)

@@ -1,115 +1,179 @@
-"""Run a `GPT` and keep every intermediate activation, in the spirit of TransformerLens.
+"""Record and patch activations through the model's own hook points, in the spirit of TransformerLens.
 
-`run_with_cache(model, idx)` is a readable re-implementation of `GPT.hidden_states` that
-calls the model's own modules (embeddings, norms, `qkv`, `out`, MLP) and only replaces
-`F.scaled_dot_product_attention`, which returns no weights, by the explicit
-``softmax(q k^T * scale + mask) @ v`` so the attention patterns can be kept. It honours
-everything the model does: neo's unscaled scores and local windows on odd layers, RoPE
-for modern, left padding. The tests check that it reproduces ``model(idx)`` exactly.
+Every activation worth looking at passes through a named `HookPoint` of `GPT` (see
+`tinystories.model.gpt`). This module only registers forward hooks on them, so what it
+records or changes is what the real forward pass computes, with no second implementation
+to keep in line:
 
-Keys (``cache[name, layer]``, or ``cache[name]`` for model-wide ones):
+* `run_with_cache(model, idx)`: logits and an `ActivationCache` of the whole forward pass;
+* `run_with_hooks(model, idx, {name: fn})`: `fn(activation)` may return a replacement;
+* `patched(model, {name: fn})`: the same as a context manager (for sampling, evaluation...);
+* `ablate_heads`, `set_neurons`: the two interventions most studies start with.
 
-========== ===================== ==============================================
-name       shape                 what
-========== ===================== ==============================================
-embed      [B, T, d]             token embeddings (+ learned positions for neo)
-resid_pre  [B, T, d]             residual stream entering block `layer`
-q, k, v    [B, H, T, head_dim]   per-head queries/keys/values (after RoPE)
-attn       [B, H, T, T]          attention probabilities (query x key)
-z          [B, H, T, head_dim]   per-head mixed values, ``attn @ v``
-attn_out   [B, T, d]             attention output written to the residual stream
-resid_mid  [B, T, d]             residual stream after attention
-mlp_post   [B, T, ffn]           MLP neuron activations (`MLP.hidden`)
-mlp_out    [B, T, d]             MLP output written to the residual stream
-resid_post [B, T, d]             residual stream leaving block `layer`
-final      [B, T, d]             ``model.norm(resid_post[-1])``
-========== ===================== ==============================================
+Short names (``cache[name, layer]``, or ``cache[name]`` for model-wide ones):
+
+========== ===================== ================================== ===========================
+name       shape                 what                               hook point
+========== ===================== ================================== ===========================
+embed      [B, T, d]             token (+ position) embeddings      ``hook_embed``
+resid_pre  [B, T, d]             residual stream entering the block ``blocks.L.hook_resid_pre``
+q, k, v    [B, H, T, head_dim]   per-head queries/keys (after RoPE) ``blocks.L.attn.hook_q`` ...
+attn       [B, H, T, T]          attention probabilities            ``blocks.L.attn.hook_pattern``
+z          [B, H, T, head_dim]   per-head mixed values, attn @ v    ``blocks.L.attn.hook_z``
+attn_out   [B, T, d]             what attention writes              ``blocks.L.hook_attn_out``
+resid_mid  [B, T, d]             the stream after attention         ``blocks.L.hook_resid_mid``
+mlp_post   [B, T, ffn]           MLP neuron activations             ``blocks.L.mlp.hook_post``
+mlp_out    [B, T, d]             what the MLP writes                ``blocks.L.hook_mlp_out``
+resid_post [B, T, d]             residual stream leaving the block  ``blocks.L.hook_resid_post``
+final      [B, T, d]             the final-normed stream            ``hook_final``
+========== ===================== ================================== ===========================
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from tinystories.model.gpt import GPT, Attention, apply_rope, attention_mask
+from tinystories.model.gpt import GPT
+
+HookFn = Callable[[torch.Tensor], torch.Tensor | None]
+
+LAYER_HOOKS = {"resid_pre": "hook_resid_pre", "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v",
+               "attn": "attn.hook_pattern", "z": "attn.hook_z", "attn_out": "hook_attn_out",
+               "resid_mid": "hook_resid_mid", "mlp_post": "mlp.hook_post", "mlp_out": "hook_mlp_out",
+               "resid_post": "hook_resid_post"}
+MODEL_HOOKS = {"embed": "hook_embed", "final": "hook_final"}
+
+
+def hook_name(name: str, layer: int | None = None) -> str:
+    """The hook point of a short name: ``hook_name("attn", 1)`` -> ``blocks.1.attn.hook_pattern``."""
+    if layer is None:
+        if name not in MODEL_HOOKS:
+            raise KeyError(f"{name!r} needs a layer, or is unknown; model-wide names: {sorted(MODEL_HOOKS)}, "
+                           f"per-layer names: {sorted(LAYER_HOOKS)}")
+        return MODEL_HOOKS[name]
+    if name not in LAYER_HOOKS:
+        raise KeyError(f"{name!r} is not a per-layer name; choose from {sorted(LAYER_HOOKS)}")
+    return f"blocks.{layer}.{LAYER_HOOKS[name]}"
+
+
+def pattern_names(model: GPT) -> list[str]:
+    """The attention-pattern hook point of every layer."""
+    return [hook_name("attn", layer) for layer in range(model.cfg.n_layer)]
 
 
 class ActivationCache:
-    """Activations of one forward pass, keyed by ``(name, layer)`` or ``name``."""
+    """Activations of one forward pass, by hook point name; `cache[name, layer]` uses short names."""
 
     def __init__(self, n_layer: int) -> None:
         self.n_layer = n_layer
-        self.store: dict[str | tuple[str, int], torch.Tensor] = {}
+        self.store: dict[str, torch.Tensor] = {}
+
+    def _key(self, key: str | tuple[str, int]) -> str:
+        if isinstance(key, tuple):
+            name, layer = key
+            return hook_name(name, layer + self.n_layer if layer < 0 else layer)  # -1 = last layer
+        return MODEL_HOOKS.get(key, key)
 
     def __getitem__(self, key: str | tuple[str, int]) -> torch.Tensor:
-        if isinstance(key, tuple) and key[1] < 0:  # cache["resid_post", -1] = last layer
-            key = (key[0], key[1] + self.n_layer)
-        if key not in self.store:
-            raise KeyError(f"{key!r} not in cache; available names: {sorted(self.names())}")
-        return self.store[key]
-
-    def __setitem__(self, key: str | tuple[str, int], value: torch.Tensor) -> None:
-        self.store[key] = value
+        full = self._key(key)
+        if full not in self.store:
+            raise KeyError(f"{key!r} not in cache; recorded: {sorted(self.store)[:6]}...")
+        return self.store[full]
 
     def __contains__(self, key: object) -> bool:
-        return key in self.store
+        return isinstance(key, (str, tuple)) and self._key(key) in self.store  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[str | tuple[str, int]]:
+    def __iter__(self) -> Iterator[str]:
         return iter(self.store)
-
-    def names(self) -> set[str]:
-        return {k[0] if isinstance(k, tuple) else k for k in self.store}
 
     def stack(self, name: str) -> torch.Tensor:
         """One activation across layers, stacked on a new first dimension: [n_layer, ...]."""
         return torch.stack([self[name, layer] for layer in range(self.n_layer)])
 
 
-def attention_pattern(attn: Attention, q: torch.Tensor, k: torch.Tensor,
-                      mask: torch.Tensor | None) -> torch.Tensor:
-    """Softmax probabilities [B, H, Tq, Tk] exactly as SDPA computes them (float32)."""
-    scale = attn.scale if attn.scale is not None else q.shape[-1] ** -0.5
-    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
-    if mask is None:  # plain causal
-        Tq, Tk = scores.shape[-2:]
-        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    # A fully masked row (a padding query) would be NaN; it attends to nothing instead.
-    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+@contextlib.contextmanager
+def patched(model: GPT, hooks: Mapping[str, HookFn]) -> Iterator[None]:
+    """Within the block, `hooks[name](activation)` runs at each named hook point of every forward
+    pass this thread makes; a returned tensor replaces the activation (None leaves it as it is).
+
+    Hooks only act on this thread's forward passes: a server's engine thread may run the same
+    model at the same time, and must neither be recorded nor patched.
+    """
+    points = model.hook_points()
+    unknown = sorted(set(hooks) - set(points))
+    if unknown:
+        raise KeyError(f"no hook point named {unknown}; e.g. {list(points)[:4]}")
+    me = threading.get_ident()
+
+    def wrap(fn: HookFn) -> Callable[..., torch.Tensor | None]:
+        return lambda _module, _inputs, out: fn(out) if threading.get_ident() == me else None
+
+    handles = [points[name].register_forward_hook(wrap(fn)) for name, fn in hooks.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()
-def run_with_cache(model: GPT, idx: torch.Tensor, pad: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, ActivationCache]:
-    """Logits [B, T, vocab] of `idx` [B, T] and an `ActivationCache` of the whole forward pass.
+def run_with_hooks(model: GPT, idx: torch.Tensor, hooks: Mapping[str, HookFn],
+                   pad: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, T, vocab] of `idx` with `hooks` in place (see `patched`)."""
+    with patched(model, hooks):
+        logits, _ = model(idx, pad=pad)
+    return logits
 
-    `pad` is the per-row count of left padding slots, as in `GPT.forward`. Dropout is
-    never applied (what `model.eval()` computes).
+
+@torch.no_grad()
+def run_with_cache(model: GPT, idx: torch.Tensor, pad: torch.Tensor | None = None,
+                   names: Iterable[str] | None = None) -> tuple[torch.Tensor, ActivationCache]:
+    """Logits [B, T, vocab] of `idx` [B, T] and an `ActivationCache` of its forward pass.
+
+    `names`: the hook points to record (default: all). `pad` is the per-row count of left
+    padding slots, as in `GPT.forward`. Run the model in eval mode to record what it computes
+    without dropout.
     """
-    cfg = model.cfg
-    B, T = idx.shape
-    cache = ActivationCache(cfg.n_layer)
-    x, rope = model.embed(idx, 0, pad)
-    cache["embed"] = x
-    for layer, block in enumerate(model.layers()):
-        cache["resid_pre", layer] = x
-        attn = block.attn
-        h = block.norm1(x)
-        q, k, v = attn.qkv(h).view(B, T, 3, cfg.n_head, cfg.head_dim).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        pattern = attention_pattern(attn, q, k, attention_mask(0, T, T, pad, attn.window, idx.device))
-        z = (pattern @ v.float()).to(v.dtype)
-        attn_out = attn.out(z.transpose(1, 2).reshape(B, T, -1))
-        x = x + attn_out
-        hidden = block.mlp.hidden(block.norm2(x))
-        mlp_out = block.mlp.proj(hidden)
-        for name, value in (("q", q), ("k", k), ("v", v), ("attn", pattern), ("z", z),
-                            ("attn_out", attn_out), ("resid_mid", x), ("mlp_post", hidden),
-                            ("mlp_out", mlp_out)):
-            cache[name, layer] = value
-        x = x + mlp_out
-        cache["resid_post", layer] = x
-    cache["final"] = model.norm(x)
-    return model.lm_head(cache["final"]), cache
+    cache = ActivationCache(model.cfg.n_layer)
+    wanted = list(names) if names is not None else list(model.hook_points())
+
+    def record(name: str) -> HookFn:
+        def fn(x: torch.Tensor) -> None:
+            cache.store[name] = x
+        return fn
+
+    logits = run_with_hooks(model, idx, {name: record(name) for name in wanted}, pad)
+    return logits, cache
+
+
+def ablate_heads(heads: Iterable[tuple[int, int]], value: float = 0.0) -> dict[str, HookFn]:
+    """Hooks that set the output z of attention heads (layer, head) to `value` (0 = zero-ablation)."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+
+    def zero(hs: list[int]) -> HookFn:
+        def fn(z: torch.Tensor) -> torch.Tensor:
+            z = z.clone()
+            z[:, hs] = value
+            return z
+        return fn
+
+    return {hook_name("z", layer): zero(hs) for layer, hs in by_layer.items()}
+
+
+def set_neurons(layer: int, values: Mapping[int, float]) -> dict[str, HookFn]:
+    """Hooks that fix MLP neurons of `layer` (neuron -> activation) at every position."""
+    ids = torch.tensor(list(values))
+    vals = torch.tensor(list(values.values()))
+
+    def fn(acts: torch.Tensor) -> torch.Tensor:
+        acts = acts.clone()
+        acts[..., ids.to(acts.device)] = vals.to(acts.device, acts.dtype)
+        return acts
+
+    return {hook_name("mlp_post", layer): fn}

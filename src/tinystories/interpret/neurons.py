@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from tinystories.data.corpus import EOS_TEXT
-from tinystories.data.tokenizer import Tokenizer
+from tinystories.interpret.hooks import hook_name, run_with_cache
 from tinystories.model.gpt import GPT
+from tinystories.tokenizer import EOS_TEXT, Tokenizer
 
 
 @dataclass
@@ -43,8 +43,8 @@ def token_texts(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
 
 
 def story_ids(tokenizer: Tokenizer, story: str, max_len: int) -> list[int]:
-    """A story as the model sees it: end-of-text first (start of story), cut to the context."""
-    return ([tokenizer.eos_id] + tokenizer.encode(story))[:max_len]
+    """A story as the model sees it (`encode_story`), cut to the context."""
+    return tokenizer.encode_story(story)[:max_len]
 
 
 def corpus_batches(stories: Sequence[str], tokenizer: Tokenizer, max_len: int, batch_size: int
@@ -52,7 +52,7 @@ def corpus_batches(stories: Sequence[str], tokenizer: Tokenizer, max_len: int, b
     """(ids [B, T] right-padded, lengths [B], story indices [B]) for the stories in order."""
     for start in range(0, len(stories), batch_size):
         chunk = stories[start:start + batch_size]
-        rows = [([tokenizer.eos_id] + ids)[:max_len] for ids in tokenizer.encode_batch(list(chunk))]
+        rows = [ids[:max_len] for ids in tokenizer.encode_stories(list(chunk))]
         T = max(len(r) for r in rows)
         idx = torch.full((len(rows), T), tokenizer.eos_id, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -72,14 +72,9 @@ def unit_activations(model: GPT, idx: torch.Tensor, layer: int,
     """MLP neuron activations of `layer` [B, T, ffn], or their projections on `directions` [B, T, n]."""
     if not 0 <= layer < model.cfg.n_layer:
         raise ValueError(f"layer {layer} does not exist: the model has layers 0..{model.cfg.n_layer - 1}")
-    captured: list[torch.Tensor] = []
-    # The input of mlp.proj is exactly MLP.hidden(x), for both architectures.
-    hook = model.layers()[layer].mlp.proj.register_forward_pre_hook(lambda mod, inp: captured.append(inp[0]))
-    try:
-        model(idx)
-    finally:
-        hook.remove()
-    acts = captured[0].float()
+    name = hook_name("mlp_post", layer)
+    _, cache = run_with_cache(model, idx, names=[name])
+    acts = cache[name].float()
     return acts if directions is None else acts @ directions.to(acts.device)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from tinystories.data.corpus import read_stories
 from tinystories.errors import TinyStoriesError
+from tinystories.interpret.config import InterpretConfig
 from tinystories.interpret.heads import HeadStats, head_stats
-from tinystories.interpret.hooks import run_with_cache
+from tinystories.interpret.hooks import pattern_names, run_with_cache
 from tinystories.interpret.lexicon import Lexicon
 from tinystories.interpret.neurons import (
     Example,
@@ -35,28 +36,6 @@ from tinystories.interpret.plots import (
 )
 from tinystories.model.checkpoint import LoadedModel
 from tinystories.utils import atomic_write, write_json
-
-DEFAULT_TEXT = ("Once upon a time, there was a little girl named Lily. She loved to play with her ball in "
-                "the park. One day, Lily saw a big dog. She was scared, but the dog was friendly.")
-
-
-@dataclass
-class InterpretConfig:
-    model: str = ""
-    text: str = DEFAULT_TEXT  # the story the heatmaps show
-    corpus: str = "bundled:valid"
-    layer: int = 0  # MLP layer whose neurons are searched
-    top_k: int = 8  # top activations kept per neuron / direction
-    n_units: int = 6  # neurons (and random directions) shown
-    neuron_ids: list[int] = field(default_factory=list)  # neurons to show; empty = `n_units` drawn with `seed`
-    n_random: int = 64  # random directions searched (the baseline's statistics)
-    heads: list[str] = field(default_factory=list)  # extra heads to plot, as "LAYER.HEAD"
-    head_stories: int = 64  # corpus stories (besides `text`) the head measures average over
-    max_stories: int = 2000  # corpus stories searched for neuron activations; 0 = all
-    max_text_tokens: int = 48  # the heatmaps show at most this many tokens of `text`
-    batch_size: int = 16
-    seed: int = 0  # draws the shown neurons and the random directions
-    device: str = "auto"
 
 
 def _img(path: Path, alt: str) -> str:
@@ -142,7 +121,7 @@ def build_report(loaded: LoadedModel, cfg: InterpretConfig, out: Path) -> Path:
     write_json(out / "heads.json", stats.to_json())
     text_ids = seqs[0][:cfg.max_text_tokens]
     text_tokens = token_texts(tok, text_ids)
-    _, cache = run_with_cache(model, torch.tensor([text_ids], device=device))
+    _, cache = run_with_cache(model, torch.tensor([text_ids], device=device), names=pattern_names(model))
     patterns = cache.stack("attn")[:, 0].cpu().numpy()
     images = {"grid": plot_head_grid(patterns, stats, out / "heads_grid.png"),
               "scatter": plot_head_scatter(stats, out / "heads_scatter.png")}

@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save
 
 from tinystories import __version__
 from tinystories.config import from_dict
-from tinystories.data.tokenizer import Tokenizer
 from tinystories.errors import TinyStoriesError
 from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.tokenizer import Tokenizer
 from tinystories.utils import atomic_write, write_json
 
 CONFIG_NAME = "config.json"
@@ -117,19 +117,6 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu",
         model.lm_head.weight = model.tok_emb.weight
     model.to(device).eval()
     return LoadedModel(model, tokenizer, config, folder)
-
-
-def load_any(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a tinystories model folder, or a Hugging Face `transformers` folder (converted)."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise TinyStoriesError(f"model folder not found: {folder}")
-    config = read_config_raw(folder)
-    if "model" in config:
-        return load_model(folder, device)
-    from tinystories.model.hf import load_hf_model  # imports transformers only when needed
-
-    return load_hf_model(folder, device)
 
 
 def read_config_raw(folder: Path) -> dict[str, Any]:

@@ -8,6 +8,15 @@ Two architectures share this file:
 * ``modern``: rotary positions (RoPE), RMSNorm and a SwiGLU MLP, no biases, as in
   Llama / llama2.c. Exports to ``LlamaForCausalLM``.
 
+Hook points. Every activation worth looking at passes through a `HookPoint`, an identity
+module named by its place (``blocks.0.attn.hook_pattern``, ``blocks.1.mlp.hook_post``), as
+in TransformerLens. A forward hook registered on one reads the activation, or returns a
+replacement that the rest of the forward pass then uses: recording, patching and the
+forward pass are one code path (`tinystories.interpret.hooks` builds on this). With no hook
+registered they cost a function call. The attention pattern exists only when someone
+listens: then attention runs as explicit ``softmax(q k^T * scale + mask) @ v`` instead of
+the fused kernel; the tests check both give the same output.
+
 Generation uses a key/value cache (`KVCache`). Prompts of different lengths are
 left-padded; `pad` gives each row's number of padding slots, which attention masks out
 and positions skip, so a padded row computes exactly what it would alone.
@@ -16,52 +25,25 @@ and positions skip, so a padded row computes exactly what it would alone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinystories.model.config import GPTConfig
 from tinystories.model.losses import linear_cross_entropy
 
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 4096
-    context_length: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    d_ff: int = 0  # MLP width; 0 means the architecture's default (4*d, or SwiGLU's 8/3*d)
-    arch: Literal["neo", "modern"] = "neo"
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    local_window: int = 0  # neo: window of the local-attention layers (odd layers); 0 = all global
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
-        if self.arch == "modern" and (self.d_model // self.n_head) % 2:
-            raise ValueError("modern (RoPE) models need an even head dimension")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def ffn_dim(self) -> int:
-        if self.d_ff:
-            return self.d_ff
-        if self.arch == "neo":
-            return 4 * self.d_model
-        return 32 * math.ceil(8 * self.d_model / 3 / 32)  # llama2.c's rule, multiple of 32
+__all__ = ["GPT", "GPTConfig", "HookPoint", "KVCache"]
 
 
 class KVCache:
-    """Preallocated keys and values of every layer for a batch being generated."""
+    """Preallocated keys and values of every layer for a batch being generated.
+
+    Slots 0..length-1 are filled in every row; row r's first `pad[r]` slots are padding
+    (its prompt was shorter), which attention never reads. The methods below are the
+    batch surgery a continuous-batching engine needs: rows join, leave and are compacted
+    without any other code touching the tensors.
+    """
 
     def __init__(self, cfg: GPTConfig, batch: int, max_len: int, device: torch.device,
                  dtype: torch.dtype, pad: torch.Tensor | None = None) -> None:
@@ -71,11 +53,80 @@ class KVCache:
         self.length = 0  # slots filled so far (the same for every row)
         self.pad = pad
 
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def _pad(self) -> torch.Tensor:
+        if self.pad is None:
+            self.pad = torch.zeros(self.batch, dtype=torch.long, device=self.k.device)
+        return self.pad
+
+    def free_row(self, row: int) -> None:
+        """Row `row` no longer matters: from now on it only sees itself (cheap, and never NaN)."""
+        self._pad()[row] = self.length
+
+    def add_rows(self, n: int) -> None:
+        """Grow the batch by `n` free rows."""
+        shape = (self.k.shape[0], n, *self.k.shape[2:])
+        self.k = torch.cat([self.k, self.k.new_zeros(shape)], 1)
+        self.v = torch.cat([self.v, self.v.new_zeros(shape)], 1)
+        self.pad = torch.cat([self._pad(), self._pad().new_full((n,), self.length)])
+
+    def write_rows(self, rows: torch.Tensor, other: KVCache) -> None:
+        """Put `other`'s rows into rows `rows`, right-aligned with this batch (other is no longer)."""
+        assert other.length <= self.length, "a longer cache must be merged, not written"
+        start = self.length - other.length
+        self.k[:, rows, :, start:self.length] = other.k[:, :, :, :other.length]
+        self.v[:, rows, :, start:self.length] = other.v[:, :, :, :other.length]
+        self._pad()[rows] = other._pad() + start
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A new cache of only `rows`, without the leading slots that are padding in all of them."""
+        return self._rebuild(self.k[:, rows, :, :self.length], self.v[:, rows, :, :self.length],
+                             self._pad()[rows])
+
+    def merge(self, other: KVCache) -> KVCache:
+        """A new cache with `other`'s rows after these, both right-aligned (either may be longer)."""
+        length = max(self.length, other.length)
+
+        def right_aligned(c: KVCache, t: torch.Tensor) -> torch.Tensor:
+            t = t[:, :, :, :c.length]
+            return torch.cat([t.new_zeros(*t.shape[:3], length - c.length, t.shape[-1]), t], 3)
+
+        return self._rebuild(torch.cat([right_aligned(self, self.k), right_aligned(other, other.k)], 1),
+                             torch.cat([right_aligned(self, self.v), right_aligned(other, other.v)], 1),
+                             torch.cat([self._pad() + length - self.length, other._pad() + length - other.length]))
+
+    def _rebuild(self, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> KVCache:
+        lead = int(pad.min())  # slots that are padding in every row: drop them
+        k, v, pad = k[:, :, :, lead:], v[:, :, :, lead:], pad - lead
+        cache = KVCache.__new__(KVCache)
+        max_len = self.k.shape[3]
+        cache.k = k.new_zeros(*k.shape[:3], max_len, k.shape[-1])
+        cache.v = v.new_zeros(*v.shape[:3], max_len, v.shape[-1])
+        cache.k[:, :, :, :k.shape[3]] = k
+        cache.v[:, :, :, :v.shape[3]] = v
+        cache.length, cache.pad = k.shape[3], pad
+        return cache
+
+
+class HookPoint(nn.Module):
+    """The identity, at a named place in the forward pass, for hooks to read or replace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def active(self) -> bool:
+        """Whether a hook listens here (the attention pattern is only computed then)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks)
 
 
 def attention_mask(start: int, q_len: int, k_len: int, pad: torch.Tensor | None,
@@ -108,6 +159,20 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) [B, H, Tq, Tk] in float32: what SDPA computes inside.
+
+    `mask` is boolean (True = may attend), additive (0 / -inf), or None for plain causal
+    attention. A query that may see no key (a padding slot) attends to nothing (all zeros).
+    """
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+    if mask is None:
+        Tq, Tk = scores.shape[-2:]
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [B, 1, T, head_dim] in Llama's "rotate half" layout."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
@@ -129,8 +194,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.arch == "neo")
         # GPT-Neo leaves scores unscaled; everyone else divides by sqrt(head_dim).
-        self.scale = 1.0 if cfg.arch == "neo" else None
+        self.scale = 1.0 if cfg.arch == "neo" else cfg.head_dim ** -0.5
         self.window = cfg.local_window if cfg.arch == "neo" and layer % 2 == 1 else 0
+        # [B, H, T, head_dim] per head (q, k after RoPE), the pattern [B, H, Tq, Tk], z = pattern @ v.
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_pattern, self.hook_z = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, masks: dict[int, torch.Tensor | None], is_causal: bool,
                 rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None) -> torch.Tensor:
@@ -138,13 +206,19 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         mask = masks[self.window]
         dropout = self.cfg.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                           is_causal=is_causal and mask is None, scale=self.scale)
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+        if self.hook_pattern.active:  # someone wants the pattern: compute it explicitly
+            pattern = self.hook_pattern(attention_probs(q, k, mask, self.scale))
+            z = F.dropout(pattern, dropout, self.training).to(v.dtype) @ v
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                               is_causal=is_causal and mask is None, scale=self.scale)
+        z = self.hook_z(z)
+        return self.out(z.transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -158,15 +232,14 @@ class MLP(nn.Module):
             self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
             self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
             self.proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
-
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """The neuron activations (what interpretability tools look at)."""
-        if self.arch == "neo":
-            return F.gelu(self.fc(x), approximate="tanh")
-        return F.silu(self.gate(x)) * self.up(x)
+        self.hook_post = HookPoint()  # the neuron activations [B, T, ffn_dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.hidden(x))
+        if self.arch == "neo":
+            hidden = F.gelu(self.fc(x), approximate="tanh")
+        else:
+            hidden = F.silu(self.gate(x)) * self.up(x)
+        return self.proj(self.hook_post(hidden))
 
 
 def make_norm(cfg: GPTConfig) -> nn.Module:
@@ -183,11 +256,16 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        # The residual stream [B, T, d] entering, after attention, and leaving; what each part writes.
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, masks: dict[int, torch.Tensor | None], is_causal: bool,
                 rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), masks, is_causal, rope, cache))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.drop(self.attn(self.norm1(x), masks, is_causal,
+                                                                           rope, cache))))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.drop(self.mlp(self.norm2(x)))))
 
 
 class GPT(nn.Module):
@@ -200,6 +278,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.hook_embed, self.hook_final = HookPoint(), HookPoint()  # [B, T, d]: first and last stream
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -217,7 +296,11 @@ class GPT(nn.Module):
 
     def layers(self) -> list[Block]:
         """The blocks in order, typed (iterating an `nn.ModuleList` gives plain `nn.Module`s)."""
-        return [cast(Block, block) for block in self.blocks]
+        return [block for block in self.blocks if isinstance(block, Block)]
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Every hook point by name, in forward order (``hook_embed``, ``blocks.0.hook_resid_pre``, ...)."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -252,7 +335,7 @@ class GPT(nn.Module):
         if cache is not None:
             pad = cache.pad
         x, rope = self.embed(idx, start, pad)
-        x = self.drop(x)
+        x = self.drop(self.hook_embed(x))
         k_len = start + T
         windows = {0} | {blk.attn.window for blk in self.layers()}
         masks = {w: attention_mask(start, T, k_len, pad, w, idx.device) for w in windows}
@@ -263,7 +346,7 @@ class GPT(nn.Module):
             x = block(x, masks, is_causal, rope, cache)
         if cache is not None:
             cache.length += T
-        return self.norm(x)
+        return self.hook_final(self.norm(x))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, pad: torch.Tensor | None = None

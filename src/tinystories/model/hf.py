@@ -20,11 +20,10 @@ from typing import Any
 
 import torch
 
-from tinystories.data.corpus import EOS_TEXT
-from tinystories.data.tokenizer import Tokenizer
 from tinystories.errors import TinyStoriesError
 from tinystories.model.checkpoint import LoadedModel, read_config_raw, save_tensors
 from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.tokenizer import EOS_TEXT, Tokenizer
 from tinystories.utils import atomic_write, write_json
 
 SUPPORTED = "GPT-Neo (GPTNeoForCausalLM) and Llama (LlamaForCausalLM)"

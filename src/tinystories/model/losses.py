@@ -1,4 +1,6 @@
-"""Cross-entropy fused with the output projection, computed in chunks of tokens.
+"""Losses: cross-entropy fused with the output projection, and bits per byte.
+
+The fused loss is computed in chunks of tokens.
 
 For tiny models the vocabulary projection dominates a training step, and on the CPU
 PyTorch's log-softmax backward over the full [tokens, vocab] logits is slow and memory
@@ -9,9 +11,16 @@ is the plain reference; tests check that both give the same loss and gradients.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+
+
+def bits_per_byte(loss_nats_per_token: float, tokens_per_byte: float) -> float:
+    """A mean cross-entropy (nats per token) in bits per UTF-8 byte of text: comparable across
+    tokenizers of any vocabulary (`bpb = loss * tokens / bytes / ln 2`)."""
+    return loss_nats_per_token * tokens_per_byte / math.log(2)
 
 
 class LinearCrossEntropy(torch.autograd.Function):

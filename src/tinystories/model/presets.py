@@ -7,12 +7,11 @@ labels; `tinystories presets` prints the exact parameter counts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
-
-import torch
+from dataclasses import replace
+from typing import Any
 
 from tinystories.errors import TinyStoriesError
-from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.model.config import GPTConfig
 
 PAPER_VOCAB = 10_000
 PAPER_CONTEXT = 512
@@ -38,15 +37,18 @@ PRESETS: dict[str, GPTConfig] = {
 }
 
 
-def get_preset(name: str, **overrides: object) -> GPTConfig:
+def get_preset(name: str, **overrides: Any) -> GPTConfig:
     if name not in PRESETS:
         raise TinyStoriesError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    cfg = replace(PRESETS[name], **overrides)  # type: ignore[arg-type]
-    return GPTConfig(**asdict(cfg))  # re-run validation
+    return replace(PRESETS[name], **overrides)  # validated again on construction
 
 
 def count_params(cfg: GPTConfig) -> tuple[int, int]:
     """(total, non-embedding) parameter counts of a config, without building the model."""
+    import torch
+
+    from tinystories.model.gpt import GPT
+
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = GPT(cfg)
     return model.num_params(), model.num_params(non_embedding=True)

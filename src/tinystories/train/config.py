@@ -2,50 +2,71 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from tinystories.config import apply_overrides, from_dict, load_file
+from tinystories.config import Config, build, setting
 from tinystories.errors import TinyStoriesError
-from tinystories.model.gpt import GPTConfig
-from tinystories.model.presets import PRESETS, get_preset
+from tinystories.model.config import GPTConfig
+from tinystories.model.presets import PRESETS
 
 
-@dataclass
-class OptimConfig:
-    lr: float = 2e-3
-    min_lr: float = 2e-4  # the cosine schedule decays to this
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 = off
+@dataclass(frozen=True)
+class OptimConfig(Config):
+    lr: float = setting(2e-3, "peak learning rate", gt=0, le=10)
+    min_lr: float = setting(2e-4, "the schedule decays to this", ge=0, le=10)
+    warmup_steps: int = setting(100, "linear warmup steps", ge=0)
+    weight_decay: float = setting(0.1, "decoupled weight decay of the matrices", ge=0, le=10)
+    beta1: float = setting(0.9, "AdamW beta1", ge=0, lt=1)
+    beta2: float = setting(0.95, "AdamW beta2", ge=0, lt=1)
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off)", ge=0)
+
+    where = "optim"
 
 
-@dataclass
-class TrainConfig:
-    data_dir: str = ""  # folder from `tinystories pretokenize`: train.bin, valid.bin, tokenizer.json
-    out_dir: str = "runs/default"
-    preset: str = "demo"  # starting point for `model`; fields given under `model` override it
-    model: GPTConfig = field(default_factory=GPTConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: int = 32  # sequences per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 2000
-    max_minutes: float = 0.0  # stop early after this much training time; 0 = no limit
-    eval_interval: int = 200
-    eval_batches: int = 20
-    log_interval: int = 10
-    checkpoint_interval: int = 500
-    seed: int = 1337
-    device: str = "auto"  # auto = cuda, then mps, then cpu
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
-    compile: Literal["auto", "on", "off"] = "auto"  # auto = torch.compile on GPU only
-    threads: int = 0  # CPU threads for torch; 0 = torch's default
-    progress: bool = True
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    data_dir: str = setting("", "folder from `tinystories pretokenize`: train.bin, valid.bin, tokenizer.json",
+                            flag="data")
+    out_dir: str = setting("runs/default", "run folder: checkpoint/, metrics, loss.png, config.yaml", flag="out")
+    preset: str = setting("demo", "model shape to start from (`tinystories presets`); `model.*` fields "
+                                  "override it")
+    model: GPTConfig = setting(help="the model's shape", factory=GPTConfig)
+    optim: OptimConfig = setting(help="the optimizer and its schedule", factory=OptimConfig)
+    batch_size: int = setting(32, "sequences per micro-batch (per process)", ge=1, le=1_000_000)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", ge=1, le=1_000_000)
+    max_steps: int = setting(2000, "optimizer steps", ge=1, le=10**12)
+    max_minutes: float = setting(0.0, "stop (and finish the LR schedule) after this much training time; "
+                                      "0 = no limit", ge=0)
+    eval_interval: int = setting(200, "steps between validations", ge=1)
+    eval_batches: int = setting(20, "validation batches per validation", ge=1)
+    log_interval: int = setting(10, "steps between log rows", ge=1)
+    checkpoint_interval: int = setting(500, "steps between checkpoints", ge=1)
+    seed: int = setting(1337, "random seed", ge=0, lt=2**63)
+    device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", "auto = bf16 on GPU, fp32 on CPU")
+    compile: Literal["auto", "on", "off"] = setting("auto", "torch.compile: auto = on GPU only")
+    threads: int = setting(0, "CPU threads for torch; 0 = torch's default", ge=0, le=4096)
+    progress: bool = setting(True, "progress bar")
+
+    where = "train"
+
+    @classmethod
+    def resolve(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The model starts from `preset`, then takes any `model.*` fields given."""
+        preset = data.get("preset", cls.preset)
+        if preset not in PRESETS:
+            raise TinyStoriesError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+        given = data.get("model") or {}
+        if isinstance(given, GPTConfig):
+            return data
+        if not isinstance(given, dict):
+            raise TinyStoriesError(f"train.model must be a mapping of model fields, got {given!r}")
+        return {**data, "model": {**asdict(PRESETS[preset]), **given}}
 
     @property
     def tokens_per_step(self) -> int:
@@ -54,26 +75,8 @@ class TrainConfig:
 
 def build_train_config(path: str | Path | None = None, overrides: list[str] | None = None,
                        **fields: Any) -> TrainConfig:
-    """Config from a YAML file, keyword fields and `a.b=value` overrides, in that order.
-
-    The model starts from `preset` (resolved first) and then takes any `model.*` fields.
-    """
-    data = load_file(path) if path else {}
-    data.update({k: v for k, v in fields.items() if v is not None})
-    data = apply_overrides(data, overrides or [])
-    preset = data.get("preset", TrainConfig.preset)
-    if preset not in PRESETS:
-        raise TinyStoriesError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    model = asdict(get_preset(preset))
-    model_overrides = data.get("model") or {}
-    if not isinstance(model_overrides, dict):
-        raise TinyStoriesError("`model` must be a mapping of GPTConfig fields")
-    unknown = sorted(set(model_overrides) - set(model))
-    if unknown:
-        raise TinyStoriesError(f"model: unknown key(s) {unknown}; valid keys are {sorted(model)}")
-    model.update(model_overrides)
-    data["model"] = model
-    return from_dict(TrainConfig, data, where=str(path) if path else "train config")
+    """Config from a YAML file, keyword fields (as flags) and `a.b=value` overrides, in that order."""
+    return build(TrainConfig, path, {k: v for k, v in fields.items() if v is not None}, overrides)
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,9 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tinystories.data.pretokenize import TokenFileInfo, load_tokens
-from tinystories.data.tokenizer import Tokenizer
 from tinystories.errors import TinyStoriesError
-from tinystories.eval.bpb import bits_per_byte
 from tinystories.model.checkpoint import (
     load_model,
     load_tensors,
@@ -37,10 +36,13 @@ from tinystories.model.checkpoint import (
     save_tensors,
 )
 from tinystories.model.gpt import GPT
+from tinystories.model.losses import bits_per_byte
+from tinystories.tokenizer import Tokenizer
 from tinystories.train.config import TrainConfig, dump_config
 from tinystories.train.metrics import MetricsLog
 from tinystories.utils import atomic_write, pick_device, seed_everything, write_json
 
+log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
@@ -252,7 +254,7 @@ class Trainer:
         if self.device.type == "cuda" and f"rng.cuda.{rank}" in tensors:
             torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"])
         if self.dist.main:
-            print(f"resuming from {folder} at step {self.step}")
+            log.info("resuming from %s at step %d", folder, self.step)
 
     def save_checkpoint(self) -> Path:
         data_states = self.dist.gather(self.batches.state())

@@ -8,12 +8,18 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.judge import JudgeRun, Judgment
+from tinystories.eval.report import Block, fmt
 from tinystories.eval.stats import bootstrap_mean
+from tinystories.eval.task import AddPlot, Pending, Task, per_model
+from tinystories.eval.tasks import register
 from tinystories.utils import resource_path
+
+if TYPE_CHECKING:
+    from tinystories.eval.suite import Suite
 
 STORY_MARK = "Story: "
 _WORD = re.compile(r"[a-z]+")
@@ -95,3 +101,31 @@ def summarize_instruct(judgments: Sequence[Judgment], seed: int = 0) -> dict[str
                                         seed=seed).to_json(),
         "judged": sum(j.ok for j in judgments), "missing": sum(not j.ok for j in judgments),
     }
+
+
+@register
+class Instruct(Task):
+    name = "instruct"
+    help = "instruction following of an Instruct model (judge + required-words check)"
+    judged = True
+    options = ("instructions", "samples", "sampling", "batch_size")
+
+    def prepare(self, suite: Suite) -> list[Pending]:
+        run = suite.judge_run("instruct")
+        headers = load_instructions(suite.cfg.instructions or None)
+        prompts = [model_prompt(h) for h in headers]
+        return [Pending(run, instruct_requests(run, name, headers, suite.completions(name, prompts)), name)
+                for name in suite.names]
+
+    def summarize(self, suite: Suite, pending: list[Pending]) -> None:
+        for p in pending:
+            suite.results["models"][p.model]["instruct"] = summarize_instruct(p.judgments, suite.cfg.seed)
+
+    def report(self, results: dict[str, Any], add_plot: AddPlot) -> list[Block]:
+        instructed = per_model(results, "instruct")
+        if not instructed:
+            return []
+        rows = [["model", "instructions (judge)", "grammar (judge)", "all words present", "words present"]]
+        rows += [[m, fmt(s["scores"]["instructions"]), fmt(s["scores"]["grammar"]),
+                  fmt(s["all_words_present"]), fmt(s["words_present"])] for m, s in instructed.items()]
+        return [Block("h2", "Instruction following"), Block("table", rows=rows)]

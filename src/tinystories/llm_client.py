@@ -24,10 +24,12 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import aiohttp
+if TYPE_CHECKING:  # imported where used: `--help` and configs must not pay for it
+    import aiohttp
 
+from tinystories.config import Config, setting
 from tinystories.errors import TinyStoriesError
 
 log = logging.getLogger(__name__)
@@ -37,28 +39,34 @@ RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 522, 524}
 FATAL_STATUS = {401: "authentication failed", 403: "permission denied", 404: "not found"}
 
 
-@dataclass
-class TeacherConfig:
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4o-mini"
-    api: Literal["chat", "completion"] = "chat"
-    api_key_env: str = "OPENAI_API_KEY"  # name of the variable; the key itself is never stored
-    max_tokens: int = 1024
-    temperature: float = 1.0
-    concurrency: int = 32  # requests in flight
-    requests_per_minute: float = 0.0  # 0 = no limit
-    tokens_per_minute: float = 0.0  # 0 = no limit; counts prompt + max completion tokens
-    timeout_s: float = 120.0
-    max_retries: int = 8
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    price_input_per_1m: float = 0.0  # USD per 1M prompt tokens
-    price_output_per_1m: float = 0.0  # USD per 1M completion tokens
-    batch_poll_s: float = 30.0
-    batch_max_requests: int = 50_000  # the OpenAI Batch API's per-batch limit
+@dataclass(frozen=True)
+class ClientConfig(Config):
+    """How to reach an OpenAI-compatible endpoint: the teacher (`generate`) and the judge (`eval`)
+    both use this, under the same flag names."""
+
+    base_url: str = setting("https://api.openai.com/v1", "API root including /v1")
+    model: str = setting("gpt-4o-mini", "model name at the endpoint")
+    api: Literal["chat", "completion"] = setting("chat", "chat/completions or completions endpoint")
+    api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the API key (the key is "
+                               "never logged or written)")
+    max_tokens: int = setting(1024, "most tokens per answer", ge=1)
+    temperature: float = setting(1.0, "sampling temperature of the endpoint", ge=0, le=2)
+    concurrency: int = setting(32, "requests in flight", ge=1, le=100_000)
+    requests_per_minute: float = setting(0.0, "requests-per-minute limit (0 = none)", ge=0, flag="rpm")
+    tokens_per_minute: float = setting(0.0, "tokens-per-minute limit, prompt + max answer (0 = none)",
+                                       ge=0, flag="tpm")
+    timeout_s: float = setting(120.0, "seconds per request before it is retried", gt=0, flag="timeout")
+    max_retries: int = setting(8, "retries per request (429/5xx/timeouts/malformed answers)", ge=0)
+    backoff_base_s: float = setting(1.0, "first retry delay (doubles each retry, with jitter)", ge=0)
+    backoff_max_s: float = setting(60.0, "longest retry delay", ge=0)
+    price_input_per_1m: float = setting(0.0, "USD per 1M prompt tokens, for the cost report", ge=0,
+                                        flag="price-in")
+    price_output_per_1m: float = setting(0.0, "USD per 1M completion tokens", ge=0, flag="price-out")
+    batch_poll_s: float = setting(30.0, "seconds between polls of an OpenAI Batch API batch", gt=0)
+    batch_max_requests: int = setting(50_000, "requests per Batch API batch (OpenAI's limit)", ge=1)
 
 
-class TeacherError(Exception):
+class LLMError(Exception):
     """A request that failed for good (retries exhausted or a non-retryable answer)."""
 
 
@@ -86,7 +94,7 @@ class Usage:
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
 
-    def cost(self, cfg: TeacherConfig) -> float:
+    def cost(self, cfg: ClientConfig) -> float:
         return (self.prompt_tokens * cfg.price_input_per_1m
                 + self.completion_tokens * cfg.price_output_per_1m) / 1e6
 
@@ -174,8 +182,8 @@ def parse_completion(data: Any, api: str) -> Completion:
                       int(usage.get("completion_tokens") or 0))
 
 
-class TeacherClient:
-    def __init__(self, cfg: TeacherConfig):
+class LLMClient:
+    def __init__(self, cfg: ClientConfig):
         self.cfg = cfg
         self.usage = Usage()
         key = os.environ.get(cfg.api_key_env)
@@ -194,6 +202,8 @@ class TeacherClient:
 
     async def _send(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | None) -> Response:
         """One attempt; the connection goes back to the keep-alive pool once the body is read."""
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.cfg.concurrency, ssl=ssl.create_default_context()),
@@ -203,7 +213,7 @@ class TeacherClient:
         # No redirects: an API that redirects is misconfigured, and the answer says where to.
         async with self._session.request(method, url, data=body, headers=headers, allow_redirects=False) as r:
             response = Response(r.status, r.headers, await r.read(), url)
-        log.info('HTTP Request: %s %s "%d"', method, url, r.status)  # never the headers (API key)
+        log.debug('HTTP Request: %s %s "%d"', method, url, r.status)  # never the headers (API key)
         return response
 
     def request_body(self, prompt: str) -> tuple[str, dict[str, Any]]:
@@ -235,6 +245,8 @@ class TeacherClient:
     async def _request(self, method: str, path: str, parse: Callable[[Response], T],
                        body: bytes | None = None, headers: Mapping[str, str] | None = None) -> T:
         """Send with retries; `parse` turns a 200 answer into a result or raises MalformedResponse."""
+        import aiohttp
+
         reason = ""
         for attempt in range(self.cfg.max_retries + 1):
             retry_after = None
@@ -267,15 +279,15 @@ class TeacherClient:
                         f"${self.cfg.api_key_env}; the server said: {response.text[:300]}"
                     )
                 else:
-                    raise TeacherError(f"HTTP {response.status}: {response.text[:300]}")
+                    raise LLMError(f"HTTP {response.status}: {response.text[:300]}")
             kind = reason.split(" (")[0]
             self.usage.errors[kind] = self.usage.errors.get(kind, 0) + 1
             if attempt < self.cfg.max_retries:
                 self.usage.retries += 1
                 delay = self._backoff(attempt, retry_after)
-                log.info("%s %s: %s; retry %d in %.2f s", method, path, reason, attempt + 1, delay)
+                log.debug("%s %s: %s; retry %d in %.2f s", method, path, reason, attempt + 1, delay)
                 await asyncio.sleep(delay)
-        raise TeacherError(f"gave up after {self.cfg.max_retries + 1} attempts; last: {reason}")
+        raise LLMError(f"gave up after {self.cfg.max_retries + 1} attempts; last: {reason}")
 
     # --- OpenAI Batch API -------------------------------------------------------------
 
@@ -311,7 +323,7 @@ class TeacherClient:
                         item = json.loads(line)
                         results[item["custom_id"]] = self._batch_result(item)
         if not results and batch["status"] != "completed":
-            raise TeacherError(f"batch {batch_id} ended with status {batch['status']}: {batch.get('errors')}")
+            raise LLMError(f"batch {batch_id} ended with status {batch['status']}: {batch.get('errors')}")
         return results
 
     def _batch_result(self, item: dict[str, Any]) -> Completion | str:

@@ -1,8 +1,12 @@
 """Byte-level BPE tokenizers, trained here or cut down from GPT-Neo's (the paper's choice).
 
-Tokenizers are stored in Hugging Face's standard ``tokenizer.json`` form, so
-``tokenizers.Tokenizer.from_file`` and ``transformers`` read them as they are.
+Shared by every stage. Tokenizers are stored in Hugging Face's standard ``tokenizer.json``
+form, so ``tokenizers.Tokenizer.from_file`` and ``transformers`` read them as they are.
 Byte-level BPE round-trips any text exactly, which the tests check on real stories.
+
+A story starts after ``<|endoftext|>`` and ends with it: that is how stories are packed for
+training, so it is how every stage must present a story (or a story's beginning) to a
+model. `Tokenizer.encode_story` is the one place that says so.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from tinystories.data.corpus import EOS_TEXT
 from tinystories.errors import TinyStoriesError
 from tinystories.utils import atomic_write
+
+EOS_TEXT = "<|endoftext|>"  # separates stories; a model reads it as "a new story starts here"
 
 
 class Tokenizer:
@@ -64,6 +69,15 @@ class Tokenizer:
         # The Rust side spreads a batch over all cores; the _fast variant skips character offsets.
         encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)
         return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def encode_story(self, text: str, end: bool = False) -> list[int]:
+        """A story (or its beginning) as a model sees it: EOS first; with `end`, EOS last too."""
+        return [self.eos_id, *self.encode(text), *([self.eos_id] if end else [])]
+
+    def encode_stories(self, texts: list[str], end: bool = False) -> list[list[int]]:
+        """`encode_story` of many texts, encoded in parallel."""
+        tail = [self.eos_id] if end else []
+        return [[self.eos_id, *ids, *tail] for ids in self.encode_batch(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tinystories.eval.gpt_eval import normalize_quotes
+from tinystories.data.beginnings import normalize_quotes
 from tinystories.eval.judge import JudgeRun, Judgment
+from tinystories.eval.report import Block, bar_plot, fmt
 from tinystories.eval.stats import bootstrap_mean
+from tinystories.eval.task import AddPlot, Pending, Task, per_model
+from tinystories.eval.tasks import register
 from tinystories.utils import resource_path
+
+if TYPE_CHECKING:
+    from tinystories.eval.suite import Suite
 
 CATEGORIES = {
     "factual": "factual knowledge",
@@ -46,3 +52,32 @@ def summarize_probes(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, 
             verdicts = [float(j.parsed["verdict"] == "correct") if j.parsed is not None else None for j in js]
             out[cat] = bootstrap_mean(verdicts, seed=seed).to_json()
     return out
+
+
+@register
+class Probes(Task):
+    name = "probes"
+    help = "the paper's factual knowledge, reasoning and context-tracking probes"
+    judged = True
+    options = ("samples", "sampling", "batch_size")
+
+    def prepare(self, suite: Suite) -> list[Pending]:
+        run = suite.judge_run("probe")
+        probe_sets = load_probes()
+        return [Pending(run, probe_requests(run, name, probe_sets,
+                                            {cat: suite.completions(name, ps) for cat, ps in probe_sets.items()}),
+                        name)
+                for name in suite.names]
+
+    def summarize(self, suite: Suite, pending: list[Pending]) -> None:
+        for p in pending:
+            suite.results["models"][p.model]["probes"] = summarize_probes(p.judgments, suite.cfg.seed)
+
+    def report(self, results: dict[str, Any], add_plot: AddPlot) -> list[Block]:
+        probed = per_model(results, "probes")
+        if not probed:
+            return []
+        cats = sorted({c for p in probed.values() for c in p})
+        rows = [["model", *cats]] + [[m, *(fmt(p.get(c, {})) for c in cats)] for m, p in probed.items()]
+        plot = add_plot("probes.png", bar_plot(probed, cats, "Share judged correct (95% CI)", "share"), "Probes")
+        return [Block("h2", "Knowledge, reasoning and context-tracking probes"), Block("table", rows=rows), plot]

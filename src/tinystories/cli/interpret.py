@@ -1,0 +1,42 @@
+"""`tinystories interpret`: an HTML report on a model's attention heads and MLP neurons."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
+from tinystories.errors import TinyStoriesError
+from tinystories.interpret.config import InterpretConfig
+
+
+def setup_interpret(p: argparse.ArgumentParser) -> None:
+    p.description = ("Classify every attention head (previous-token, positional-local, sink, semantic, "
+                     "diffuse), draw heatmaps on a story, and show the top-activating tokens of MLP neurons next "
+                     "to random directions of neuron space (the paper's baseline). Writes report.html "
+                     "(self-contained), the PNGs, heads.json, neurons.json and interpret_config.json into "
+                     "--out.\n\nExample:\n  tinystories interpret runs/demo/checkpoint --out reports/demo")
+    add_field(p, InterpretConfig, "model", positional=True, metavar="MODEL")
+    add_fields(p, InterpretConfig, ["out", "text", "corpus", "layer", "top_k", "n_units", "n_random",
+                                    "head_stories", "max_stories", "max_text_tokens", "batch_size", "seed", "device"])
+    add_field(p, InterpretConfig, "neuron_ids", repeat=True, metavar="N")
+    add_field(p, InterpretConfig, "heads", repeat=True, metavar="L.H")
+    add_config_flags(p)
+    p.set_defaults(func=run_interpret)
+
+
+def run_interpret(args: argparse.Namespace) -> int:
+    from tinystories.interpret.report import build_report
+    from tinystories.model.loader import load_any
+    from tinystories.utils import pick_device
+
+    cfg = build_from_args(InterpretConfig, args)
+    if not cfg.out:
+        raise TinyStoriesError("give an output folder with --out")
+    loaded = load_any(cfg.model, pick_device(cfg.device))
+    report = build_report(loaded, cfg, Path(cfg.out))
+    print(f"report: {report}")
+    return 0
+
+
+SETUP = {"interpret": setup_interpret}

@@ -1,0 +1,89 @@
+"""`tinystories presets`, `export-hf` and `import-hf`: the model zoo, and models to and from `transformers`."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from tinystories.cli.options import add_config_flags, add_field, build_from_args
+from tinystories.config import Config, setting
+
+
+def setup_presets(p: argparse.ArgumentParser) -> None:
+    p.description = ("The model shapes `tinystories train --preset NAME` accepts: the paper's GPT-Neo models "
+                     "(1M-33M, and the 1-layer 21M), modern RoPE/RMSNorm/SwiGLU variants, llama2.c's 15M, and "
+                     "the CPU demo, with exact parameter counts.\n\nExample:\n  tinystories presets")
+    p.set_defaults(func=run_presets)
+
+
+def preset_table() -> str:
+    from tinystories.model.presets import PRESETS, count_params
+
+    head = f"{'preset':<12} {'arch':<7} {'layers':>6} {'d_model':>7} {'heads':>5} {'vocab':>6} {'context':>7} " \
+           f"{'params':>8} {'non-emb':>8}"
+    lines = [head, "-" * len(head)]
+    for name, cfg in PRESETS.items():
+        total, non_emb = count_params(cfg)
+        lines.append(f"{name:<12} {cfg.arch:<7} {cfg.n_layer:>6} {cfg.d_model:>7} {cfg.n_head:>5} "
+                     f"{cfg.vocab_size:>6} {cfg.context_length:>7} {total / 1e6:>7.2f}M {non_emb / 1e6:>7.2f}M")
+    return "\n".join(lines)
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    print(preset_table())
+    return 0
+
+
+@dataclass(frozen=True)
+class ConvertConfig(Config):
+    source: str = setting("", "a model folder (ours or transformers), or a Hub id in the local cache")
+    out_dir: str = setting("", "where to write the converted folder")
+
+    where = "convert"
+
+
+def setup_export(p: argparse.ArgumentParser) -> None:
+    p.description = ("Write a model as a transformers folder (GPTNeoForCausalLM for neo models, "
+                     "LlamaForCausalLM for modern ones) with tokenizer and model card.\n\nExample:\n"
+                     "  tinystories export-hf runs/demo/checkpoint hf/demo")
+    add_field(p, ConvertConfig, "source", positional=True, metavar="MODEL")
+    add_field(p, ConvertConfig, "out_dir", positional=True, metavar="OUT")
+    add_config_flags(p)
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tinystories.model.hf import export_hf
+    from tinystories.model.loader import load_any
+
+    cfg = build_from_args(ConvertConfig, args)
+    out = export_hf(load_any(cfg.source), cfg.out_dir)
+    print(f"wrote a transformers model folder to {out} "
+          "(AutoModelForCausalLM / AutoTokenizer .from_pretrained load it)")
+    return 0
+
+
+def setup_import(p: argparse.ArgumentParser) -> None:
+    p.description = ("Convert a local transformers GPT-Neo or Llama folder, or a Hub id already in the local "
+                     "Hugging Face cache (e.g. roneneldan/TinyStories-33M), into a tinystories model folder. "
+                     "Nothing is downloaded.\n\nExample:\n"
+                     "  tinystories import-hf roneneldan/TinyStories-33M models/33m")
+    add_field(p, ConvertConfig, "source", positional=True, metavar="SOURCE")
+    add_field(p, ConvertConfig, "out_dir", positional=True, metavar="OUT")
+    add_config_flags(p)
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from tinystories.model.checkpoint import save_model
+    from tinystories.model.loader import load_any
+
+    cfg = build_from_args(ConvertConfig, args)
+    loaded = load_any(cfg.source)
+    extra = {k: v for k, v in loaded.config.items() if k not in ("model", "tokenizer_fingerprint")}
+    out = save_model(cfg.out_dir, loaded.model, loaded.tokenizer, extra)
+    print(f"converted {cfg.source} ({loaded.model.num_params():,} parameters) into {out}")
+    return 0
+
+
+SETUP = {"presets": setup_presets, "export-hf": setup_export, "import-hf": setup_import}

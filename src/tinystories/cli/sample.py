@@ -1,0 +1,76 @@
+"""`tinystories sample`: stories from a model, streamed to the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
+from tinystories.config import Config, setting
+from tinystories.infer.params import SamplingParams
+
+
+@dataclass(frozen=True)
+class SampleConfig(Config):
+    model: str = setting("", "model folder (e.g. runs/demo/checkpoint), or a Hugging Face GPT-Neo/Llama folder")
+    prompts: list[str] = setting(help="story beginning (repeatable); empty = a story from scratch",
+                                 factory=lambda: [""], flag="prompt")
+    samples: int = setting(1, "stories per prompt", ge=1, le=10_000)
+    sampling: SamplingParams = setting(help="how stories are sampled", factory=lambda: SamplingParams(
+        temperature=0.8, top_p=0.95, seed=0))
+    device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
+
+    where = "sample"
+
+
+def setup_sample(p: argparse.ArgumentParser) -> None:
+    p.description = ("Continue story beginnings with a model folder (ours or a Hugging Face GPT-Neo/Llama "
+                     "folder). With one prompt the story streams as it is written.\n\nExample:\n"
+                     "  tinystories sample runs/demo/checkpoint --prompt 'Once upon a time' -n 2 --seed 1")
+    add_field(p, SampleConfig, "model", positional=True, metavar="MODEL")
+    add_field(p, SampleConfig, "prompts", repeat=True)
+    add_field(p, SampleConfig, "samples", short="-n")
+    add_fields(p, SampleConfig, ["sampling.max_new_tokens", "sampling.temperature", "sampling.top_k",
+                                 "sampling.top_p", "sampling.seed", "device"])
+    add_config_flags(p)
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from tinystories.infer.sampling import generate
+    from tinystories.model.loader import load_any
+    from tinystories.utils import pick_device
+
+    cfg = build_from_args(SampleConfig, args)
+    loaded = load_any(cfg.model, pick_device(cfg.device))
+    tok = loaded.tokenizer
+    texts = [p for p in cfg.prompts for _ in range(cfg.samples)]
+    prompts = tok.encode_stories(texts)
+    if len(texts) == 1:  # stream token by token
+        sys.stdout.write(texts[0])
+        printed: list[int] = []
+        shown = ""
+
+        def on_tokens(nxt: torch.Tensor, alive: torch.Tensor) -> None:
+            nonlocal shown
+            if bool(alive[0]):
+                printed.append(int(nxt[0]))
+                text = tok.decode(printed)
+                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                    sys.stdout.write(text[len(shown):])
+                    sys.stdout.flush()
+                    shown = text
+
+        generate(loaded.model, prompts, cfg.sampling, tok.eos_id, on_tokens)
+        print()
+        return 0
+    for text, ids in zip(texts, generate(loaded.model, prompts, cfg.sampling, tok.eos_id)):
+        print(text + tok.decode(ids))
+        print("-" * 40)
+    return 0
+
+
+SETUP = {"sample": setup_sample}

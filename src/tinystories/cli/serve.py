@@ -1,0 +1,44 @@
+"""`tinystories serve`: the OpenAI-compatible server and web playground."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
+from tinystories.errors import TinyStoriesError
+from tinystories.infer.server_config import ServeConfig
+
+
+def setup_serve(p: argparse.ArgumentParser) -> None:
+    p.description = ("Serve one or more model folders (tinystories or transformers GPT-Neo/Llama) at "
+                     "/v1/completions, /v1/chat/completions and /v1/models, with streaming and continuous "
+                     "batching, and a web playground at /.\n\nExample:\n"
+                     "  tinystories serve runs/demo/checkpoint --port 8000")
+    add_field(p, ServeConfig, "models", positional=True, metavar="MODEL")
+    add_fields(p, ServeConfig, ["host", "port", "api_key_env", "device", "max_batch", "threads"])
+    add_config_flags(p)
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from tinystories.infer.server import create_app, load_models, serve
+    from tinystories.interpret import attention_api
+
+    cfg = build_from_args(ServeConfig, args)
+    key = None
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise TinyStoriesError(f"--api-key-env {cfg.api_key_env}: that environment variable is empty or unset")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    app = create_app(load_models(cfg.models, cfg.device), key, cfg.max_batch, extensions=[attention_api.install])
+    print(f"playground: http://{cfg.host}:{cfg.port}/   API: http://{cfg.host}:{cfg.port}/v1")
+    serve(app, cfg.host, cfg.port)
+    return 0
+
+
+SETUP = {"serve": setup_serve}

@@ -1,0 +1,64 @@
+"""Diversity and memorisation (the paper's section 4.3): does a model copy its training stories?
+
+For each completion, the highest Rouge-2 precision against every training story (through a
+bigram index, `eval.rouge`), and the Rouge-2 F between completions of the same beginning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tinystories.eval.report import Block, fmt, hist_plot
+from tinystories.eval.stats import bootstrap_mean
+from tinystories.eval.task import AddPlot, Pending, Task, per_model
+from tinystories.eval.tasks import register
+
+if TYPE_CHECKING:
+    from tinystories.eval.suite import Suite
+
+
+@register
+class Diversity(Task):
+    name = "diversity"
+    help = "Rouge-2 memorisation against the training set and within-prompt overlap"
+    options = ("prompts", "samples", "sampling", "batch_size", "train", "workers")
+
+    def prepare(self, suite: Suite) -> list[Pending]:
+        """One pass over the training set for all models' completions."""
+        from tinystories.data.corpus import read_stories
+        from tinystories.eval import rouge
+
+        completions = {name: suite.completions(name) for name in suite.names}
+        training, _ = read_stories(suite.cfg.train)
+        flat = [(name, c) for name, groups in completions.items() for group in groups for c in group]
+        nearest = rouge.max_rouge_precision([c for _, c in flat], training, total=len(training),
+                                            workers=suite.cfg.workers, progress=suite.cfg.progress)
+        seed = suite.cfg.seed
+        for name, groups in completions.items():
+            mine = [x for (owner, _), x in zip(flat, nearest) if owner == name]
+            within = rouge.within_prompt_overlap(groups)
+            suite.results["models"][name]["diversity"] = {
+                "max_precision": [x.precision for x in mine],
+                "nearest_story": [x.story for x in mine],
+                "max_precision_mean": bootstrap_mean([x.precision for x in mine], seed=seed).to_json(),
+                "within_prompt_f": within,
+                "within_prompt_f_mean": bootstrap_mean(within, seed=seed).to_json(),
+            }
+        return []
+
+    def report(self, results: dict[str, Any], add_plot: AddPlot) -> list[Block]:
+        diverse = per_model(results, "diversity")
+        if not diverse:
+            return []
+        rows = [["model", "max precision vs training (mean)", "share > 0.5", "within-prompt F (mean)"]]
+        for m, d in diverse.items():
+            p = d["max_precision"]
+            rows.append([m, fmt(d["max_precision_mean"]), f"{sum(x > 0.5 for x in p) / max(len(p), 1):.3f}",
+                         fmt(d["within_prompt_f_mean"])])
+        train = add_plot("rouge_train.png", hist_plot({m: d["max_precision"] for m, d in diverse.items()},
+                                                      "Highest Rouge-2 precision against the training set",
+                                                      "max Rouge-2 precision", "completions"), "Memorisation")
+        within = add_plot("rouge_within.png", hist_plot({m: d["within_prompt_f"] for m, d in diverse.items()},
+                                                        "Rouge-2 F between completions of one prompt",
+                                                        "Rouge-2 F", "pairs of completions"), "Diversity")
+        return [Block("h2", "Diversity and memorisation (Rouge-2)"), Block("table", rows=rows), train, within]

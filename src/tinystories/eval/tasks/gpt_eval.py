@@ -1,0 +1,74 @@
+"""GPT-Eval (the paper's section 3): sample completions of story beginnings, have a judge grade them.
+
+Each completion gets a written assessment, then scores out of 10 for grammar, creativity,
+consistency with the beginning and plot, and a guess of the writer's age group (A-F).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tinystories.eval.judge import AGE_GROUPS, SCORE_KEYS, JudgeRun, Judgment
+from tinystories.eval.report import Block, bar_plot, fmt
+from tinystories.eval.stats import bootstrap_mean
+from tinystories.eval.task import AddPlot, Pending, Task, per_model
+from tinystories.eval.tasks import register
+
+if TYPE_CHECKING:
+    from tinystories.eval.suite import Suite
+
+SAMPLING = ("prompts", "samples", "sampling", "batch_size")
+
+
+def grade_requests(run: JudgeRun, model_name: str, beginnings: Sequence[str],
+                   completions: Sequence[Sequence[str]]) -> list[Judgment]:
+    return run.requests([
+        # the paper's layout: "... a bunny heard the guitar from a distance and *** asked, ..."
+        ({"beginning": beginning.rstrip(), "completion": completion.strip()},
+         {"model": model_name, "prompt": i, "sample": k, "beginning": beginning, "completion": completion})
+        for i, (beginning, samples) in enumerate(zip(beginnings, completions))
+        for k, completion in enumerate(samples)
+    ])
+
+
+def summarize_grades(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
+    """Per dimension: mean and bootstrap 95% interval over the present judgments; age groups."""
+    scores = {key: bootstrap_mean([j.parsed[key] if j.parsed is not None else None for j in judgments],
+                                  seed=seed).to_json()
+              for key in SCORE_KEYS}
+    ages = Counter(j.parsed["age_group"] for j in judgments if j.parsed is not None)
+    return {"scores": scores, "age_groups": {g: ages.get(g, 0) for g in AGE_GROUPS},
+            "judged": sum(j.ok for j in judgments), "missing": sum(not j.ok for j in judgments)}
+
+
+@register
+class GptEval(Task):
+    name = "gpt-eval"
+    help = "grade completions of the paper's 44 story beginnings with a judge LLM"
+    judged = True
+    options = SAMPLING
+
+    def prepare(self, suite: Suite) -> list[Pending]:
+        run = suite.judge_run("grade")
+        return [Pending(run, grade_requests(run, name, suite.beginnings(), suite.completions(name)), name)
+                for name in suite.names]
+
+    def summarize(self, suite: Suite, pending: list[Pending]) -> None:
+        for p in pending:
+            suite.results["models"][p.model]["gpt_eval"] = summarize_grades(p.judgments, suite.cfg.seed)
+
+    def report(self, results: dict[str, Any], add_plot: AddPlot) -> list[Block]:
+        graded = per_model(results, "gpt_eval")
+        if not graded:
+            return []
+        rows = [["model", *SCORE_KEYS, "judged", "missing"]]
+        rows += [[m, *(fmt(g["scores"][k]) for k in SCORE_KEYS), str(g["judged"]), str(g["missing"])]
+                 for m, g in graded.items()]
+        ages = [["model", *(f"{g} ({AGE_GROUPS[g]})" for g in AGE_GROUPS)]]
+        ages += [[m, *(str(g["age_groups"][a]) for a in AGE_GROUPS)] for m, g in graded.items()]
+        plot = add_plot("gpt_eval.png", bar_plot({m: g["scores"] for m, g in graded.items()}, list(SCORE_KEYS),
+                                                 "GPT-Eval scores (95% CI)", "score / 10"), "GPT-Eval scores")
+        return [Block("h2", "GPT-Eval"), Block("table", rows=rows),
+                Block("p", "Age group the judge guessed for the writer:"), Block("table", rows=ages), plot]

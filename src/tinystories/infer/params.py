@@ -1,0 +1,57 @@
+"""`SamplingParams`: how to write one story, the one type every caller uses.
+
+`tinystories sample`, `eval`, the batching engine and the OpenAI-compatible server all
+describe a row of generation with it, and all validate through it (on construction), so
+one range check covers every path. With the same seed and settings every path writes the
+same story: each row draws from its own random generator, seeded with `row_seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from tinystories.config import Config, setting
+from tinystories.errors import TinyStoriesError
+
+MAX_STOPS = 4
+MAX_LOGPROBS = 5
+
+
+@dataclass(frozen=True)
+class SamplingParams(Config):
+    max_new_tokens: int = setting(200, "most new tokens per story", ge=0, le=1_000_000)
+    temperature: float = setting(1.0, "0 = greedy; higher = more random", ge=0, le=2)
+    top_k: int = setting(0, "sample from the k most likely tokens only (0 = off)", ge=0, le=2**31 - 1)
+    top_p: float = setting(1.0, "sample from the smallest set of tokens holding this probability (1 = off)",
+                           gt=0, le=1)
+    seed: int | None = setting(None, "random seed (row i of a batch uses seed + i); none = random",
+                               ge=-(2**63), lt=2**64)
+    stop: list[str] = setting(help=f"stop before any of these strings (at most {MAX_STOPS})", factory=list,
+                              le=MAX_STOPS)
+    stop_at_eos: bool = setting(True, "stop at the end-of-story token")
+    logprobs: int = setting(0, f"alternatives reported per token (0-{MAX_LOGPROBS}; server only)", ge=0,
+                            le=MAX_LOGPROBS)
+
+    where = "sampling"
+
+    def check(self) -> None:
+        if any(not s for s in self.stop):
+            raise TinyStoriesError("sampling.stop: stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def filters(self) -> bool:
+        """Whether top-k or top-p cut the distribution."""
+        return self.top_k > 0 or self.top_p < 1
+
+    def for_row(self, i: int) -> SamplingParams:
+        """The params of row `i` of a batch: the same, with seed + i."""
+        return self if self.seed is None or i == 0 else dataclasses.replace(self, seed=(self.seed + i) % 2**64)
+
+    def row_seed(self) -> int | None:
+        """The seed of this row's generator (a 64-bit value), or None for a random one."""
+        return None if self.seed is None else self.seed % 2**64
