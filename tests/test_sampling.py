@@ -110,7 +110,7 @@ def test_sampler_draws_what_the_reference_draws() -> None:
         if p.greedy:
             assert got[i] == logits[i].argmax()
             continue
-        u = torch.rand(1, generator=new_generator(p))
+        u = torch.tensor([new_generator(p).random()])
         assert got[i] == draw(reference_probs(logits[i:i + 1], [p]), u)[0], (i, p)
 
 

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except TinyStoriesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, however it was written
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

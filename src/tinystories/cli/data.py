@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
 from tinystories.config import Config, setting
+from tinystories.data.corpus import EncodingErrors
 from tinystories.data.prepare import PrepareConfig
 
 
@@ -18,6 +19,8 @@ class CorpusConfig(Config):
     text_field: str = setting("text", "JSON field holding the story")
     split: str = setting("train", "split of a Hugging Face dataset")
     out: str = setting("", "write the clean stories here as JSONL ({\"text\": ...} per line)")
+    encoding_errors: EncodingErrors = setting("strict", "invalid UTF-8 in a corpus: strict (stop, naming the file "
+                                                        "and byte), replace (U+FFFD) or skip (drop the story)")
 
     where = "corpus"
 
@@ -26,7 +29,7 @@ def setup_corpus(p: argparse.ArgumentParser) -> None:
     p.description = ("Read stories, repair the dataset's cp1252 mojibake, drop empty and duplicate stories, "
                      "and report counts.\n\nExample:\n  tinystories corpus bundled:train --out clean.jsonl")
     add_field(p, CorpusConfig, "sources", positional=True, metavar="SOURCE")
-    add_fields(p, CorpusConfig, ["text_field", "split", "out"])
+    add_fields(p, CorpusConfig, ["text_field", "split", "out", "encoding_errors"])
     add_config_flags(p)
     p.set_defaults(func=run_corpus)
 
@@ -36,7 +39,7 @@ def run_corpus(args: argparse.Namespace) -> int:
     from tinystories.utils import atomic_write
 
     cfg = build_from_args(CorpusConfig, args)
-    stories, stats = read_stories(cfg.sources, cfg.split, cfg.text_field)
+    stories, stats = read_stories(cfg.sources, cfg.split, cfg.text_field, errors=cfg.encoding_errors)
     print(stats.summary())
     if cfg.out:
         with atomic_write(cfg.out) as f:
@@ -54,7 +57,8 @@ def setup_pretokenize(p: argparse.ArgumentParser) -> None:
                      "--out data/tokens")
     add_field(p, PrepareConfig, "train", nargs="+", metavar="SOURCE")
     add_field(p, PrepareConfig, "valid", metavar="SOURCE")
-    add_fields(p, PrepareConfig, ["out_dir", "tokenizer", "vocab_size", "gpt_neo_tokenizer", "text_field", "split"])
+    add_fields(p, PrepareConfig, ["out_dir", "tokenizer", "vocab_size", "gpt_neo_tokenizer", "text_field", "split",
+                                  "encoding_errors"])
     add_config_flags(p)
     p.set_defaults(func=run_pretokenize)
 

@@ -16,7 +16,7 @@ OPTION_FLAGS = {
     "prompts": ["prompts"], "instructions": ["instructions"], "samples": ["samples"],
     "sampling": ["sampling.max_new_tokens", "sampling.temperature", "sampling.top_k", "sampling.top_p"],
     "train": ["train"], "workers": ["workers"], "data": ["data"], "max_stories": ["max_stories"],
-    "stride": ["stride"], "batch_size": [],
+    "stride": ["stride"], "batch_size": [], "encoding_errors": ["encoding_errors"],
 }
 JUDGE_FLAGS = ["judge.base_url", "judge.model", "judge.api_key_env", "judge.temperature", "judge.max_tokens",
                "judge.concurrency", "judge.requests_per_minute", "judge.tokens_per_minute", "judge.timeout_s",

@@ -17,7 +17,7 @@ def setup_interpret(p: argparse.ArgumentParser) -> None:
                      "(self-contained), the PNGs, heads.json, neurons.json and interpret_config.json into "
                      "--out.\n\nExample:\n  tinystories interpret runs/demo/checkpoint --out reports/demo")
     add_field(p, InterpretConfig, "model", positional=True, metavar="MODEL")
-    add_fields(p, InterpretConfig, ["out", "text", "corpus", "layer", "top_k", "n_units", "n_random",
+    add_fields(p, InterpretConfig, ["out", "text", "corpus", "encoding_errors", "layer", "top_k", "n_units", "n_random",
                                     "head_stories", "max_stories", "max_text_tokens", "batch_size", "seed", "device"])
     add_field(p, InterpretConfig, "neuron_ids", repeat=True, metavar="N")
     add_field(p, InterpretConfig, "heads", repeat=True, metavar="L.H")

@@ -16,7 +16,10 @@ def setup_serve(p: argparse.ArgumentParser) -> None:
                      "batching, and a web playground at /.\n\nExample:\n"
                      "  tinystories serve runs/demo/checkpoint --port 8000")
     add_field(p, ServeConfig, "models", positional=True, metavar="MODEL")
-    add_fields(p, ServeConfig, ["host", "port", "api_key_env", "device", "max_batch", "threads"])
+    add_fields(p, ServeConfig, ["host", "port", "api_key_env", "device", "threads"])
+    add_fields(p.add_argument_group("limits"), ServeConfig,
+               ["limits.max_batch", "limits.reserved_slots", "limits.max_prompts", "limits.max_rows",
+                "limits.max_prompt_bytes", "limits.max_body_bytes", "limits.shutdown_grace_s"])
     add_config_flags(p)
     p.set_defaults(func=run_serve)
 
@@ -35,9 +38,9 @@ def run_serve(args: argparse.Namespace) -> int:
             raise TinyStoriesError(f"--api-key-env {cfg.api_key_env}: that environment variable is empty or unset")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    app = create_app(load_models(cfg.models, cfg.device), key, cfg.max_batch, extensions=[attention_api.install])
-    print(f"playground: http://{cfg.host}:{cfg.port}/   API: http://{cfg.host}:{cfg.port}/v1")
-    serve(app, cfg.host, cfg.port)
+    app = create_app(load_models(cfg.models, cfg.device), key, cfg.limits, extensions=[attention_api.install])
+    print(f"playground: http://{cfg.host}:{cfg.port}/   API: http://{cfg.host}:{cfg.port}/v1", flush=True)
+    serve(app, cfg.host, cfg.port, cfg.limits.shutdown_grace_s)
     return 0
 
 

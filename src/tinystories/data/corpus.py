@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from tinystories.errors import TinyStoriesError
 from tinystories.tokenizer import EOS_TEXT
@@ -46,26 +47,49 @@ def repair_mojibake(text: str) -> str:
     return _MOJIBAKE.sub(_fix_run, text) if "\u00c2" <= max(text, default="a") else text
 
 
+# What to do with bytes that are not UTF-8 (and text that is not valid Unicode): the one policy
+# every reader follows. strict: stop with the file and byte offset; replace: U+FFFD; skip: drop
+# the story that holds them.
+EncodingErrors = Literal["strict", "replace", "skip"]
+_SURROGATE = re.compile("[\ud800-\udfff]")  # never in valid text; how undecodable bytes are carried
+
+
 @dataclass
 class CorpusStats:
     read: int = 0
     repaired: int = 0
     empty: int = 0
     duplicates: int = 0
+    undecodable: int = 0  # stories with invalid UTF-8 or lone surrogates (replaced or skipped)
     kept: int = 0
     sources: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.kept} stories kept of {self.read} read "
-                f"({self.repaired} repaired, {self.empty} empty, {self.duplicates} duplicates)")
+                f"({self.repaired} repaired, {self.empty} empty, {self.duplicates} duplicates"
+                + (f", {self.undecodable} with invalid UTF-8" if self.undecodable else "") + ")")
 
 
-def _read_txt(path: Path) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8")
-    yield from text.split(EOS_TEXT)
+def decode(data: bytes, where: str, errors: EncodingErrors, offset: int = 0) -> str:
+    """UTF-8 `data` as text. Invalid bytes stop a strict read with the byte offset in the file;
+    otherwise they are carried as lone surrogates, which `clean_stories` replaces or skips."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if errors == "strict":
+            bad = data[exc.start:exc.start + 4].hex(" ")
+            raise TinyStoriesError(
+                f"{where}: invalid UTF-8 at byte {offset + exc.start} ({bad}); fix the file, or pass "
+                "--encoding-errors replace (bad bytes become U+FFFD) or skip (drop the stories that "
+                "hold them)") from None
+        return data.decode("utf-8", "surrogateescape")
 
 
-def _read_json_records(path: Path, text_field: str) -> Iterator[str]:
+def _read_txt(path: Path, errors: EncodingErrors) -> Iterator[str]:
+    yield from decode(path.read_bytes(), str(path), errors).split(EOS_TEXT)
+
+
+def _read_json_records(path: Path, text_field: str, errors: EncodingErrors) -> Iterator[str]:
     def pick(obj: object, where: str) -> str:
         if not isinstance(obj, dict) or text_field not in obj:
             raise TinyStoriesError(f"{where}: expected an object with a {text_field!r} field "
@@ -76,8 +100,11 @@ def _read_json_records(path: Path, text_field: str) -> Iterator[str]:
         return value
 
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        offset = 0
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = decode(raw, f"{path}:{lineno}", errors, offset)
+                offset += len(raw)
                 if not line.strip():
                     continue
                 try:
@@ -87,7 +114,7 @@ def _read_json_records(path: Path, text_field: str) -> Iterator[str]:
                 yield pick(obj, f"{path}:{lineno}")
         return
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(decode(path.read_bytes(), str(path), errors))
     except json.JSONDecodeError as exc:
         raise TinyStoriesError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if isinstance(data, dict):  # {"data": [...]} or a single record
@@ -122,7 +149,8 @@ def _read_datasets(source: str, split: str, text_field: str) -> Iterator[str]:
         yield row[text_field]
 
 
-def iter_raw_stories(source: str, split: str = "train", text_field: str = "text") -> Iterator[str]:
+def iter_raw_stories(source: str, split: str = "train", text_field: str = "text",
+                     errors: EncodingErrors = "strict") -> Iterator[str]:
     """Stories exactly as stored (no repair, no filtering)."""
     if source in BUNDLED:
         source = str(resource_path(BUNDLED[source]))
@@ -137,13 +165,13 @@ def iter_raw_stories(source: str, split: str = "train", text_field: str = "text"
         jsonl = sorted(path.glob("*.jsonl"))
         if jsonl and not list(path.glob("*.parquet")) and not (path / "dataset_info.json").exists():
             for p in jsonl:
-                yield from _read_json_records(p, text_field)
+                yield from _read_json_records(p, text_field, errors)
         else:
             yield from _read_datasets(source, split, text_field)
     elif path.suffix == ".txt":
-        yield from _read_txt(path)
+        yield from _read_txt(path, errors)
     elif path.suffix in (".jsonl", ".json"):
-        yield from _read_json_records(path, text_field)
+        yield from _read_json_records(path, text_field, errors)
     elif path.suffix == ".parquet":
         yield from _read_datasets(source, split, text_field)
     else:
@@ -151,13 +179,22 @@ def iter_raw_stories(source: str, split: str = "train", text_field: str = "text"
                                "(use .txt, .jsonl, .json or .parquet)")
 
 
-def clean_stories(raw: Iterable[str], stats: CorpusStats | None = None,
-                  dedupe: bool = True) -> Iterator[str]:
-    """Repair mojibake, strip, drop empty stories and exact duplicates, counting each."""
+def clean_stories(raw: Iterable[str], stats: CorpusStats | None = None, dedupe: bool = True,
+                  errors: EncodingErrors = "strict", where: str = "corpus") -> Iterator[str]:
+    """Repair mojibake, strip, drop empty stories and exact duplicates, counting each; text that
+    is not valid Unicode (invalid bytes, lone surrogates from JSON escapes) follows `errors`."""
     stats = stats if stats is not None else CorpusStats()
     seen: set[int] = set()
     for story in raw:
         stats.read += 1
+        if bad := _SURROGATE.search(story):
+            if errors == "strict":
+                raise TinyStoriesError(f"{where}: story {stats.read} is not valid Unicode (lone surrogate "
+                                       f"{bad.group()!r}); pass --encoding-errors replace or skip")
+            stats.undecodable += 1
+            if errors == "skip":
+                continue
+            story = _SURROGATE.sub("\ufffd", story)
         fixed = repair_mojibake(story).strip()
         if fixed != story.strip():
             stats.repaired += 1
@@ -175,13 +212,13 @@ def clean_stories(raw: Iterable[str], stats: CorpusStats | None = None,
 
 
 def read_stories(sources: str | list[str], split: str = "train", text_field: str = "text",
-                 dedupe: bool = True) -> tuple[list[str], CorpusStats]:
+                 dedupe: bool = True, errors: EncodingErrors = "strict") -> tuple[list[str], CorpusStats]:
     """All clean stories of one or several sources, with counts of what was repaired or dropped."""
     sources = [sources] if isinstance(sources, str) else sources
     stats = CorpusStats(sources=list(sources))
     stories: list[str] = []
     for src in sources:
-        stories.extend(clean_stories(iter_raw_stories(src, split, text_field), stats, dedupe))
+        stories.extend(clean_stories(iter_raw_stories(src, split, text_field, errors), stats, dedupe, errors, src))
     if not stories:
         raise TinyStoriesError(f"corpus {', '.join(sources)} holds no stories ({stats.summary()})")
     return stories, stats

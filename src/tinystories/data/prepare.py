@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinystories.config import Config, setting
+from tinystories.data.corpus import EncodingErrors
 from tinystories.utils import write_json
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ class PrepareConfig(Config):
                                          "(the paper's tokenizer)")
     text_field: str = setting("text", "JSON field holding the story")
     split: str = setting("train", "split of a Hugging Face dataset")
+    encoding_errors: EncodingErrors = setting("strict", "invalid UTF-8 in a corpus: strict (stop, naming the file "
+                                                        "and byte), replace (U+FFFD) or skip (drop the story)")
 
     where = "pretokenize"
 
@@ -40,7 +43,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, TokenFileInf
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     valid_stats = CorpusStats()  # stays empty when there is no validation corpus
-    train, train_stats = read_stories(cfg.train, cfg.split, cfg.text_field)
+    train, train_stats = read_stories(cfg.train, cfg.split, cfg.text_field, errors=cfg.encoding_errors)
     log.info("train corpus: %s", train_stats.summary())
     if cfg.tokenizer:
         tokenizer = Tokenizer.from_file(cfg.tokenizer)
@@ -51,7 +54,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, TokenFileInf
     tokenizer.save(out / "tokenizer.json")
     infos = {"train": pretokenize(train, tokenizer, out / "train.bin", progress=progress)}
     if cfg.valid:
-        valid, valid_stats = read_stories(cfg.valid, "validation", cfg.text_field)
+        valid, valid_stats = read_stories(cfg.valid, "validation", cfg.text_field, errors=cfg.encoding_errors)
         log.info("valid corpus: %s", valid_stats.summary())
         infos["valid"] = pretokenize(valid, tokenizer, out / "valid.bin", progress=progress)
     write_json(out / "prepare.json", {

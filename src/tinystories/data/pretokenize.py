@@ -69,8 +69,11 @@ def pretokenize(stories: Sequence[str], tokenizer: Tokenizer, out_path: str | Pa
     return info
 
 
-def load_tokens(path: str | Path, tokenizer: Tokenizer | None = None) -> tuple[np.memmap, TokenFileInfo]:
-    """Memory-map a token file; with `tokenizer`, check the ids were made by it."""
+def load_tokens(path: str | Path, tokenizer: Tokenizer | None = None,
+                vocab_size: int | None = None) -> tuple[np.memmap, TokenFileInfo]:
+    """Memory-map a token file; with `tokenizer`, check the ids were made by it; with
+    `vocab_size`, check every id is below it (a scan of the file, ~1 GB/s), so a bad file fails
+    here with its name, not as an index error in the middle of training."""
     path = Path(path)
     meta = path.with_suffix(".json")
     if not path.exists() or not meta.exists():
@@ -86,4 +89,13 @@ def load_tokens(path: str | Path, tokenizer: Tokenizer | None = None) -> tuple[n
     if tokenizer is not None and tokenizer.fingerprint != info.tokenizer_fingerprint:
         raise TinyStoriesError(f"{path} was made with a different tokenizer "
                                f"({info.tokenizer_fingerprint}, this one is {tokenizer.fingerprint})")
-    return np.memmap(path, dtype=DTYPE, mode="r"), info
+    tokens = np.memmap(path, dtype=DTYPE, mode="r")
+    if vocab_size is not None:
+        for start in range(0, len(tokens), 1 << 24):
+            chunk = tokens[start:start + (1 << 24)]
+            if len(chunk) and int(chunk.max()) >= vocab_size:
+                where = start + int(np.argmax(chunk >= vocab_size))
+                raise TinyStoriesError(f"{path}: token {where} has id {int(tokens[where])}, beyond the model's "
+                                       f"vocabulary of {vocab_size}: the file is corrupt or was made for another "
+                                       "tokenizer; run `tinystories pretokenize` again")
+    return tokens, info

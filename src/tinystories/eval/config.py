@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tinystories.config import Config, setting
+from tinystories.data.corpus import EncodingErrors
 from tinystories.errors import TinyStoriesError
 from tinystories.infer.params import SamplingParams
 from tinystories.llm_client import ClientConfig
@@ -32,6 +33,8 @@ class SuiteConfig(Config):
     train: str = setting("bundled:train", "training stories for the memorisation check (any corpus source)")
     workers: int = setting(1, "processes indexing the training stories", ge=1, le=1024)
     data: str = setting("bundled:valid", "stories scored for bits per byte (any corpus source)")
+    encoding_errors: EncodingErrors = setting("strict", "invalid UTF-8 in a corpus: strict (stop, naming the file "
+                                                        "and byte), replace (U+FFFD) or skip (drop the story)")
     max_stories: int = setting(0, "score only the first N stories (0 = all)", ge=0)
     stride: int = setting(0, "sliding-window stride for stories longer than the context (0 = half of it)",
                           ge=0)

@@ -8,6 +8,13 @@ would alone). Finished or cancelled rows leave the batch at the next step. Each 
 its own temperature / top-k / top-p and its own random generator (so a `seed` makes a
 request reproducible whatever else is in the batch).
 
+Scheduling is fair across requests (a row carries its request's `job`): a request may hold
+at most its share of the batch (the slots divided among the requests running or waiting), and
+`reserved` slots beyond `max_batch` are only ever given to requests that don't already fill
+a batch, so a newcomer is admitted at the next step however large the requests already
+running are, and one large request still gets the whole `max_batch`. A failure while admitting rows fails only those
+rows; the running batch goes on.
+
 Rows report to their consumer through a callback, and `after_step` runs once each step's
 events are out (the server collects events there and wakes its asyncio loop once per step,
 not once per token). Text is detokenized here, incrementally (a short window per token, not
@@ -18,6 +25,7 @@ string.
 from __future__ import annotations
 
 import threading
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,8 +50,10 @@ class Event:
 
 
 class Row:
-    def __init__(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None]) -> None:
+    def __init__(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None],
+                 job: object = None) -> None:
         self.prompt, self.params, self.emit = prompt, params, emit
+        self.job = job if job is not None else self  # the request the row belongs to (fair shares)
         self.ids: list[int] = []
         self.text = ""  # decoded text of ids[:read]
         self.prefix = self.read = 0  # the window ids[prefix:] that `_detokenize` decodes
@@ -75,11 +85,12 @@ class Engine:
     """
 
     def __init__(self, loaded: LoadedModel, max_batch: int = 64, start: bool = True,
-                 after_step: Callable[[], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None, reserved: int = 0) -> None:
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.ctx = self.model.cfg.context_length
         self.device = self.model.tok_emb.weight.device
         self.max_batch = max_batch
+        self.reserved = reserved
         self.slots: list[Row | None] = []
         self.waiting: list[Row] = []
         self.cache: KVCache | None = None
@@ -97,19 +108,56 @@ class Engine:
         """The requests being generated now."""
         return [r for r in self.slots if r is not None]
 
-    def submit(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None]) -> Row:
-        row = Row(prompt, params, emit)
+    def submit(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None],
+               job: object = None) -> Row:
+        row = Row(prompt, params, emit, job)
         with self.wake:
             self.waiting.append(row)
             self.wake.notify()
         return row
 
     def close(self) -> None:
+        """Stop: rows still waiting or running end with finish_reason "cancelled"."""
         with self.wake:
             self.stopped = True
             self.wake.notify()
         if self.thread.is_alive():
             self.thread.join(timeout=10)
+        with self.wake:
+            left, self.waiting = [*self.waiting, *self.rows], []
+        for row in left:
+            self._fail(row, "cancelled", "")
+        if left and self.after_step is not None:
+            self.after_step()
+
+    def pick(self) -> list[Row]:
+        """The waiting rows to admit now (call with `self.wake` held): round robin over requests,
+        each up to its fair share of `max_batch + reserved` slots and never beyond `max_batch`."""
+        self.waiting = [r for r in self.waiting if not r.cancelled]
+        if not self.waiting:
+            return []
+        running = Counter(r.job for r in self.rows)
+        jobs = list(dict.fromkeys([*running, *(r.job for r in self.waiting)]))
+        slots = self.max_batch + self.reserved
+        share = min(self.max_batch, -(-slots // len(jobs)))
+        queues = {j: deque(r for r in self.waiting if r.job is j) for j in jobs}
+        room, picked = slots - len(self.rows), []
+        while room > 0:
+            ready = [j for j in jobs if queues[j] and running[j] < share]
+            if not ready:
+                break
+            for j in ready[:room]:
+                picked.append(queues[j].popleft())
+                running[j] += 1
+            room = slots - len(self.rows) - len(picked)
+        chosen = {id(r) for r in picked}
+        self.waiting = [r for r in self.waiting if id(r) not in chosen]
+        return picked
+
+    def _fail(self, row: Row, reason: str, message: str) -> None:
+        if not row.finished:
+            row.finish_reason = reason
+            row.emit(Event(message, [], [], [], reason, len(row.ids)))
 
     # ------------------------------------------------------------ the loop
     def _loop(self) -> None:
@@ -119,15 +167,12 @@ class Engine:
                     self.wake.wait()
                 if self.stopped:
                     return
-                room = self.max_batch - len(self.rows)
-                new, self.waiting = self.waiting[:room], self.waiting[room:]
+                new = self.pick()
             try:
                 self.step(new)
             except Exception as exc:  # noqa: BLE001 -- one bad step must not kill the server: fail its rows
-                for row in {id(r): r for r in self.rows + new}.values():
-                    if not row.finished:
-                        row.finish_reason = "error"
-                        row.emit(Event(f"[engine error: {exc}]", [], [], [], "error", len(row.ids)))
+                for row in self.rows + new:
+                    self._fail(row, "error", f"[engine error: {exc}]")
                 self.slots, self.cache = [], None
                 self.last = self.last[:0]
             if self.after_step is not None:
@@ -139,7 +184,11 @@ class Engine:
         self._release_finished()
         new = [r for r in new if not r.cancelled]
         if new:
-            self._admit(new)
+            try:
+                self._admit(new)
+            except Exception as exc:  # noqa: BLE001 -- only the rows being admitted fail; the batch runs on
+                for row in new:
+                    self._fail(row, "error", f"[engine error: {exc}]")
             self._release_finished()
         if self.rows:
             c = self.cache
@@ -169,10 +218,15 @@ class Engine:
             self._compact()
 
     def _admit(self, new: list[Row]) -> None:
-        """Prefill the new prompts together and put them into the running batch."""
+        """Prefill the new prompts together and put them into the running batch.
+
+        Everything that can fail (the forward pass, the first draw) happens before the
+        batch is touched, so a failure here leaves the running rows as they were.
+        """
         idx, pad = left_pad([r.prompt for r in new], self.tokenizer.eos_id, self.device)
         cache = self.model.new_cache(len(new), self.ctx, pad)
         logits, _ = self.model(idx, cache=cache)
+        nxt, logprobs = self._choose(logits[:, -1], new)
         if self.cache is None:  # the new rows become the batch
             self.cache, self.slots = cache, list(new)
             self.last = torch.zeros(len(new), dtype=torch.long, device=self.device)
@@ -196,7 +250,7 @@ class Engine:
             self.cache.write_rows(where, cache)
             for slot, row in zip(free, new):
                 self.slots[slot] = row
-        self._sample(logits[:, -1], new, where)
+        self._report(new, nxt, logprobs, where)
 
     def _compact(self) -> None:
         """Keep only the live slots (one copy), and trim slots that are padding in all of them."""
@@ -212,19 +266,23 @@ class Engine:
         logits, _ = self.model(self.last[:, None], cache=self.cache)
         self.steps += 1
         live = self._live()
-        if len(live) == len(self.slots):  # no free slot: no gather needed
-            self._sample(logits[:, -1], self.rows, slice(None))
-            return
-        where = torch.tensor(live, device=self.device)
-        self._sample(logits[where, -1], self.rows, where)  # the rows in the live slots, in order
+        where: torch.Tensor | slice = slice(None)  # no free slot: no gather needed
+        if len(live) < len(self.slots):
+            where = torch.tensor(live, device=self.device)  # the rows in the live slots, in order
+        rows = self.rows
+        self._report(rows, *self._choose(logits[where, -1], rows), where)
 
     # ------------------------------------------------------------ sampling and output
-    def _sample(self, logits: torch.Tensor, rows: list[Row], where: torch.Tensor | slice) -> None:
-        """Pick the next token of `rows` (in batch slots `where`) and report it."""
-        nxt = sample(logits, [r.params for r in rows], [r.generator for r in rows])
-        self.last[where] = nxt
-        # Log-probabilities under the model itself (temperature 1), as OpenAI's logprobs report.
+    def _choose(self, logits: torch.Tensor, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next token of each row, and the model's log-probabilities (temperature 1, as OpenAI's
+        logprobs report)."""
         logprobs = logits.float().log_softmax(-1)
+        return sample(logits, [r.params for r in rows], [r.generator for r in rows], logprobs), logprobs
+
+    def _report(self, rows: list[Row], nxt: torch.Tensor, logprobs: torch.Tensor,
+                where: torch.Tensor | slice) -> None:
+        """Record the chosen tokens of `rows` (in batch slots `where`) and tell their consumers."""
+        self.last[where] = nxt
         chosen, chosen_lp = nxt.tolist(), logprobs.gather(1, nxt[:, None])[:, 0].tolist()
         for i, row in enumerate(rows):
             top = {}

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from tinystories.errors import TinyStoriesError
 from tinystories.infer.engine import Event
 from tinystories.infer.params import MAX_LOGPROBS, MAX_STOPS, SamplingParams
+from tinystories.infer.server_config import Limits
 from tinystories.tokenizer import Tokenizer
 
 MAX_N = 16
@@ -64,7 +65,33 @@ def stops(body: dict[str, Any]) -> list[str]:
     return items
 
 
-def chat_prompt(messages: Any) -> str:
+def check_text(body: Any) -> None:
+    """Every string in a request must be valid Unicode: JSON can carry a lone surrogate
+    (``"\\ud800"``), which no tokenizer can encode."""
+    todo = [body]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ApiError(400, f"text contains a lone surrogate ({item[exc.start]!r} at character "
+                                    f"{exc.start}); send valid Unicode", code="invalid_text") from None
+        elif isinstance(item, dict):
+            todo += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            todo += item
+
+
+def _check_size(texts: list[str], limits: Limits, param: str) -> None:
+    size = sum(len(t.encode("utf-8")) for t in texts)
+    if size > limits.max_prompt_bytes:
+        raise ApiError(400, f"the prompt text is {size} bytes, over this server's limit of "
+                            f"{limits.max_prompt_bytes} (far beyond any story model's context)", param,
+                       "prompt_too_large")
+
+
+def chat_prompt(messages: Any, limits: Limits | None = None) -> str:
     """The story text a chat conversation stands for.
 
     A story model follows no instructions, so the conversation is read as one story
@@ -87,14 +114,20 @@ def chat_prompt(messages: Any) -> str:
             raise ApiError(400, f"messages[{i}].content must be a string", f"messages[{i}].content")
         if m["role"] in ("user", "assistant") and content.strip():
             parts.append(content.strip())
+    if limits is not None:
+        _check_size(parts, limits, "messages")
     return " ".join(parts)
 
 
-def completion_texts(body: dict[str, Any]) -> list[str]:
+def completion_texts(body: dict[str, Any], limits: Limits) -> list[str]:
     prompt = body.get("prompt", "")
     texts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", "prompt")
+    if len(texts) > limits.max_prompts:
+        raise ApiError(400, f"{len(texts)} prompts in one request; this server takes at most {limits.max_prompts}",
+                       "prompt", "too_many_prompts")
+    _check_size(texts, limits, "prompt")
     if body.get("echo"):
         raise ApiError(400, "'echo' is not supported", "echo")
     return texts
@@ -127,9 +160,12 @@ def sampling_params(body: dict[str, Any], max_new_tokens: int, logprobs: int) ->
 
 
 def make_job(model: str, body: dict[str, Any], texts: list[str], logprobs: int, tokenizer: Tokenizer,
-             context: int) -> Job:
-    """Rows for `texts` (n choices each) with budget and context checks."""
+             context: int, limits: Limits) -> Job:
+    """Rows for `texts` (n choices each) with budget, context and size checks."""
     n = field(body, "n", int, 1, 1, MAX_N)
+    if len(texts) * n > limits.max_rows:
+        raise ApiError(400, f"{len(texts)} prompts x n={n} = {len(texts) * n} rows; this server takes at most "
+                            f"{limits.max_rows} per request", "n", "too_many_rows")
     max_tokens = field(body, "max_tokens", int, None, 1, None)
     if "max_completion_tokens" in body:
         max_tokens = field(body, "max_completion_tokens", int, None, 1, None)

@@ -8,6 +8,7 @@ same seed and settings write the same story everywhere.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 import torch
@@ -44,7 +45,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tup
 
 
 def _setup(model: GPT, prompts: list[list[int]], params: SamplingParams | Sequence[SamplingParams], eos_id: int
-           ) -> tuple[torch.Tensor, torch.Tensor | None, int, list[SamplingParams], list[torch.Generator]]:
+           ) -> tuple[torch.Tensor, torch.Tensor | None, int, list[SamplingParams], list[random.Random]]:
     device = model.tok_emb.weight.device
     idx, pad = left_pad(prompts, eos_id, device)
     ctx = model.cfg.context_length

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import secrets
 import sys
 import threading
@@ -33,14 +35,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinystories.errors import TinyStoriesError
 from tinystories.infer import openai_api
 from tinystories.infer.engine import Engine, Event
 from tinystories.infer.openai_api import ApiError, Format, Job
+from tinystories.infer.server_config import Limits
 from tinystories.model.checkpoint import LoadedModel
 from tinystories.model.loader import load_any
 
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 Extension = Callable[[FastAPI], None]  # adds routes to the app
 
@@ -88,15 +93,17 @@ class Mailbox:
 
 
 # ---------------------------------------------------------------- the app
-def create_app(models: dict[str, LoadedModel], api_key: str | None = None, max_batch: int = 64,
+def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limits: Limits | None = None,
                extensions: Sequence[Extension] = ()) -> FastAPI:
     """The app serving `models` (name -> model); `extensions` add more routes (see module doc).
 
     Routes added by extensions find the models in ``app.state.served`` and check the API key
     with ``app.state.check(request)``; `body_of` and `model_of` below are theirs to use too.
     """
+    limits = limits or Limits()
     mailbox = Mailbox()
-    served = {name: Served(name, lm, Engine(lm, max_batch, after_step=mailbox.flush), int(time.time()))
+    served = {name: Served(name, lm, Engine(lm, limits.max_batch, after_step=mailbox.flush,
+                                            reserved=limits.reserved_slots), int(time.time()))
               for name, lm in models.items()}
 
     @asynccontextmanager
@@ -115,11 +122,23 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, max_b
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
                            code="invalid_api_key", kind="authentication_error")
 
-    app.state.served, app.state.mailbox, app.state.check = served, mailbox, check
+    app.state.served, app.state.mailbox, app.state.check, app.state.limits = served, mailbox, check, limits
 
+    # One error shape for everything the app answers: OpenAI's {"error": {...}}.
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind=kind).response()
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return ApiError(500, f"internal error ({type(exc).__name__}); the server log has the details",
+                        kind="server_error").response()
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -135,21 +154,22 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, max_b
     async def completions(request: Request) -> Any:
         body = await body_of(request)
         s = model_of(app, body)
-        texts = openai_api.completion_texts(body)
-        j = openai_api.make_job(s.name, body, texts, openai_api.completion_logprobs(body), s.loaded.tokenizer,
-                                s.loaded.model.cfg.context_length)
+        texts = openai_api.completion_texts(body, limits)
+        j = await asyncio.to_thread(  # tokenizing is CPU work: off the event loop
+            openai_api.make_job, s.name, body, texts, openai_api.completion_logprobs(body), s.loaded.tokenizer,
+            s.loaded.model.cfg.context_length, limits)
         fmt = openai_api.CompletionFormat(j, s.loaded.tokenizer, "logprobs" in body and body["logprobs"] is not None)
-        return await respond(s, j, fmt, mailbox)
+        return await respond(request, s, j, fmt, mailbox)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         body = await body_of(request)
         s = model_of(app, body)
-        text = openai_api.chat_prompt(body.get("messages"))
-        logprobs = openai_api.chat_logprobs(body)
-        j = openai_api.make_job(s.name, body, [text], logprobs, s.loaded.tokenizer, s.loaded.model.cfg.context_length)
+        text = openai_api.chat_prompt(body.get("messages"), limits)
+        j = await asyncio.to_thread(openai_api.make_job, s.name, body, [text], openai_api.chat_logprobs(body),
+                                    s.loaded.tokenizer, s.loaded.model.cfg.context_length, limits)
         fmt = openai_api.ChatFormat(j, s.loaded.tokenizer, bool(body.get("logprobs")))
-        return await respond(s, j, fmt, mailbox)
+        return await respond(request, s, j, fmt, mailbox)
 
     for extension in extensions:
         extension(app)
@@ -163,15 +183,32 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, max_b
 
 
 async def body_of(request: Request) -> dict[str, Any]:
-    """The request's JSON object body, after the API key check."""
+    """The request's JSON object body, after the API key check: the one place bodies are parsed.
+
+    Refused with a 4xx: a body over the size limit, invalid JSON or UTF-8, JSON nested too deep
+    to parse, a top level that is not an object, and text with lone surrogates (which no
+    tokenizer can encode).
+    """
     request.app.state.check(request)
-    raw = await request.body()
+    limit = request.app.state.limits.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit}", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
     try:
-        body = json.loads(raw)
+        body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON ({exc})", code="invalid_json") from exc
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    openai_api.check_text(body)
     return body
 
 
@@ -202,10 +239,11 @@ async def run_rows(s: Served, j: Job, mailbox: Mailbox) -> AsyncIterator[list[tu
     post = mailbox.post
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     rows = []
+    job = object()  # the engine shares its batch fairly between requests
     for i, params in enumerate(j.params):
         def emit(ev: Event, i: int = i) -> None:
             post(queue, (i, ev))
-        rows.append(s.engine.submit(j.prompts[i // j.n], params, emit))
+        rows.append(s.engine.submit(j.prompts[i // j.n], params, emit, job))
     left = len(rows)
     try:
         while left:
@@ -219,20 +257,35 @@ async def run_rows(s: Served, j: Job, mailbox: Mailbox) -> AsyncIterator[list[tu
             row.cancel()
 
 
-def _engine_failed(ev: Event) -> ApiError:
+def _failed(ev: Event) -> ApiError:
+    if ev.finish_reason == "cancelled":
+        return ApiError(503, "the server is shutting down; retry elsewhere or later", code="shutting_down",
+                        kind="server_error")
     return ApiError(500, f"generation failed: {ev.text}", code="engine_error", kind="server_error")
 
 
-async def respond(s: Served, j: Job, fmt: Format, mailbox: Mailbox) -> Any:
+ENDED = ("error", "cancelled")
+
+
+async def respond(request: Request, s: Served, j: Job, fmt: Format, mailbox: Mailbox) -> Any:
     if j.stream:
         return StreamingResponse(stream(s, j, fmt, mailbox), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     events: dict[int, list[Event]] = {i: [] for i in range(len(j.params))}
-    async for batch in run_rows(s, j, mailbox):
-        for i, ev in batch:
-            if ev.finish_reason == "error":
-                raise _engine_failed(ev)
-            events[i].append(ev)
+
+    async def collect() -> None:
+        async for batch in run_rows(s, j, mailbox):
+            for i, ev in batch:
+                if ev.finish_reason in ENDED:
+                    raise _failed(ev)
+                events[i].append(ev)
+
+    task = asyncio.ensure_future(collect())
+    while not task.done():  # a client that hangs up stops its rows, streamed or not
+        await asyncio.wait([task], timeout=0.25)
+        if not task.done() and await request.is_disconnected():
+            task.cancel()
+    await task  # (raises CancelledError if the client left: nobody is there to answer)
     completion = sum(evs[-1].completion_tokens for evs in events.values())
     choices = [fmt.final_choice(i, "".join(e.text for e in evs), evs) for i, evs in events.items()]
     return {**fmt.header(fmt.object_name), "choices": choices, "usage": fmt.usage(completion)}
@@ -243,8 +296,8 @@ async def stream(s: Served, j: Job, fmt: Format, mailbox: Mailbox) -> AsyncItera
     async for batch in run_rows(s, j, mailbox):
         out: list[str] = []
         for i, ev in batch:
-            if ev.finish_reason == "error":
-                yield "".join(out) + f"data: {json.dumps(_engine_failed(ev).body())}\n\n"
+            if ev.finish_reason in ENDED:
+                yield "".join(out) + f"data: {json.dumps(_failed(ev).body())}\n\n"
                 yield "data: [DONE]\n\n"
                 return
             completion[i] = ev.completion_tokens
@@ -290,11 +343,12 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
         thread.join(timeout=30)
 
 
-def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run `app` in the foreground until interrupted."""
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, grace_s: float = 5.0) -> None:
+    """Run `app` in the foreground until SIGTERM or Ctrl-C; running requests get `grace_s`
+    seconds to finish, then their rows are cancelled and their streams closed."""
     import uvicorn
 
     # The engine thread and the event loop share the GIL; a short switch interval keeps the
     # engine from waiting up to 5 ms for it each time a torch op hands it back.
     sys.setswitchinterval(0.0005)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=math.ceil(grace_s))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tinystories.config import Config, setting
+from tinystories.data.corpus import EncodingErrors
 
 DEFAULT_TEXT = ("Once upon a time, there was a little girl named Lily. She loved to play with her ball in "
                 "the park. One day, Lily saw a big dog. She was scared, but the dog was friendly.")
@@ -17,6 +18,8 @@ class InterpretConfig(Config):
     text: str = setting(DEFAULT_TEXT, "the story the attention heatmaps show")
     corpus: str = setting("bundled:valid", "stories searched for neuron activations and averaged over for "
                                            "head measures (file, folder, hf:NAME, bundled:train|valid)")
+    encoding_errors: EncodingErrors = setting("strict", "invalid UTF-8 in a corpus: strict (stop, naming the file "
+                                                        "and byte), replace (U+FFFD) or skip (drop the story)")
     layer: int = setting(0, "MLP layer whose neurons are searched", ge=0)
     top_k: int = setting(8, "top activations kept per neuron and random direction", ge=1, le=1000)
     n_units: int = setting(6, "neurons (and random directions) shown", ge=1, le=1000, flag="units")

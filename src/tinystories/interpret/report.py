@@ -108,7 +108,7 @@ def build_report(loaded: LoadedModel, cfg: InterpretConfig, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "interpret_config.json", asdict(cfg))
     device = next(model.parameters()).device
-    stories, _ = read_stories(cfg.corpus)
+    stories, _ = read_stories(cfg.corpus, errors=cfg.encoding_errors)
     if cfg.max_stories:
         stories = stories[:cfg.max_stories]
     if not stories:

@@ -195,12 +195,12 @@ class Trainer:
             raise TinyStoriesError(f"the tokenizer in {data} has {self.tokenizer.vocab_size} tokens but "
                                    f"model.vocab_size is {cfg.model.vocab_size}: set model.vocab_size="
                                    f"{self.tokenizer.vocab_size}")
-        train_tokens, _ = load_tokens(data / "train.bin", self.tokenizer)
+        train_tokens, _ = load_tokens(data / "train.bin", self.tokenizer, cfg.model.vocab_size)
         self.batches = TokenBatches(train_tokens, cfg.model.context_length, cfg.batch_size,
                                     cfg.seed + 1000 * self.dist.rank)
         self.valid: tuple[np.ndarray, TokenFileInfo] | None = None
         if (data / "valid.bin").exists():
-            valid_tokens, valid_info = load_tokens(data / "valid.bin", self.tokenizer)
+            valid_tokens, valid_info = load_tokens(data / "valid.bin", self.tokenizer, cfg.model.vocab_size)
             self.valid = (fixed_windows(valid_tokens, cfg.model.context_length,
                                         cfg.eval_batches * cfg.batch_size), valid_info)
 

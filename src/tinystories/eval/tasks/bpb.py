@@ -16,13 +16,13 @@ if TYPE_CHECKING:
 class BitsPerByte(Task):
     name = "bpb"
     help = "validation bits per byte (exact, per story, sliding window past the context)"
-    options = ("data", "max_stories", "stride", "batch_size")
+    options = ("data", "max_stories", "stride", "batch_size", "encoding_errors")
 
     def prepare(self, suite: Suite) -> list[Pending]:
         from tinystories.data.corpus import read_stories
         from tinystories.eval.bpb import evaluate_bpb
 
-        stories = read_stories(suite.cfg.data)[0]
+        stories = read_stories(suite.cfg.data, errors=suite.cfg.encoding_errors)[0]
         stories = stories[:suite.cfg.max_stories] if suite.cfg.max_stories else stories
         for name in suite.names:
             loaded = suite.model(name)

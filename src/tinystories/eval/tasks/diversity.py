@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class Diversity(Task):
     name = "diversity"
     help = "Rouge-2 memorisation against the training set and within-prompt overlap"
-    options = ("prompts", "samples", "sampling", "batch_size", "train", "workers")
+    options = ("prompts", "samples", "sampling", "batch_size", "train", "workers", "encoding_errors")
 
     def prepare(self, suite: Suite) -> list[Pending]:
         """One pass over the training set for all models' completions."""
@@ -29,7 +29,7 @@ class Diversity(Task):
         from tinystories.eval import rouge
 
         completions = {name: suite.completions(name) for name in suite.names}
-        training, _ = read_stories(suite.cfg.train)
+        training, _ = read_stories(suite.cfg.train, errors=suite.cfg.encoding_errors)
         flat = [(name, c) for name, groups in completions.items() for group in groups for c in group]
         nearest = rouge.max_rouge_precision([c for _, c in flat], training, total=len(training),
                                             workers=suite.cfg.workers, progress=suite.cfg.progress)
