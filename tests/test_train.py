@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -6,14 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tinystories.data.prepare import PrepareConfig, prepare
 from tinystories.errors import TinyStoriesError
 from tinystories.model.checkpoint import load_model
+from tinystories.train.batches import TokenBatches
 from tinystories.train.config import build_train_config
-from tinystories.train.trainer import Trainer, lr_at
+from tinystories.train.optim import lr_factor
+from tinystories.train.trainer import Trainer
 from tinystories.utils import atomic_write
 
 TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.context_length=64",
@@ -39,13 +43,27 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in rows if r["kind"] == "train"]
 
 
-def test_resumed_run_continues_exactly(data_dir: Path, tmp_path: Path) -> None:
+RECIPES = {
+    "adamw-cosine-random": [],
+    "muon-wsd-stories": ["optim.optimizer=muon", "optim.schedule=wsd", "data_order=stories"],
+    "muon-shuffled-modern": ["optim.optimizer=muon", "data_order=shuffled", "model.arch=modern",
+                             "model.qk_norm=true", "model.mlp=relu2"],
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_resumed_run_continues_exactly(recipe: str, data_dir: Path, tmp_path: Path) -> None:
+    def config(out: Path):  # type: ignore[no-untyped-def]
+        return build_train_config(None, TINY + RECIPES[recipe], data_dir=str(data_dir), out_dir=str(out),
+                                  batch_size=4, max_steps=8, eval_interval=4, eval_batches=2, log_interval=1,
+                                  checkpoint_interval=4, progress=False, seed=3, grad_accum=2)
+
     straight = tmp_path / "straight"
-    Trainer(make_config(data_dir, straight, grad_accum=2)).fit()
+    Trainer(config(straight)).fit()
 
     interrupted = tmp_path / "interrupted"
-    Trainer(make_config(data_dir, interrupted, grad_accum=2)).fit(pause_at=4)  # stopped after step 4
-    trainer = Trainer(make_config(data_dir, interrupted, grad_accum=2))
+    Trainer(config(interrupted)).fit(pause_at=4)  # stopped after step 4
+    trainer = Trainer(config(interrupted))
     assert trainer.step == 4
     trainer.fit()
 
@@ -73,11 +91,38 @@ def test_outputs_of_a_run(data_dir: Path, tmp_path: Path) -> None:
     assert build_train_config(out / "config.yaml").max_steps == 30
 
 
-def test_schedule_warms_up_then_decays(data_dir: Path, tmp_path: Path) -> None:
-    cfg = make_config(data_dir, tmp_path, max_steps=100)
-    lrs = [lr_at(cfg, step / 100, step) for step in range(100)]
-    assert lrs[0] < lrs[1] and max(lrs) == pytest.approx(cfg.optim.lr)
-    assert lrs[-1] == pytest.approx(cfg.optim.min_lr, rel=0.01)
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_schedule_warms_up_then_decays(schedule: str, data_dir: Path, tmp_path: Path) -> None:
+    cfg = build_train_config(None, [f"optim.schedule={schedule}", "optim.warmup_steps=10", "optim.decay_frac=0.2"])
+    lrs = [cfg.optim.lr * lr_factor(cfg.optim, step / 100, step) for step in range(101)]
+    assert lrs[0] < lrs[1] < lrs[9] and max(lrs) == pytest.approx(cfg.optim.lr)
+    assert lrs[-1] == pytest.approx(cfg.optim.min_lr, rel=1e-6)
+    if schedule == "wsd":  # stable until 80%, then a straight line down
+        assert lrs[10] == lrs[50] == lrs[80] == cfg.optim.lr
+        assert lrs[90] == pytest.approx((cfg.optim.lr + cfg.optim.min_lr) / 2)
+    else:
+        assert lrs[50] < lrs[10] and lrs[50] == pytest.approx((cfg.optim.lr + cfg.optim.min_lr) / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("order", ["shuffled", "stories"])
+def test_epoch_orders_visit_every_window_once(order: str) -> None:
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 50, size=1000).astype(np.uint16)
+    story_starts = [0, 97, 250, 251, 400, 613, 800]
+    tokens[story_starts] = 0  # EOS
+    batches = TokenBatches(tokens, 20, 4, seed=1, order=order, eos_id=0)
+    starts = sorted(batches._starts_of_epoch().tolist())
+    if order == "stories":  # every window starts at a story's leading EOS
+        assert starts == story_starts
+    else:  # back-to-back windows of context + 1 from a random offset, covering the tokens
+        assert all(b - a == 21 for a, b in itertools.pairwise(starts)) and starts[0] < 21 and starts[-1] + 42 > 1000
+    drawn = []
+    while len(drawn) < len(starts):
+        x, _ = batches.next(torch.device("cpu"))
+        drawn += [tuple(r.tolist()) for r in x]
+    expected = {tuple(tokens[s:s + 20].tolist()) for s in starts}
+    assert set(drawn[:len(starts)]) == expected and len(set(drawn[:len(starts)])) == len(starts)  # each once
+    assert batches.epoch == 1  # the next epoch has begun, with another order
 
 
 def test_resume_refuses_another_model_shape(data_dir: Path, tmp_path: Path) -> None:

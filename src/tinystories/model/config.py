@@ -27,10 +27,17 @@ class GPTConfig(Config):
                                 ge=0)
     norm_eps: float = setting(1e-5, "epsilon of the normalisation layers", gt=0, lt=1)
     rope_theta: float = setting(10000.0, "modern: RoPE base", gt=0)
+    mlp: Literal["auto", "gelu", "swiglu", "relu2"] = setting(
+        "auto", "MLP activation: auto = gelu for neo, swiglu for modern; relu2 = ReLU squared (modern only)")
+    qk_norm: bool = setting(False, "modern: RMS-normalise each head's queries and keys before attention")
+    zero_init_proj: bool = setting(False, "start the layers that write into the residual stream at zero")
 
     where = "model"
 
     def check(self) -> None:
+        if self.arch == "neo" and (self.mlp not in ("auto", "gelu") or self.qk_norm):
+            raise TinyStoriesError("model: neo models are the paper's GPT-Neo (GELU MLP, no QK-norm); use "
+                                   "arch=modern for mlp=swiglu/relu2 or qk_norm")
         if self.d_model % self.n_head:
             raise TinyStoriesError(f"model: d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.arch == "modern" and (self.d_model // self.n_head) % 2:
@@ -42,9 +49,15 @@ class GPTConfig(Config):
         return self.d_model // self.n_head
 
     @property
+    def activation(self) -> str:
+        if self.mlp != "auto":
+            return self.mlp
+        return "gelu" if self.arch == "neo" else "swiglu"
+
+    @property
     def ffn_dim(self) -> int:
         if self.d_ff:
             return self.d_ff
-        if self.arch == "neo":
+        if self.activation != "swiglu":
             return 4 * self.d_model
         return 32 * math.ceil(8 * self.d_model / 3 / 32)  # llama2.c's rule, multiple of 32

@@ -6,7 +6,9 @@ Two architectures share this file:
   GELU MLP, attention scores *not* scaled by 1/sqrt(head_dim) (as GPT-Neo does), and
   optionally local attention on every second layer. Exports to ``GPTNeoForCausalLM``.
 * ``modern``: rotary positions (RoPE), RMSNorm and a SwiGLU MLP, no biases, as in
-  Llama / llama2.c. Exports to ``LlamaForCausalLM``.
+  Llama / llama2.c. Exports to ``LlamaForCausalLM``. Options for new recipes: a ReLU²
+  MLP (``mlp="relu2"``), RMS-normalised queries and keys (``qk_norm``), and output
+  projections that start at zero (``zero_init_proj``).
 
 Hook points. Every activation worth looking at passes through a `HookPoint`, an identity
 module named by its place (``blocks.0.attn.hook_pattern``, ``blocks.1.mlp.hook_post``), as
@@ -196,6 +198,9 @@ class Attention(nn.Module):
         # GPT-Neo leaves scores unscaled; everyone else divides by sqrt(head_dim).
         self.scale = 1.0 if cfg.arch == "neo" else cfg.head_dim ** -0.5
         self.window = cfg.local_window if cfg.arch == "neo" and layer % 2 == 1 else 0
+        # QK-norm: per-head RMSNorm of queries and keys keeps attention logits bounded at high LR.
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         # [B, H, T, head_dim] per head (q, k after RoPE), the pattern [B, H, Tq, Tk], z = pattern @ v.
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_pattern, self.hook_z = HookPoint(), HookPoint()
@@ -204,6 +209,8 @@ class Attention(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
@@ -224,21 +231,23 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.arch = cfg.arch
-        if cfg.arch == "neo":
-            self.fc = nn.Linear(cfg.d_model, cfg.ffn_dim)
-            self.proj = nn.Linear(cfg.ffn_dim, cfg.d_model)
-        else:
+        self.activation = cfg.activation
+        bias = cfg.arch == "neo"
+        if self.activation == "swiglu":
             self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
             self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
-            self.proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+        else:
+            self.fc = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=bias)
+        self.proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=bias)
         self.hook_post = HookPoint()  # the neuron activations [B, T, ffn_dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.arch == "neo":
-            hidden = F.gelu(self.fc(x), approximate="tanh")
-        else:
+        if self.activation == "swiglu":
             hidden = F.silu(self.gate(x)) * self.up(x)
+        elif self.activation == "relu2":
+            hidden = F.relu(self.fc(x)).square()
+        else:
+            hidden = F.gelu(self.fc(x), approximate="tanh")
         return self.proj(self.hook_post(hidden))
 
 
@@ -282,10 +291,14 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
-        # GPT-2's scaled init of the layers that write into the residual stream.
+        # GPT-2's scaled init of the layers that write into the residual stream (or zero: each
+        # block then starts as the identity, and learns what to add).
         for name, p in self.named_parameters():
             if name.endswith(("attn.out.weight", "mlp.proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -102,6 +102,9 @@ def hf_config(cfg: GPTConfig, eos: int) -> Any:
     """The `transformers` config (GPTNeoConfig or LlamaConfig) of the same architecture."""
     from transformers import GPTNeoConfig, LlamaConfig
 
+    if cfg.arch == "modern" and (cfg.activation != "swiglu" or cfg.qk_norm):
+        raise TinyStoriesError("transformers has no Llama with a ReLU² MLP or QK-norm: only modern models with "
+                               "mlp=swiglu and qk_norm=false export to LlamaForCausalLM")
     common: dict[str, Any] = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
                               "bos_token_id": eos, "eos_token_id": eos}
     if cfg.arch == "neo":

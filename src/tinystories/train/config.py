@@ -16,15 +16,27 @@ from tinystories.model.presets import PRESETS
 
 @dataclass(frozen=True)
 class OptimConfig(Config):
-    lr: float = setting(2e-3, "peak learning rate", gt=0, le=10)
-    min_lr: float = setting(2e-4, "the schedule decays to this", ge=0, le=10)
+    optimizer: Literal["adamw", "muon"] = setting("adamw", "adamw everywhere, or muon for the blocks' matrices "
+                                                           "(AdamW for embeddings, output layer, norms)")
+    lr: float = setting(2e-3, "peak learning rate (AdamW)", gt=0, le=10)
+    min_lr: float = setting(2e-4, "the schedule decays to this (AdamW; Muon's in proportion)", ge=0, le=10)
+    muon_lr: float = setting(0.02, "peak learning rate of Muon", gt=0, le=10)
+    muon_momentum: float = setting(0.95, "Muon's momentum", ge=0, lt=1)
+    muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", ge=0, le=10)
+    schedule: Literal["cosine", "wsd"] = setting("cosine", "after warmup: cosine decay, or warmup-stable-decay "
+                                                          "(constant, then linear decay over decay_frac)")
+    decay_frac: float = setting(0.3, "wsd: the share of the run spent decaying", gt=0, le=1)
     warmup_steps: int = setting(100, "linear warmup steps", ge=0)
-    weight_decay: float = setting(0.1, "decoupled weight decay of the matrices", ge=0, le=10)
+    weight_decay: float = setting(0.1, "decoupled weight decay of the matrices (AdamW)", ge=0, le=10)
     beta1: float = setting(0.9, "AdamW beta1", ge=0, lt=1)
     beta2: float = setting(0.95, "AdamW beta2", ge=0, lt=1)
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off)", ge=0)
 
     where = "optim"
+
+    def check(self) -> None:
+        if self.min_lr > self.lr:
+            raise TinyStoriesError(f"optim: min_lr ({self.min_lr}) is above lr ({self.lr})")
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,9 @@ class TrainConfig(Config):
     model: GPTConfig = setting(help="the model's shape", factory=GPTConfig)
     optim: OptimConfig = setting(help="the optimizer and its schedule", factory=OptimConfig)
     batch_size: int = setting(32, "sequences per micro-batch (per process)", ge=1, le=1_000_000)
+    data_order: Literal["random", "shuffled", "stories"] = setting(
+        "random", "training windows: random positions; shuffled = every window once per epoch; stories = "
+                  "each window starts at a story's start, every story once per epoch")
     grad_accum: int = setting(1, "micro-batches per optimizer step", ge=1, le=1_000_000)
     max_steps: int = setting(2000, "optimizer steps", ge=1, le=10**12)
     max_minutes: float = setting(0.0, "stop (and finish the LR schedule) after this much training time; "

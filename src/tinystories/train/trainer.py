@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,16 @@ from tinystories.model.checkpoint import (
 from tinystories.model.gpt import GPT
 from tinystories.model.losses import bits_per_byte
 from tinystories.tokenizer import Tokenizer
+from tinystories.train.batches import TokenBatches
 from tinystories.train.config import TrainConfig, dump_config
 from tinystories.train.metrics import MetricsLog
+from tinystories.train.optim import (
+    load_optimizers,
+    lr_factor,
+    make_optimizers,
+    optimizer_tensors,
+    set_lr,
+)
 from tinystories.utils import atomic_write, pick_device, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -60,31 +66,6 @@ class TrainingLoss(torch.nn.Module):
         return self.model.loss(x, y)
 
 
-class TokenBatches:
-    """Random context windows from a token file, drawn by a seeded generator whose state is saved."""
-
-    def __init__(self, tokens: np.ndarray, context: int, batch: int, seed: int) -> None:
-        if len(tokens) <= context + 1:
-            raise TinyStoriesError(f"token file has {len(tokens)} tokens, fewer than one context "
-                                   f"window of {context + 1}: use more data or a shorter context")
-        self.tokens, self.context, self.batch = tokens, context, batch
-        self.rng = np.random.Generator(np.random.PCG64(seed))
-
-    def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, len(self.tokens) - self.context - 1, size=self.batch)
-        window = np.stack([self.tokens[s:s + self.context + 1] for s in starts]).astype(np.int64)
-        xy = torch.from_numpy(window)
-        if device.type == "cuda":
-            xy = xy.pin_memory().to(device, non_blocking=True)
-        return xy[:, :-1].to(device), xy[:, 1:].to(device)
-
-    def state(self) -> Mapping[str, Any]:
-        return self.rng.bit_generator.state
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.rng.bit_generator.state = state
-
-
 def fixed_windows(tokens: np.ndarray, context: int, count: int) -> np.ndarray:
     """`count` evenly spaced windows covering the validation tokens: the same at every eval."""
     last = len(tokens) - context - 1
@@ -92,15 +73,6 @@ def fixed_windows(tokens: np.ndarray, context: int, count: int) -> np.ndarray:
         raise TinyStoriesError(f"validation set has {len(tokens)} tokens, fewer than one window of {context + 1}")
     starts = np.linspace(0, last, num=max(1, min(count, last + 1))).astype(np.int64)
     return np.stack([tokens[s:s + context + 1] for s in starts]).astype(np.int64)
-
-
-def lr_at(cfg: TrainConfig, progress: float, step: int) -> float:
-    """Linear warmup, then cosine decay to min_lr over `progress` in [0, 1]."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return o.min_lr + (o.lr - o.min_lr) * cosine
 
 
 @dataclass
@@ -141,34 +113,6 @@ class Distributed:
         return out
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    kwargs: dict[str, Any] = {"lr": cfg.optim.lr, "betas": (cfg.optim.beta1, cfg.optim.beta2)}
-    try:  # the fused kernel is the fastest on GPU and on recent CPU builds
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, foreach=device.type != "cpu", **kwargs)
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    sd = opt.state_dict()
-    tensors = {f"{idx}.{k}": v for idx, st in sd["state"].items() for k, v in st.items()}
-    return tensors, sd["param_groups"]
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("rng."):
-            continue
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
 def checkpoint_dir(out_dir: Path) -> Path | None:
     """The newest complete checkpoint (`checkpoint/`, or `checkpoint.old/` if a swap was cut short)."""
     for name in (CHECKPOINT, CHECKPOINT + ".old"):
@@ -197,7 +141,7 @@ class Trainer:
                                    f"{self.tokenizer.vocab_size}")
         train_tokens, _ = load_tokens(data / "train.bin", self.tokenizer, cfg.model.vocab_size)
         self.batches = TokenBatches(train_tokens, cfg.model.context_length, cfg.batch_size,
-                                    cfg.seed + 1000 * self.dist.rank)
+                                    cfg.seed + 1000 * self.dist.rank, cfg.data_order, self.tokenizer.eos_id)
         self.valid: tuple[np.ndarray, TokenFileInfo] | None = None
         if (data / "valid.bin").exists():
             valid_tokens, valid_info = load_tokens(data / "valid.bin", self.tokenizer, cfg.model.vocab_size)
@@ -205,7 +149,7 @@ class Trainer:
                                         cfg.eval_batches * cfg.batch_size), valid_info)
 
         self.model = GPT(cfg.model).to(self.device)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.optimizers = make_optimizers(self.model, cfg.optim)
         self.step = 0
         self.train_seconds = 0.0
         if resume and (ckpt := checkpoint_dir(self.out)) is not None:
@@ -245,7 +189,7 @@ class Trainer:
         self.model.load_state_dict(model_state(loaded.model), strict=False)
         state = json.loads((folder / STATE_NAME).read_text())
         tensors = load_tensors(folder / OPTIMIZER_NAME)
-        load_optimizer(self.optimizer, tensors, state["param_groups"])
+        load_optimizers(self.optimizers, tensors, state.get("optimizers") or [state["param_groups"]])
         self.step = state["step"]
         self.train_seconds = state["train_seconds"]
         rank = self.dist.rank
@@ -267,14 +211,14 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         save_model(tmp, self.model, self.tokenizer, extra={"training": {
             "step": self.step, "tokens": self.step * self.cfg.tokens_per_step * self.dist.world}})
-        tensors, groups = optimizer_tensors(self.optimizer)
+        tensors, groups = optimizer_tensors(self.optimizers)
         tensors.update({f"rng.torch.{r}": s for r, s in enumerate(rng)})
         tensors.update({f"rng.cuda.{r}": s for r, s in enumerate(cuda_rng) if s is not None})
         save_tensors(tensors, tmp / OPTIMIZER_NAME)
         with atomic_write(tmp / "config.yaml") as f:
             f.write(dump_config(self.cfg))
         write_json(tmp / STATE_NAME, {"step": self.step, "train_seconds": self.train_seconds,
-                                      "data_states": data_states, "param_groups": groups})
+                                      "data_states": data_states, "optimizers": groups})
         # Swap in the new checkpoint; at every instant one complete checkpoint exists.
         old = self.out / (CHECKPOINT + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -320,9 +264,7 @@ class Trainer:
 
     def train_step(self) -> float:
         cfg = self.cfg
-        lr = lr_at(cfg, self.progress(), self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizers, lr_factor(cfg.optim, self.progress(), self.step))
         total = 0.0
         for micro in range(cfg.grad_accum):
             x, y = self.batches.next(self.device)
@@ -333,11 +275,14 @@ class Trainer:
             self.scaler.scale(loss).backward()
             total += float(loss.detach())
         if cfg.optim.grad_clip:
-            self.scaler.unscale_(self.optimizer)
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
+        for opt in self.optimizers:
+            self.scaler.step(opt)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         return total
 
     def fit(self, pause_at: int | None = None) -> dict[str, float]:
@@ -370,7 +315,7 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
                 self.log.train(self.step, self.step * tokens_per_step, loss,
-                               self.optimizer.param_groups[0]["lr"], tok_s)
+                               self.optimizers[-1].param_groups[0]["lr"], tok_s)
                 bar.set_postfix(step=self.step, loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", **_short(last_eval))
                 window_start, window_steps = time.perf_counter(), 0
             if self.step % cfg.eval_interval == 0:

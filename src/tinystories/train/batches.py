@@ -1,0 +1,82 @@
+"""Training windows from a token file, in three orders, each resumable exactly.
+
+* ``random``: windows at uniformly random positions (a seeded generator whose state is saved).
+* ``shuffled``: each epoch cuts the tokens into windows at a random offset and visits every
+  window once, in a random order: no part of a small corpus is seen twice before all of it
+  was seen once.
+* ``stories``: each window starts at a story's start (its leading end-of-text token), as
+  evaluation reads stories; every story starts one window per epoch, in a random order.
+
+The state is (epoch, position) and the permutation of an epoch is a pure function of
+(seed, epoch), so a resumed run draws exactly the windows an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinystories.errors import TinyStoriesError
+
+
+class TokenBatches:
+    def __init__(self, tokens: np.ndarray, context: int, batch: int, seed: int, order: str = "random",
+                 eos_id: int = 0) -> None:
+        if len(tokens) <= context + 1:
+            raise TinyStoriesError(f"token file has {len(tokens)} tokens, fewer than one context "
+                                   f"window of {context + 1}: use more data or a shorter context")
+        self.tokens, self.context, self.batch, self.seed, self.order = tokens, context, batch, seed, order
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.epoch, self.pos = 0, 0
+        last = len(tokens) - context - 1  # the last start with a whole window after it
+        if order == "stories":
+            # a story starts at an EOS (the one ending the story before; the file's first token too)
+            eos = np.flatnonzero(np.asarray(tokens[:-1]) == eos_id)
+            self.story_starts = np.concatenate([[0], eos[eos > 0]])
+            self.story_starts = self.story_starts[self.story_starts <= last]
+        self._epoch_starts: np.ndarray | None = None
+
+    def _starts_of_epoch(self) -> np.ndarray:
+        if self._epoch_starts is None:
+            rng = np.random.Generator(np.random.PCG64([self.seed, self.epoch]))
+            if self.order == "stories":
+                starts = self.story_starts
+            else:
+                window = self.context + 1
+                offset = int(rng.integers(0, window))
+                starts = np.arange(offset, len(self.tokens) - window + 1, window)
+            self._epoch_starts = starts[rng.permutation(len(starts))]
+        return self._epoch_starts
+
+    def _next_starts(self) -> np.ndarray:
+        if self.order == "random":
+            return self.rng.integers(0, len(self.tokens) - self.context - 1, size=self.batch)
+        out: list[int] = []
+        while len(out) < self.batch:
+            starts = self._starts_of_epoch()
+            take = starts[self.pos:self.pos + self.batch - len(out)]
+            out.extend(take.tolist())
+            self.pos += len(take)
+            if self.pos >= len(starts):
+                self.epoch, self.pos, self._epoch_starts = self.epoch + 1, 0, None
+        return np.asarray(out)
+
+    def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        window = np.stack([self.tokens[s:s + self.context + 1] for s in self._next_starts()]).astype(np.int64)
+        xy = torch.from_numpy(window)
+        if device.type == "cuda":
+            xy = xy.pin_memory().to(device, non_blocking=True)
+        return xy[:, :-1].to(device), xy[:, 1:].to(device)
+
+    def state(self) -> Mapping[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        if "rng" not in state:  # a checkpoint from before the other orders: the generator's state alone
+            self.rng.bit_generator.state = state
+            return
+        self.rng.bit_generator.state = state["rng"]
+        self.epoch, self.pos, self._epoch_starts = state["epoch"], state["pos"], None

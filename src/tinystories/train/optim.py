@@ -1,0 +1,92 @@
+"""Optimizers and learning-rate schedules.
+
+Two recipes:
+
+* ``adamw``: AdamW on everything (fused kernel where available), weight decay on matrices.
+* ``muon``: Muon (PyTorch's `torch.optim.Muon`: momentum, then the update orthogonalised by
+  Newton-Schulz iterations) for the blocks' hidden matrices, AdamW for the embeddings, the
+  output layer, norms and biases, as Muon's authors prescribe (an embedding row or a
+  vocabulary column is not a linear map whose spectrum should be flattened).
+
+Every param group keeps its peak LR in ``base_lr``; the schedule multiplies it by one factor
+(`lr_factor`): linear warmup, then cosine decay, or warmup-stable-decay (constant, then a
+linear decay over the last ``decay_frac`` of the run), both down to ``min_lr / lr``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from tinystories.model.gpt import GPT
+from tinystories.train.config import OptimConfig
+
+
+def make_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    """The optimizers of `model` (one, or Muon + AdamW), each group with its `base_lr`."""
+    hidden = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+    if cfg.optimizer == "muon":
+        ids = {id(p) for p in hidden}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        muon = torch.optim.Muon([{"params": hidden, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr,
+                                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay, nesterov=True)
+        return [muon, _adamw(rest, cfg)]
+    return [_adamw(list(model.parameters()), cfg)]
+
+
+def _adamw(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+              {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr}]
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
+    try:  # the fused kernel is the fastest on GPU and on recent CPU builds
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def lr_factor(cfg: OptimConfig, progress: float, step: int) -> float:
+    """The schedule's multiplier of every group's `base_lr` at `step`, `progress` in [0, 1]."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    floor = cfg.min_lr / cfg.lr
+    progress = min(max(progress, 0.0), 1.0)
+    if cfg.schedule == "wsd":
+        decay_start = 1.0 - cfg.decay_frac
+        if progress <= decay_start:
+            return 1.0
+        return 1.0 - (1.0 - floor) * (progress - decay_start) / max(cfg.decay_frac, 1e-12)
+    return floor + (1.0 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+
+def optimizer_tensors(optimizers: list[torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    """Every optimizer's state as named tensors (for safetensors) and its param groups (for JSON)."""
+    tensors, groups = {}, []
+    for k, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        prefix = "" if k == 0 else f"opt{k}."  # (one optimizer: the names checkpoints always had)
+        tensors.update({f"{prefix}{idx}.{name}": v for idx, st in sd["state"].items() for name, v in st.items()})
+        groups.append(sd["param_groups"])
+    return tensors, groups
+
+
+def load_optimizers(optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor],
+                    groups: list[Any]) -> None:
+    for k, opt in enumerate(optimizers):
+        prefix = "" if k == 0 else f"opt{k}."
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("rng.") or (k == 0 and key.startswith("opt")) or not key.startswith(prefix):
+                continue
+            idx, name = key[len(prefix):].split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+        opt.load_state_dict({"state": state, "param_groups": groups[k]})
