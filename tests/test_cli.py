@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,25 @@ def test_user_errors_are_one_clear_line(tmp_path: Path, args: list[str], needle:
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and needle in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_run_folders_and_model_names(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A run folder works wherever a model folder does, and models are named after their runs."""
+    from tinystories.infer.server import load_models
+
+    for run in ("demo", "other"):
+        shutil.copytree(tiny_model_dir, tmp_path / run / "checkpoint")
+    models = load_models([str(tmp_path / "demo"), str(tmp_path / "other" / "checkpoint"), f"mine={tiny_model_dir}"])
+    assert list(models) == ["demo", "other", "mine"]
+    p = tinystories("sample", str(tmp_path / "demo"), "--prompt", "Once", "--max-new-tokens", "5")
+    assert p.returncode == 0 and p.stdout.startswith("Once"), p.stderr
+    p = tinystories("export-hf", str(tmp_path / "demo"), str(tmp_path / "hf"))
+    assert p.returncode == 0 and "# demo:" in (tmp_path / "hf" / "README.md").read_text()
+
+
+def test_version_and_a_closed_pipe() -> None:
+    p = tinystories("--version")
+    assert p.returncode == 0 and p.stdout.startswith("tinystories ")
+    p = subprocess.run(f"{sys.executable} -m tinystories.cli presets | head -1", shell=True, check=False, capture_output=True,
+                       text=True, timeout=60)
+    assert p.stdout.startswith("preset") and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr

@@ -126,17 +126,39 @@ def test_parse_grade_accepts_the_judge_format():
     assert parse_pairwise('...\n{"winner": "tie"}') == {"winner": "tie"}
 
 
+FULL = {"grammar": 8, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}
+
+
+@pytest.mark.parametrize("block,missing", [
+    ('{"grammar": 8, "creativity": 6, "consistency": 7, "age_group": "C"}', "'plot' missing"),
+    ('{"grammar": 11, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}', "'grammar' must be"),
+    ('{"grammar": 7.5, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}', "'grammar' must be"),
+    ('{"grammar": "8", "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}', "'grammar' must be"),
+    ('{"grammar": true, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}', "'grammar' must be"),
+    ('{"grammar": 8, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "G"}', "'age_group' must be"),
+    ('{"grammar": 8, "creativity": 6, "consistency": 7, "plot": 5}', "'age_group' missing"),
+])
+def test_each_field_counts_on_its_own(block: str, missing: str):
+    """A bad or missing field leaves only that field missing; the valid ones count."""
+    parsed = parse_grade(block)
+    field = missing.split("'")[1]
+    assert field not in parsed and any(missing in p for p in parsed["_problems"])
+    assert {k: v for k, v in parsed.items() if k != "_problems"} == {k: v for k, v in FULL.items() if k != field}
+
+
+def test_obvious_aliases_are_accepted():
+    """The issue's judge wrote "age" for "age_group": that is the age group."""
+    assert parse_grade('{"Grammar": 8, "creativity": 6, "consistency": 7, "plot": 5, "age": "c"}') == FULL
+    assert parse_grade('{"grammar": 8, "creativity": 6, "Consistency-with-beginning": 7, "plot": 5, '
+                       '"Age Group": "C"}') == FULL
+
+
 @pytest.mark.parametrize("bad", [
     "Grammar: 8/10. Creativity: 6/10.",  # no JSON
-    '{"grammar": 8, "creativity": 6, "consistency": 7, "age_group": "C"}',  # plot missing
-    '{"grammar": 11, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}',  # out of range
-    '{"grammar": 7.5, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}',  # not an integer
-    '{"grammar": "8", "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}',  # a string
-    '{"grammar": true, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "C"}',  # a bool
-    '{"grammar": 8, "creativity": 6, "consistency": 7, "plot": 5, "age_group": "G"}',  # no such group
-    '{"grammar": 8, "creativity": 6, "consistency": 7, "plot": 5}',  # no age group
+    '{"grammar": 11, "creativity": "x", "consistency": -1, "plot": null, "age_group": "Z"}',  # nothing valid
+    '{"score": 5}',  # none of the fields
 ])
-def test_parse_grade_is_strict(bad: str):
+def test_an_answer_with_no_usable_field_is_refused(bad: str):
     with pytest.raises(JudgeParseError):
         parse_grade(bad)
 
@@ -262,7 +284,7 @@ def test_cli_gpt_eval_report_and_rerun(judge_server: ScriptedJudge, tiny_model_d
     results = json.loads((out / "results.json").read_text())
     model = results["models"][tiny_model_dir.name]
     assert model["gpt_eval"]["judged"] == 4
-    assert set(model["probes"]) == {"factual", "reasoning", "context_tracking"}
+    assert set(model["probes"]) == {"factual", "reasoning", "context_tracking", "missing_info"}
     assert model["bpb"]["stories"] == 5
     assert len(model["diversity"]["max_precision"]) == 4 and len(model["diversity"]["within_prompt_f"]) == 2
     assert json.loads((out / "config.json").read_text())["judge"]["model"] == "scripted-judge"

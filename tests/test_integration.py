@@ -89,11 +89,14 @@ def test_our_server_as_a_judge_that_cannot_grade(served: tuple[str, str], model_
                 "--max-new-tokens", "20", "--judge-url", url, "--judge-model", model, "--judge-max-tokens", "30",
                 "--judge-api-key-env", "TS_TEST_KEY", "--yes", "--no-progress", "--out", str(out),
                 env={"TS_TEST_KEY": "unused"})
-    assert p.returncode == 0, p.stderr[-2000:]
+    # The untrained "judge" answers gibberish: every judgment is missing, none is counted as 0, and
+    # the run says so and fails, with the reasons and a sample of what the judge wrote.
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "2 of 2 judgments missing" in p.stderr and "no JSON block" in p.stderr
+    assert "the end of one unusable answer" in p.stderr
     judgments = json.loads((out / "judgments.json").read_text())
-    # The untrained "judge" answers gibberish: every judgment is missing, none is counted as 0.
     assert len(judgments) == 2
     assert all(j["parsed"] is None and j["attempts"] >= 1 and j["answer"] for j in judgments)
     results = json.loads((out / "results.json").read_text())
     assert '"missing": 2' in json.dumps(results)
-    assert (out / "report.html").exists()
+    assert (out / "report.html").exists() and "judgments missing entirely" in (out / "report.md").read_text()

@@ -10,15 +10,21 @@ from pathlib import Path
 from tinystories.cli import main
 
 
-def test_cli_writes_report_with_images(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_cli_writes_report_with_images(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     rc = main(["interpret", str(tiny_model_dir), "--out", str(out), "--corpus", "bundled:valid",
                "--layer", "1", "--max-stories", "24", "--head-stories", "4", "--units", "2", "--top-k", "3",
                "--random-directions", "4", "--head", "0.2", "--text", "Tom had a red ball. He threw it to Sue."])
     assert rc == 0
+    progress = capsys.readouterr().err
+    assert "24/24" in progress and "48/48" not in progress  # one bar per pass, counting stories
     page = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) >= 5  # grid, scatter, >= 1 head heatmap, neurons, random directions
+    assert len(images) >= 3  # grid, scatter, >= 1 head heatmap (neuron lists are HTML, not images too)
+    # Each section interprets its figure against its baseline, in words.
+    assert re.search(r"heads are (diffuse|specialised)|are specialised", page)
+    assert re.search(r"Neurons are (more|less|no more) token-selective than random directions", page)
+    assert page.count("<h2>") == 3 and "<style>" in page
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG")
     assert "layer 0 head 2" in page and "Tom had a red ball" in page

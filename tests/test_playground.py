@@ -84,6 +84,24 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         wait.until(ec.text_to_be_present_in_element((By.ID, "att-top"), "%"))
         assert browser.find_element(By.CSS_SELECTOR, ".att-tok.query")
 
+        # Max tokens is capped by what the prompt leaves of the context (128 here).
+        story = out.text
+        prompt.clear()
+        prompt.send_keys("word " * 100)
+        wait.until(lambda d: "new ones fit" in d.find_element(By.ID, "room").text)
+        room = int(browser.find_element(By.ID, "room").text.split("up to ")[1].split()[0])
+        assert int(browser.find_element(By.ID, "max_tokens").get_attribute("max")) == room < 127
+        assert int(browser.find_element(By.ID, "max_tokens").get_attribute("value")) <= room
+        # An error (the prompt alone overflows the context) is shown prominently; the story stays.
+        browser.execute_script("arguments[0].value = 'Once upon a time, ' + 'a big red dog and '.repeat(300)",
+                               prompt)
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
+        assert "context" in browser.find_element(By.ID, "error").text
+        assert browser.find_element(By.ID, "output").text == story
+        header = browser.find_element(By.TAG_NAME, "h1").text
+        assert all(ord(c) < 0x2000 for c in header), header  # nothing that needs an emoji font
+
         shot = tmp_path / "playground.png"
         browser.save_screenshot(str(shot))
         assert png_size(shot) == (WIDTH, browser.execute_script("return window.innerHeight"))

@@ -158,7 +158,7 @@ def test_a_client_that_hangs_up_stops_its_rows(tiny_model_dir: Path) -> None:
     app = create_app({"m": loaded})
     engine = app.state.served["m"].engine
     # Slow every forward pass down, so the request would run for seconds.
-    slow = loaded.model.register_forward_hook(lambda *_: time.sleep(0.02))
+    slow = loaded.model.norm.register_forward_hook(lambda *_: time.sleep(0.02))  # (every decode path runs it)
     try:
         with running(app) as url:
             with pytest.raises(httpx.ReadTimeout):

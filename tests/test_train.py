@@ -171,3 +171,51 @@ def test_ddp_with_torchrun_on_two_cpu_processes(data_dir: Path, tmp_path: Path) 
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
     assert rows[0]["tokens"] == 2 * 2 * 2 * 64  # batch x grad_accum x 2 processes x context
     assert load_model(out / "checkpoint").config["training"]["step"] == 3
+
+
+def test_start_up_summary_warnings_and_a_finished_rerun(data_dir: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="tinystories")
+    out = tmp_path / "run"
+    cfg = make_config(data_dir, out, max_steps=4, eval_interval=2, log_interval=1)
+    bad = build_train_config(None, [*TINY, "optim.warmup_steps=10"], data_dir=str(data_dir),
+                             out_dir=str(tmp_path / "w"), max_steps=5, progress=False)
+    assert any("never finishes warming up" in line for line in Trainer(bad).summary())
+    first = Trainer(cfg, sample=lambda model, tok, n: [f"story {i}" for i in range(n)]).fit()
+    text = caplog.text
+    assert "parameters" in text and "tokens per step" in text and "device: cpu" in text
+    assert "validation stories also appear in the training data" not in text
+    rows = (out / "metrics.jsonl").read_text()
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 4] and samples[0]["stories"] == ["story 0", "story 1"]
+    caplog.clear()
+    again = Trainer(make_config(data_dir, out, max_steps=4, eval_interval=2, log_interval=1)).fit()
+    assert again == pytest.approx(first, abs=1e-4) and (out / "metrics.jsonl").read_text() == rows  # no new rows
+    assert "already finished" in caplog.text
+
+
+def test_validation_stories_in_the_training_set_are_flagged(tmp_path: Path) -> None:
+    data = tmp_path / "tokens"
+    prepare(PrepareConfig(train=["bundled:valid"], valid=["bundled:valid"], out_dir=str(data), vocab_size=512),
+            progress=False)
+    trainer = Trainer(build_train_config(None, TINY, data_dir=str(data), out_dir=str(tmp_path / "r"),
+                                         max_steps=2, progress=False))
+    assert trainer.overlap == 500
+    assert any("500 validation stories also appear in the training data" in line for line in trainer.summary())
+
+
+def test_tensorboard_and_wandb_offline(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    Trainer(make_config(data_dir, out, max_steps=4, eval_interval=2, log_interval=1, log_to=["tensorboard", "wandb"]),
+            sample=lambda model, tok, n: ["Once upon a time there was a cat."] * n).fit()
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("eval/val_bpb")] == [2, 4]
+    assert "samples/text_summary" in events.Tags()["tensors"]
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))  # the run, ready for `wandb sync`

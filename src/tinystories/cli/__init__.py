@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
+from tinystories import __version__
 from tinystories.errors import TinyStoriesError
 
 # command -> (module in tinystories.cli, one-line help)
@@ -29,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve models over an OpenAI-compatible API with a web playground"),
     "export-hf": ("models", "export a model folder as a Hugging Face transformers model"),
     "import-hf": ("models", "convert a transformers GPT-Neo/Llama model into a model folder"),
+    "export-llama2c": ("models", "export a modern model for llama2.c's run.c (checkpoint and tokenizer)"),
     "eval": ("eval", "evaluate models: GPT-Eval, probes, diversity, bits per byte, reports"),
     "interpret": ("interpret", "report on a model's attention heads and MLP neurons (HTML + PNG)"),
     "demo": ("demo", "the whole pipeline on the bundled stories: train on the CPU, then sample"),
@@ -48,6 +51,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Train, sample, serve, evaluate and interpret tiny story-writing language models "
                     "(TinyStories, Eldan & Li 2023).",
         epilog="Start with `tinystories demo`, then `tinystories COMMAND --help`.")
+    parser.add_argument("--version", action="version", version=f"tinystories {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
@@ -57,6 +61,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `tinystories presets | head -2`: the reader left; nothing to say
+        # Point stdout at nothing so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
+    # Idle torch (OpenMP) threads sleep instead of spinning: on a machine shared with other work,
+    # spinning threads steal the cores the others need and every step waits for them (measured:
+    # bench/README.md). Before torch is imported, and only if the user has not chosen.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser(argv).parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

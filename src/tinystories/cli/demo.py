@@ -24,6 +24,7 @@ class DemoConfig(Config):
     preset: str = setting("demo", "model preset (`tinystories presets`)")
     seed: int = setting(1337, "random seed", ge=0)
     device: str = setting("auto", "torch device: auto, cpu, cuda, mps")
+    threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
 
     where = "demo"
 
@@ -32,7 +33,7 @@ def setup_demo(p: argparse.ArgumentParser) -> None:
     p.description = ("Train a tokenizer and a small model on the bundled TinyStories sample for a few minutes, "
                      "report validation bits per byte and print stories.\n\nExample:\n  tinystories demo "
                      "--minutes 3 --out runs/demo")
-    add_fields(p, DemoConfig, ["out", "minutes", "preset", "seed", "device"])
+    add_fields(p, DemoConfig, ["out", "minutes", "preset", "seed", "device", "threads"])
     add_config_flags(p)
     p.set_defaults(func=run_demo)
 

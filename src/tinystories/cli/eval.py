@@ -30,8 +30,8 @@ def _add_task_parser(sub: argparse._SubParsersAction, name: str, help_text: str,
                                                   if judged else ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_field(p, SuiteConfig, "models", positional=True, metavar="MODEL")
-    add_field(p, SuiteConfig, "out", default=f"eval_{name.replace('-', '_')}")
-    add_fields(p, SuiteConfig, ["device", "batch_size", "progress"])
+    add_field(p, SuiteConfig, "out", default=f"reports/eval-{name}")
+    add_fields(p, SuiteConfig, ["device", "threads", "batch_size", "progress"])
     add_field(p, SuiteConfig, "sampling.seed", metavar="SEED")
     if name == "report":
         p.add_argument("--tasks", dest=DEST + "tasks", default=None, metavar="TASK,...",
@@ -84,7 +84,7 @@ def _templates(pairs: list[str]) -> dict[str, str]:
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     name = args.eval_name
     tasks = registry()
-    base: dict[str, object] = {"out": f"eval_{name.replace('-', '_')}", "tasks": [name]}
+    base: dict[str, object] = {"out": f"reports/eval-{name}", "tasks": [name]}
     if name == "report":
         base["tasks"] = REPORT_TASKS.split(",")
         base["judge"] = {"base_url": ""}  # without a judge, the report skips judged tasks
@@ -104,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from tinystories.eval.judge import CostPreview
+    from tinystories.eval.judge import CostPreview, mostly_missing
     from tinystories.eval.suite import Suite
 
     cfg = config_from_args(args)
@@ -122,10 +122,61 @@ def run_eval(args: argparse.Namespace) -> int:
                                    "count them")
         return input("proceed? [y/N] ").strip().lower() in ("y", "yes")
 
-    out = Suite(cfg).run(confirm)
-    if out is not None:
-        print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    from tinystories.utils import set_threads
+
+    set_threads(cfg.threads)
+    suite = Suite(cfg)
+    out = suite.run(confirm)
+    if out is None:
+        return 0
+    print(summary_table(suite.results))
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    failed = [(f"{m}: {key}", r["missing_info"]) for m, results in suite.results["models"].items()
+              for key, r in results.items() if isinstance(r, dict) and "missing_info" in r]
+    failed += [(" vs ".join(p["models"]), p["missing_info"]) for p in suite.results["pairwise"]]
+    failed = [(what, info) for what, info in failed if mostly_missing(info)]
+    for what, info in failed:
+        reasons = "; ".join(f"{r} ({n}x)" for r, n in info["reasons"])
+        print(f"error: {what}: {info['missing']} of {info['total']} judgments missing, fields missing "
+              f"{info['field_missing']}; commonest reasons: {reasons}", file=sys.stderr)
+        if info["sample_answer"]:
+            print(f"  the end of one unusable answer: {info['sample_answer'][-300:]!r}", file=sys.stderr)
+    if failed:
+        print("error: most judgments are missing, so these numbers measure little; fix the judge (its URL, "
+              "model or answer format) and rerun: answered judgments are cached", file=sys.stderr)
+        return 1
     return 0
+
+
+def _cell(est: dict | None) -> str:
+    return "n/a" if not est or not est.get("n") else f"{est['mean']:.2f}"
+
+
+def summary_table(results: dict) -> str:
+    """The headline numbers per model, for the terminal (the report has intervals and plots)."""
+    cols: list[tuple[str, object]] = [
+        ("bits/byte", lambda r: f"{r['bpb']['bpb']:.4f}" if "bpb" in r else None),
+        *[(k, lambda r, k=k: _cell(r["gpt_eval"]["scores"][k]) if "gpt_eval" in r else None)
+          for k in ("grammar", "creativity", "consistency", "plot")],
+        ("instructions", lambda r: _cell(r["instruct"]["scores"]["instructions"]) if "instruct" in r else None),
+        *[(c, lambda r, c=c: _cell(r["probes"].get(c)) if "probes" in r else None)
+          for c in ("factual", "reasoning", "context_tracking")],
+        ("memorised", lambda r: _cell(r["diversity"]["max_precision_mean"]) if "diversity" in r else None),
+        ("within-prompt", lambda r: _cell(r["diversity"]["within_prompt_f_mean"]) if "diversity" in r else None),
+    ]
+    models = results["models"]
+    used = [(name, get) for name, get in cols if any(get(r) is not None for r in models.values())]  # type: ignore[operator]
+    rows = [["model", *(n for n, _ in used)]]
+    rows += [[m, *(str(get(r)) for _, get in used)] for m, r in models.items()]  # type: ignore[operator]
+    for p in results.get("pairwise", []):
+        rows.append([f"{p['models'][0]} wins vs {p['models'][1]}", _cell(p["win_rate"]), *[""] * (len(used) - 1)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    notes = []
+    if any(v == "n/a" for r in rows[1:] for v in r):
+        notes.append("n/a: no usable value (see the report for why: missing judgments, or within-prompt overlap "
+                     "with fewer than 2 samples per prompt)")
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], *notes])
 
 
 SETUP = {"eval": setup_eval}

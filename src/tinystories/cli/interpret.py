@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
-from tinystories.errors import TinyStoriesError
 from tinystories.interpret.config import InterpretConfig
 
 
@@ -18,7 +17,8 @@ def setup_interpret(p: argparse.ArgumentParser) -> None:
                      "--out.\n\nExample:\n  tinystories interpret runs/demo/checkpoint --out reports/demo")
     add_field(p, InterpretConfig, "model", positional=True, metavar="MODEL")
     add_fields(p, InterpretConfig, ["out", "text", "corpus", "encoding_errors", "layer", "top_k", "n_units", "n_random",
-                                    "head_stories", "max_stories", "max_text_tokens", "batch_size", "seed", "device"])
+                                    "head_stories", "max_stories", "max_text_tokens", "batch_size", "seed", "device",
+                                    "threads"])
     add_field(p, InterpretConfig, "neuron_ids", repeat=True, metavar="N")
     add_field(p, InterpretConfig, "heads", repeat=True, metavar="L.H")
     add_config_flags(p)
@@ -28,13 +28,12 @@ def setup_interpret(p: argparse.ArgumentParser) -> None:
 def run_interpret(args: argparse.Namespace) -> int:
     from tinystories.interpret.report import build_report
     from tinystories.model.loader import load_any
-    from tinystories.utils import pick_device
+    from tinystories.utils import pick_device, set_threads
 
     cfg = build_from_args(InterpretConfig, args)
-    if not cfg.out:
-        raise TinyStoriesError("give an output folder with --out")
+    set_threads(cfg.threads)
     loaded = load_any(cfg.model, pick_device(cfg.device))
-    report = build_report(loaded, cfg, Path(cfg.out))
+    report = build_report(loaded, cfg, Path(cfg.out or f"reports/interpret-{loaded.name}"))
     print(f"report: {report}")
     return 0
 

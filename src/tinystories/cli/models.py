@@ -86,4 +86,28 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-SETUP = {"presets": setup_presets, "export-hf": setup_export, "import-hf": setup_import}
+def setup_export_llama2c(p: argparse.ArgumentParser) -> None:
+    p.description = ("Write a modern model as a llama2.c checkpoint (OUT, version 0, float32) and its tokenizer "
+                     "(OUT with .tok.bin) so llama2.c's run.c runs it: ./run OUT -z OUT.tok.bin. Generate from an "
+                     "empty prompt (-i ''): run.c's prompt encoder follows SentencePiece's conventions.\n\n"
+                     "Example:\n  tinystories export-llama2c runs/demo demo.bin && ./run demo.bin -z demo.tok.bin")
+    add_field(p, ConvertConfig, "source", positional=True, metavar="MODEL")
+    add_field(p, ConvertConfig, "out_dir", positional=True, metavar="OUT")
+    add_config_flags(p)
+    p.set_defaults(func=run_export_llama2c)
+
+
+def run_export_llama2c(args: argparse.Namespace) -> int:
+    from tinystories.model.llama2c import export_llama2c, export_llama2c_tokenizer
+    from tinystories.model.loader import load_any
+
+    cfg = build_from_args(ConvertConfig, args)
+    loaded = load_any(cfg.source)
+    out = export_llama2c(loaded.model, cfg.out_dir)
+    tok = export_llama2c_tokenizer(loaded.tokenizer, out.with_suffix(".tok.bin"))
+    print(f"wrote {out} and {tok} (run: ./run {out} -z {tok} -i '')")
+    return 0
+
+
+SETUP = {"presets": setup_presets, "export-hf": setup_export, "import-hf": setup_import,
+         "export-llama2c": setup_export_llama2c}

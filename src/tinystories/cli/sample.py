@@ -20,6 +20,7 @@ class SampleConfig(Config):
     sampling: SamplingParams = setting(help="how stories are sampled", factory=lambda: SamplingParams(
         temperature=0.8, top_p=0.95, seed=0))
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
+    threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
 
     where = "sample"
 
@@ -32,7 +33,7 @@ def setup_sample(p: argparse.ArgumentParser) -> None:
     add_field(p, SampleConfig, "prompts", repeat=True)
     add_field(p, SampleConfig, "samples", short="-n")
     add_fields(p, SampleConfig, ["sampling.max_new_tokens", "sampling.temperature", "sampling.top_k",
-                                 "sampling.top_p", "sampling.seed", "device"])
+                                 "sampling.top_p", "sampling.seed", "device", "threads"])
     add_config_flags(p)
     p.set_defaults(func=run_sample)
 
@@ -42,9 +43,10 @@ def run_sample(args: argparse.Namespace) -> int:
 
     from tinystories.infer.sampling import generate
     from tinystories.model.loader import load_any
-    from tinystories.utils import pick_device
+    from tinystories.utils import pick_device, set_threads
 
     cfg = build_from_args(SampleConfig, args)
+    set_threads(cfg.threads)
     loaded = load_any(cfg.model, pick_device(cfg.device))
     tok = loaded.tokenizer
     texts = [p for p in cfg.prompts for _ in range(cfg.samples)]

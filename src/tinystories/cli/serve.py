@@ -25,10 +25,9 @@ def setup_serve(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import torch
-
     from tinystories.infer.server import create_app, load_models, serve
     from tinystories.interpret import attention_api
+    from tinystories.utils import set_threads
 
     cfg = build_from_args(ServeConfig, args)
     key = None
@@ -36,8 +35,7 @@ def run_serve(args: argparse.Namespace) -> int:
         key = os.environ.get(cfg.api_key_env)
         if not key:
             raise TinyStoriesError(f"--api-key-env {cfg.api_key_env}: that environment variable is empty or unset")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     app = create_app(load_models(cfg.models, cfg.device), key, cfg.limits, extensions=[attention_api.install])
     print(f"playground: http://{cfg.host}:{cfg.port}/   API: http://{cfg.host}:{cfg.port}/v1", flush=True)
     serve(app, cfg.host, cfg.port, cfg.limits.shutdown_grace_s)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from tinystories.cli.options import add_config_flags, add_fields, build_from_args
+from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
 from tinystories.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from tinystories.model.gpt import GPT
+    from tinystories.tokenizer import Tokenizer
 
 
 def setup_train(p: argparse.ArgumentParser) -> None:
@@ -15,7 +20,8 @@ def setup_train(p: argparse.ArgumentParser) -> None:
                      "  tinystories train --data data/tokens --preset 8M --out runs/8m\n"
                      "  tinystories train --config configs/paper-8M.yaml --set optim.lr=1e-3")
     add_fields(p, TrainConfig, ["data_dir", "out_dir", "preset", "max_steps", "max_minutes", "batch_size",
-                                "device", "seed", "threads"])
+                                "device", "seed", "threads", "eval_samples"])
+    add_field(p, TrainConfig, "log_to", nargs="+", metavar="TRACKER")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     add_config_flags(p)
     p.set_defaults(func=run_train)
@@ -25,13 +31,26 @@ def run_train(args: argparse.Namespace) -> int:
     from tinystories.train.trainer import Trainer  # torch import only when training
 
     cfg = build_from_args(TrainConfig, args)
-    result = Trainer(cfg, resume=not args.fresh).fit()
+    result = Trainer(cfg, resume=not args.fresh, sample=sample_stories).fit()
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return 0
     if result:
         print(f"validation loss {result['val_loss']:.4f} nats/token, {result['val_bpb']:.4f} bits/byte")
     print(f"model saved in {cfg.out_dir}/checkpoint (sample it: tinystories sample {cfg.out_dir}/checkpoint)")
     return 0
+
+
+BEGINNINGS = ["Once upon a time,", "", "Tom and his dog", "One day, Lily found"]
+
+
+def sample_stories(model: GPT, tokenizer: Tokenizer, n: int) -> list[str]:
+    """A few stories (the same beginnings and seed at every evaluation), to watch the model learn."""
+    from tinystories.infer.params import SamplingParams
+    from tinystories.infer.sampling import complete
+
+    texts = [BEGINNINGS[i % len(BEGINNINGS)] for i in range(n)]
+    params = SamplingParams(max_new_tokens=100, temperature=0.8, top_p=0.95, seed=0)
+    return [t + s for t, s in zip(texts, complete(model, tokenizer, texts, params))]
 
 
 SETUP = {"train": setup_train}

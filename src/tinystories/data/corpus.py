@@ -63,11 +63,13 @@ class CorpusStats:
     undecodable: int = 0  # stories with invalid UTF-8 or lone surrogates (replaced or skipped)
     kept: int = 0
     sources: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.kept} stories kept of {self.read} read "
                 f"({self.repaired} repaired, {self.empty} empty, {self.duplicates} duplicates"
-                + (f", {self.undecodable} with invalid UTF-8" if self.undecodable else "") + ")")
+                + (f", {self.undecodable} with invalid UTF-8" if self.undecodable else "") + ")"
+                + "".join(f"; {note}" for note in self.notes))
 
 
 def decode(data: bytes, where: str, errors: EncodingErrors, offset: int = 0) -> str:
@@ -161,8 +163,14 @@ def iter_raw_stories(source: str, split: str = "train", text_field: str = "text"
     if not path.exists():
         raise TinyStoriesError(f"corpus not found: {source} (a .txt/.jsonl/.json/.parquet file, "
                                "a datasets folder, hf:NAME, or bundled:train / bundled:valid)")
+    if path.is_dir() and (path / "manifest.json").exists() and (path / "data").is_dir():
+        # A `tinystories generate` run: its accepted stories only; rejected.jsonl (refusals,
+        # duplicates, ...) must never become training data.
+        for p in sorted((path / "data").glob("*.jsonl")):
+            yield from _read_json_records(p, text_field, errors)
+        return
     if path.is_dir():
-        jsonl = sorted(path.glob("*.jsonl"))
+        jsonl = sorted(p for p in path.glob("*.jsonl") if p.name != "rejected.jsonl")
         if jsonl and not list(path.glob("*.parquet")) and not (path / "dataset_info.json").exists():
             for p in jsonl:
                 yield from _read_json_records(p, text_field, errors)
@@ -213,9 +221,18 @@ def clean_stories(raw: Iterable[str], stats: CorpusStats | None = None, dedupe: 
 
 def read_stories(sources: str | list[str], split: str = "train", text_field: str = "text",
                  dedupe: bool = True, errors: EncodingErrors = "strict") -> tuple[list[str], CorpusStats]:
-    """All clean stories of one or several sources, with counts of what was repaired or dropped."""
+    """All clean stories of one or several sources, with counts of what was repaired or dropped.
+
+    A folder written by `tinystories generate` gives its accepted stories only (its
+    rejected.jsonl is left out, and the summary says so).
+    """
     sources = [sources] if isinstance(sources, str) else sources
     stats = CorpusStats(sources=list(sources))
+    for src in sources:
+        rejected = Path(src) / "rejected.jsonl"
+        if not src.startswith(("hf:", "bundled:")) and rejected.is_file():
+            lines = sum(1 for line in rejected.open("rb") if line.strip())
+            stats.notes.append(f"{src}: accepted stories only; {lines} rejected ones in rejected.jsonl left out")
     stories: list[str] = []
     for src in sources:
         stories.extend(clean_stories(iter_raw_stories(src, split, text_field, errors), stats, dedupe, errors, src))

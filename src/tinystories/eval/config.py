@@ -20,7 +20,7 @@ def _judge() -> ClientConfig:
 class SuiteConfig(Config):
     models: list[str] = setting(help="model folders (ours or Hugging Face)", factory=list)
     tasks: list[str] = setting(help="evaluations to run", factory=list)
-    out: str = setting("eval_report", "output folder for report.md/.html, results, judgments, config")
+    out: str = setting("reports/eval", "output folder for report.md/.html, results, judgments, config")
     prompts: str = setting("", "story beginnings (YAML/JSON list or text file, blank-line separated); "
                                "default: the paper's 44")
     instructions: str = setting("", "JSON list of instruction headers ending with 'Story: '; default: 50 "
@@ -30,6 +30,7 @@ class SuiteConfig(Config):
                                        factory=lambda: SamplingParams(max_new_tokens=200, seed=0))
     batch_size: int = setting(32, "rows sampled or scored together", ge=1, le=65536)
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
+    threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
     train: str = setting("bundled:train", "training stories for the memorisation check (any corpus source)")
     workers: int = setting(1, "processes indexing the training stories", ge=1, le=1024)
     data: str = setting("bundled:valid", "stories scored for bits per byte (any corpus source)")

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import string
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,23 +94,59 @@ def last_json_object(answer: str) -> dict[str, Any]:
     raise JudgeParseError("no JSON block in the answer")
 
 
-def _score(obj: dict[str, Any], key: str) -> int:
-    value = obj.get(key)
+# What judges write instead of the template's names (lower-cased, spaces and hyphens as "_").
+ALIASES = {"age": "age_group", "agegroup": "age_group", "age_range": "age_group", "estimated_age": "age_group",
+           "grammaticality": "grammar", "creative": "creativity", "consistent": "consistency",
+           "consistency_with_beginning": "consistency", "plot_sense": "plot", "plot_makes_sense": "plot",
+           "instruction_following": "instructions", "instruction": "instructions"}
+PROBLEMS = "_problems"  # in a parsed judgment: why some of its fields are missing
+
+
+def _canonical(obj: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = re.sub(r"[\s\-]+", "_", str(key).strip().lower())
+        out.setdefault(ALIASES.get(name, name), value)
+    return out
+
+
+def _score(value: Any, key: str) -> int:
     # bool is an int subclass: `true` is not a score
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
-        raise JudgeParseError(f"{key!r} must be an integer 0-10, got {value!r}")
+        raise ValueError(f"{key!r} must be an integer 0-10, got {value!r}")
     return value
 
 
+def _age(value: Any, key: str) -> str:
+    if not isinstance(value, str) or value.strip().upper() not in AGE_GROUPS:
+        raise ValueError(f"{key!r} must be one of {', '.join(AGE_GROUPS)}, got {value!r}")
+    return value.strip().upper()
+
+
+def parse_fields(answer: str, checks: dict[str, Callable[[Any, str], Any]]) -> dict[str, Any]:
+    """Each field of the answer's JSON block that is present and valid counts on its own; the
+    others are listed under `_problems`. Only an answer with no usable field is refused."""
+    obj = _canonical(last_json_object(answer))
+    out: dict[str, Any] = {}
+    problems = []
+    for key, check in checks.items():
+        if key not in obj:
+            problems.append(f"{key!r} missing (the block has {', '.join(map(repr, obj)) or 'no keys'})")
+            continue
+        try:
+            out[key] = check(obj[key], key)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if not out:
+        raise JudgeParseError("; ".join(problems))
+    if problems:
+        out[PROBLEMS] = problems
+    return out
+
+
 def parse_grade(answer: str) -> dict[str, Any]:
-    """All four scores (integers 0-10) and an age group letter A-F, or JudgeParseError."""
-    obj = last_json_object(answer)
-    result: dict[str, Any] = {key: _score(obj, key) for key in SCORE_KEYS}
-    age = obj.get("age_group")
-    if not isinstance(age, str) or age.strip().upper() not in AGE_GROUPS:
-        raise JudgeParseError(f"'age_group' must be one of {', '.join(AGE_GROUPS)}, got {age!r}")
-    result["age_group"] = age.strip().upper()
-    return result
+    """The four scores (integers 0-10) and the age group letter A-F, each that is valid."""
+    return parse_fields(answer, {**{key: _score for key in SCORE_KEYS}, "age_group": _age})
 
 
 def parse_pairwise(answer: str) -> dict[str, Any]:
@@ -120,8 +157,7 @@ def parse_pairwise(answer: str) -> dict[str, Any]:
 
 
 def parse_instruct(answer: str) -> dict[str, Any]:
-    obj = last_json_object(answer)
-    return {key: _score(obj, key) for key in ("instructions", "grammar")}
+    return parse_fields(answer, {"instructions": _score, "grammar": _score})
 
 
 def parse_probe(answer: str) -> dict[str, Any]:
@@ -187,6 +223,23 @@ class Judgment:
         return asdict(self)
 
 
+def missing_summary(judgments: Sequence[Judgment], fields: Sequence[str]) -> dict[str, Any]:
+    """How many judgments (and which fields) are missing, the commonest reasons, and a sample of
+    a judge's answer that was not usable: what a user needs to see to fix a judge's format."""
+    missing = [j for j in judgments if j.parsed is None]
+    field_missing = {f: sum(j.parsed is None or f not in j.parsed for j in judgments) for f in fields}
+    reasons = Counter(r.split(" (the block has")[0] for j in judgments if j.error for r in j.error.split("; "))
+    bad = next((j for j in judgments if j.error and j.answer), None)
+    return {"total": len(judgments), "missing": len(missing), "field_missing": field_missing,
+            "reasons": reasons.most_common(3), "sample_answer": bad.answer[-400:] if bad else ""}
+
+
+def mostly_missing(info: dict[str, Any]) -> bool:
+    """More than half of the judgments, or of one field, are missing: the run did not measure it."""
+    half = info["total"] / 2
+    return info["total"] > 0 and (info["missing"] > half or any(n > half for n in info["field_missing"].values()))
+
+
 @dataclass
 class CostPreview:
     calls: int
@@ -217,6 +270,7 @@ class JudgeRun:
             hit = self.cache.get(self._key(j))
             if hit is not None:
                 j.parsed, j.answer, j.cached = hit["parsed"], hit["answer"], True
+                j.error = "; ".join(j.parsed.get(PROBLEMS, []))
             out.append(j)
         return out
 
@@ -242,7 +296,7 @@ class JudgeRun:
                     try:
                         j.answer = await complete(j.prompt)
                         j.parsed = self.parser(j.answer)
-                        j.error = ""
+                        j.error = "; ".join(j.parsed.get(PROBLEMS, []))  # some fields missing: said here
                         break
                     except JudgeParseError as exc:
                         j.error = f"unparseable answer: {exc}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tinystories.html import page
 from tinystories.utils import atomic_write, write_json
 
 if TYPE_CHECKING:
@@ -40,6 +41,21 @@ class Block:
     text: str = ""
     rows: list[list[str]] | None = None  # table: the first row is the header
     png: bytes = b""
+
+
+def missing_block(info: dict[str, Any] | None, what: str) -> list[Block]:
+    """A paragraph saying how many judgments (or fields) are missing and why, when any are."""
+    if not info or (not info["missing"] and not any(info["field_missing"].values())):
+        return []
+    fields = ", ".join(f"{f} {n}" for f, n in info["field_missing"].items() if n)
+    reasons = "; ".join(f"{r} ({n}x)" for r, n in info["reasons"]) or "the judge call failed"
+    text = (f"{what}: {info['missing']} of {info['total']} judgments missing entirely"
+            + (f"; fields missing: {fields}" if fields else "") + f". Commonest reasons: {reasons}. Missing "
+            "values are left out of the means (never counted as 0); a mean shows n/a when no judgment had it.")
+    blocks = [Block("p", text)]
+    if info.get("sample_answer"):
+        blocks.append(Block("p", f"The end of one answer that was not usable: {info['sample_answer']!r}"))
+    return blocks
 
 
 def fmt(est: dict[str, Any]) -> str:
@@ -157,10 +173,7 @@ def to_html(blocks: list[Block]) -> str:
         elif b.kind == "img":
             data = base64.b64encode(b.png).decode()
             body.append(f'<img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}">')
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em}img{max-width:100%}")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>TinyStories evaluation</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return page("TinyStories evaluation", "\n".join(body))
 
 
 def write_report(out_dir: str | Path, results: dict[str, Any], judgments: list[dict[str, Any]],

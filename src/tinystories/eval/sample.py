@@ -24,7 +24,7 @@ def sample_completions(loaded: LoadedModel, texts: Sequence[str], n: int, params
     prompts = [ids[-room:] for ids in tok.encode_stories(list(texts))]
     jobs = [(i, k) for i in range(len(texts)) for k in range(n)]
     out = [[""] * n for _ in texts]
-    bar = tqdm(total=len(jobs), desc=f"sampling {name or loaded.path.name}", unit="story", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"sampling {name or loaded.name}", unit="story", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         rows = [params.for_row(start + j) for j in range(len(chunk))]

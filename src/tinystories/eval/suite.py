@@ -32,14 +32,15 @@ from tinystories.eval.judge import (
 from tinystories.eval.report import write_report
 from tinystories.eval.task import Pending, Task
 from tinystories.eval.tasks import registry
-from tinystories.model.checkpoint import LoadedModel
+from tinystories.model.checkpoint import LoadedModel, model_name
 
 Confirm = Callable[[CostPreview], bool]
 PARSERS = {"grade": parse_grade, "pairwise": parse_pairwise, "instruct": parse_instruct, "probe": parse_probe}
 
 
 def model_names(paths: list[str]) -> list[str]:
-    names = [Path(p).name for p in paths]
+    """Each model's name (its run's or folder's); the whole path where two would be the same."""
+    names = [model_name(Path(p).resolve()) if Path(p).exists() else model_name(p) for p in paths]
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 

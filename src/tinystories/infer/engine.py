@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tinystories.infer.fast import decoder_for
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import new_generator, sample
 from tinystories.infer.sampling import left_pad
@@ -263,7 +264,11 @@ class Engine:
 
     def _decode(self) -> None:
         assert self.cache is not None
-        logits, _ = self.model(self.last[:, None], cache=self.cache)
+        fast = decoder_for(self.model)  # the fused decode step, unless hooks must see the forward pass
+        if fast is not None:
+            logits = fast.step(self.last, self.cache)[:, None]
+        else:
+            logits, _ = self.model(self.last[:, None], cache=self.cache)
         self.steps += 1
         live = self._live()
         where: torch.Tensor | slice = slice(None)  # no free slot: no gather needed

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tinystories.errors import TinyStoriesError
+from tinystories.infer.fast import decoder_for
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import new_generator, sample
 from tinystories.model.gpt import GPT
@@ -82,15 +83,16 @@ def generate(model: GPT, prompts: list[list[int]], params: SamplingParams | Sequ
         return out
     cache = model.new_cache(B, idx.shape[1] + steps, pad)
     alive = torch.ones(B, dtype=torch.bool, device=idx.device)
-    logits, _ = model(idx, cache=cache)
+    logits = model(idx, cache=cache)[0][:, -1]
+    fast = decoder_for(model)  # the fused decode step (infer/fast.py), unless hooks must see it
     for step in range(steps):
-        nxt = sample(logits[:, -1], rows, generators)
+        nxt = sample(logits, rows, generators)
         got, alive = _record(out, nxt, alive, rows, eos_id)
         if on_tokens is not None:
             on_tokens(nxt, got)
         if not bool(alive.any()) or step == steps - 1:
             break
-        logits, _ = model(nxt[:, None], cache=cache)
+        logits = fast.step(nxt, cache) if fast is not None else model(nxt[:, None], cache=cache)[0][:, -1]
     return out
 
 

@@ -5,6 +5,7 @@ Endpoints (OpenAI's request and response formats, so the official client works a
 * ``GET  /v1/models``                 the loaded models (named after their folders)
 * ``POST /v1/completions``            ``prompt`` = the beginning of a story
 * ``POST /v1/chat/completions``       messages mapped to a story prompt (see `openai_api.chat_prompt`)
+* ``POST /v1/internal/tokenize``      a prompt's token count and the room left (for the playground)
 
 More routes plug in through `create_app(..., extensions=...)`: the playground's attention
 view (`tinystories.interpret.attention_api`) is one.
@@ -171,6 +172,17 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limit
         fmt = openai_api.ChatFormat(j, s.loaded.tokenizer, bool(body.get("logprobs")))
         return await respond(request, s, j, fmt, mailbox)
 
+    @app.post("/v1/internal/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        """How many tokens a story beginning takes (with its start-of-story token), and how many
+        new tokens still fit: the playground caps its Max tokens slider with it."""
+        body = await body_of(request)
+        s = model_of(app, body)
+        texts = openai_api.completion_texts({"prompt": body.get("prompt", "")}, limits)
+        ids = (await asyncio.to_thread(s.loaded.tokenizer.encode_stories, texts))[0]
+        ctx = s.loaded.model.cfg.context_length
+        return {"tokens": len(ids), "context_length": ctx, "room": max(0, ctx - len(ids))}
+
     for extension in extensions:
         extension(app)
 
@@ -310,15 +322,19 @@ async def stream(s: Served, j: Job, fmt: Format, mailbox: Mailbox) -> AsyncItera
 
 
 # ---------------------------------------------------------------- entry point
-def load_models(folders: list[str], device: str = "cpu") -> dict[str, LoadedModel]:
-    """Models by name (the last part of their path), loaded by the one loader."""
+def load_models(specs: list[str], device: str = "cpu") -> dict[str, LoadedModel]:
+    """Models by name: `NAME=PATH`, or a path named after its run or folder (`runs/demo` and
+    `runs/demo/checkpoint` are both `demo`); loaded by the one loader."""
     models: dict[str, LoadedModel] = {}
-    for folder in folders:
-        name = Path(folder).resolve().name if Path(folder).exists() else str(folder)
-        if name in models:
-            raise TinyStoriesError(f"two models are named {name!r} (models are named after their folders); "
-                                   "rename one folder")
-        models[name] = load_any(folder, device)
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "/" in name:
+            name, path = "", spec
+        loaded = load_any(path, device, name)
+        if loaded.name in models:
+            raise TinyStoriesError(f"two models are named {loaded.name!r}: name them, as NAME=PATH "
+                                   f"(e.g. {loaded.name}-2={path})")
+        models[loaded.name] = loaded
     return models
 
 

@@ -26,14 +26,14 @@ class Limits(Config):
 
 @dataclass(frozen=True)
 class ServeConfig(Config):
-    models: list[str] = setting(help="model folders to serve (named after their folders)", factory=list, ge=1)
+    models: list[str] = setting(help="models to serve: run or model folders (named after the run or folder), "
+                                     "or NAME=PATH", factory=list, ge=1)
     host: str = setting("127.0.0.1", "address to listen on (default: loopback only)")
     port: int = setting(8000, "TCP port", ge=0, le=65535)
     api_key_env: str = setting("", "require 'Authorization: Bearer KEY', KEY being this environment "
                                    "variable's value")
     device: str = setting("cpu", "torch device for the models")
-    threads: int = setting(0, "torch CPU threads (0 = torch's choice; 1 is best when cores are shared)",
-                           ge=0, le=4096)
+    threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
     limits: Limits = setting(help="per-request limits and batch sharing", factory=Limits)
 
     where = "serve"

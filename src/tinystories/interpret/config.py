@@ -14,7 +14,7 @@ DEFAULT_TEXT = ("Once upon a time, there was a little girl named Lily. She loved
 @dataclass(frozen=True)
 class InterpretConfig(Config):
     model: str = setting("", "model folder (ours, or a Hugging Face GPT-Neo/Llama folder)")
-    out: str = setting("", "output folder")
+    out: str = setting("", "output folder (default: reports/interpret-MODEL)")
     text: str = setting(DEFAULT_TEXT, "the story the attention heatmaps show")
     corpus: str = setting("bundled:valid", "stories searched for neuron activations and averaged over for "
                                            "head measures (file, folder, hf:NAME, bundled:train|valid)")
@@ -34,5 +34,6 @@ class InterpretConfig(Config):
     batch_size: int = setting(16, "stories run together", ge=1)
     seed: int = setting(0, "seed of the shown neurons and random directions", ge=0)
     device: str = setting("auto", "torch device: auto, cpu, cuda, mps")
+    threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
 
     where = "interpret"

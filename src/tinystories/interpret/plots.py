@@ -43,20 +43,26 @@ def plot_head(pattern: np.ndarray, tokens: list[str], title: str, path: Path) ->
     return path
 
 
-def plot_head_grid(patterns: np.ndarray, stats: HeadStats, path: Path) -> Path:
-    """All heads on one page: patterns [n_layer, n_head, T, T] as small heatmaps, titled with their class."""
+def plot_head_grid(patterns: np.ndarray, stats: HeadStats, tokens: list[str], path: Path) -> Path:
+    """All heads on one page: patterns [n_layer, n_head, T, T] as small heatmaps, titled with their class;
+    the text's tokens label the bottom row's columns and the first column's rows."""
     L, H = patterns.shape[:2]
-    cell = min(1.9, 24 / H)  # 16-head models still fit a page
-    fig, axes = plt.subplots(L, H, figsize=(cell * H + 0.5, (cell + 0.1) * L + 0.6), squeeze=False)
+    T = patterns.shape[-1]
+    cell = max(1.9, min(3.2, 48 / H))  # 16-head models still fit a page, with room for labels
+    fig, axes = plt.subplots(L, H, figsize=(cell * H + 1.2, (cell + 0.15) * L + 1.4), squeeze=False)
     norm = PowerNorm(gamma=0.5, vmin=0, vmax=1)  # square-root colours: weak spread-out attention stays visible
+    labels = [display_token(t) for t in tokens[:T]]
+    size = max(3.0, min(6.0, 220 / T / max(1, H / 4)))
     for layer in range(L):
         for head in range(H):
             ax = axes[layer, head]
             ax.imshow(patterns[layer, head], cmap="viridis", norm=norm)
             label = stats.labels[layer][head]
             ax.set_title(f"L{layer}H{head}: {label}", fontsize=8 if H <= 8 else 6, color=CLASS_COLORS[label])
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set_xticks(range(T), labels if layer == L - 1 else [""] * T, rotation=90, fontsize=size,
+                          family="monospace")
+            ax.set_yticks(range(T), labels if head == 0 else [""] * T, fontsize=size, family="monospace")
+            ax.tick_params(length=0, pad=1)
     fig.suptitle("Attention of every head on the text (rows: queries, columns: keys; square-root colour scale)",
                  fontsize=10)
     fig.tight_layout()

@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from tinystories.data.corpus import read_stories
 from tinystories.errors import TinyStoriesError
+from tinystories.html import page
 from tinystories.interpret.config import InterpretConfig
-from tinystories.interpret.heads import HeadStats, head_stats
+from tinystories.interpret.heads import CLASSES, HeadStats, head_stats
 from tinystories.interpret.hooks import pattern_names, run_with_cache
 from tinystories.interpret.lexicon import Lexicon
 from tinystories.interpret.neurons import (
@@ -123,23 +124,24 @@ def build_report(loaded: LoadedModel, cfg: InterpretConfig, out: Path) -> Path:
     text_tokens = token_texts(tok, text_ids)
     _, cache = run_with_cache(model, torch.tensor([text_ids], device=device), names=pattern_names(model))
     patterns = cache.stack("attn")[:, 0].cpu().numpy()
-    images = {"grid": plot_head_grid(patterns, stats, out / "heads_grid.png"),
+    images = {"grid": plot_head_grid(patterns, stats, text_tokens, out / "heads_grid.png"),
               "scatter": plot_head_scatter(stats, out / "heads_scatter.png")}
     heatmaps = []
     for layer, head in dict.fromkeys(representative_heads(stats) + extra_heads):
         title = f"layer {layer} head {head}: {stats.labels[layer][head]}"
-        heatmaps.append((title, plot_head(patterns[layer, head], text_tokens, title,
-                                          out / f"head_L{layer}H{head}.png")))
+        heatmaps.append(((layer, head, title), plot_head(patterns[layer, head], text_tokens, title,
+                                                         out / f"head_L{layer}H{head}.png")))
 
-    # Neurons vs random directions of neuron space.
+    # Neurons vs random directions of neuron space: two passes over the corpus, one bar each.
     gen = torch.Generator().manual_seed(cfg.seed)
     shown = cfg.neuron_ids or sorted(torch.randperm(mcfg.ffn_dim, generator=gen)[:cfg.n_units].tolist())
     directions = random_directions(mcfg.ffn_dim, max(cfg.n_random, cfg.n_units), cfg.seed)
-    with tqdm(total=2 * len(stories), desc=f"neurons of layer {cfg.layer}", unit="story") as bar:
-        top_n = top_activations(model, corpus_batches(stories, tok, mcfg.context_length, cfg.batch_size),
-                                cfg.layer, cfg.top_k, progress=bar)
-        top_r = top_activations(model, corpus_batches(stories, tok, mcfg.context_length, cfg.batch_size),
-                                cfg.layer, cfg.top_k, directions=directions, progress=bar)
+    tops = {}
+    for kind, dirs in (("neurons", None), ("random directions", directions)):
+        with tqdm(total=len(stories), desc=f"layer {cfg.layer} {kind}", unit="story") as bar:
+            tops[kind] = top_activations(model, corpus_batches(stories, tok, mcfg.context_length, cfg.batch_size),
+                                         cfg.layer, cfg.top_k, directions=dirs, progress=bar)
+    top_n, top_r = tops["neurons"], tops["random directions"]
     ex_n = unit_examples(model, tok, stories, top_n, cfg.layer, shown)
     ex_r = unit_examples(model, tok, stories, top_r, cfg.layer, list(range(cfg.n_units)), directions)
     distinct_n, distinct_r = top_n.distinct_tokens(), top_r.distinct_tokens()
@@ -150,47 +152,99 @@ def build_report(loaded: LoadedModel, cfg: InterpretConfig, out: Path) -> Path:
                "neurons": {u: [asdict(e) for e in ex] for u, ex in ex_n.items()},
                "random_directions": {u: [asdict(e) for e in ex] for u, ex in ex_r.items()}}
     write_json(out / "neurons.json", summary)
-    images["neurons"] = plot_examples(ex_n, f"Layer {cfg.layer}: top activations of MLP neurons", "neuron",
-                                      out / f"neurons_layer{cfg.layer}.png")
-    images["random"] = plot_examples(ex_r, f"Layer {cfg.layer}: top activations of random directions "
-                                     f"(seed {cfg.seed})", "direction", out / f"random_layer{cfg.layer}.png")
+    plot_examples(ex_n, f"Layer {cfg.layer}: top activations of MLP neurons", "neuron",
+                  out / f"neurons_layer{cfg.layer}.png")
+    plot_examples(ex_r, f"Layer {cfg.layer}: top activations of random directions (seed {cfg.seed})",
+                  "direction", out / f"random_layer{cfg.layer}.png")
 
-    name = html.escape(Path(cfg.model).name or "model")
+    name = html.escape(loaded.name)
     body = f"""<h1>Interpretability report: {name}</h1>
-<p>{html.escape(cfg.model)} &middot; arch {mcfg.arch}, {mcfg.n_layer} layers, {mcfg.n_head} heads,
+<p class="lead">{html.escape(cfg.model)} &middot; arch {mcfg.arch}, {mcfg.n_layer} layers &times; {mcfg.n_head} heads,
 d_model {mcfg.d_model}, MLP width {mcfg.ffn_dim}, local window {mcfg.local_window or "none"}.
-Corpus {html.escape(cfg.corpus)} ({len(stories)} stories). Settings: interpret_config.json.</p>
-<h2>Attention heads</h2>
+Corpus {html.escape(cfg.corpus)} ({len(stories)} stories). Settings: interpret_config.json; numbers: heads.json,
+neurons.json.</p>
+<h2>1. What the attention heads do</h2>
+<p class="finding">{html.escape(heads_finding(stats))}</p>
 <p>Measured on the text below and {len(head_texts) - 1} corpus stories. Classes (first rule that
 matches): sink: weight on the first token &ge; {stats.thresholds.sink}; previous-token: weight on
 t-1 &ge; {stats.thresholds.previous}; semantic: weight on related earlier words (pronoun &rarr;
 name, same token) &ge; {stats.thresholds.semantic} and &ge; {stats.thresholds.semantic_lift}&times;
 uniform; positional-local: mean distance &le; {stats.thresholds.local_distance} tokens; else diffuse.</p>
 <p class="text">{html.escape(cfg.text)}</p>
-{_img(images["grid"], "all heads")}
-{_img(images["scatter"], "distance vs entropy")}
+<figure>{_img(images["grid"], "all heads")}<figcaption>Every head on the text: row = the attending token,
+column = the token attended to (labels on the outer axes). A bright sub-diagonal is a previous-token head, a bright
+first column an attention sink; a faint even spread is a diffuse head.</figcaption></figure>
+<figure>{_img(images["scatter"], "distance vs entropy")}<figcaption>Each head's mean attention distance against
+its normalised entropy (1 = uniform over everything visible). Specialised heads sit low (sharp); diffuse heads sit
+near 1 whatever their distance.</figcaption></figure>
 {_head_table(stats)}
-<h3>Selected heads on the text</h3>
-{"".join(f"<h4>{html.escape(t)}</h4>{_img(p, t)}" for t, p in heatmaps)}
-<h2>MLP neurons of layer {cfg.layer}</h2>
+<h2>2. The clearest head of each kind</h2>
+{"".join(f"<h3>{html.escape(t)}</h3><p>{html.escape(head_sentence(stats, layer, head))}</p>{_img(p, t)}"
+         for (layer, head, t), p in heatmaps)}
+<h2>3. Are MLP neurons more meaningful than random directions? (layer {cfg.layer})</h2>
+<p class="finding">{html.escape(neurons_finding(summary))}</p>
 <p>Top {cfg.top_k} activating tokens (bold) in context, red = positive, blue = negative activation.
-Neurons and the random directions (unit vectors of neuron space, the paper's baseline) are
-searched the same way. Mean fraction of distinct tokens among the top {cfg.top_k}: neurons
-{summary["mean_distinct_top_tokens_neurons"]:.2f}, random directions
-{summary["mean_distinct_top_tokens_random"]:.2f} (lower = more token-selective).</p>
+Neurons and random directions (unit vectors of neuron space, the paper's baseline) are searched the same way over
+the {len(stories)} corpus stories. Images of the same lists: neurons_layer{cfg.layer}.png, random_layer{cfg.layer}.png.</p>
 <h3>Neurons</h3>
 {_examples_html(ex_n, "neuron", distinct_n)}
-{_img(images["neurons"], "neurons")}
 <h3>Random directions (seed {cfg.seed})</h3>
 {_examples_html(ex_r, "direction", distinct_r)}
-{_img(images["random"], "random directions")}
 """
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}: interpretability</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}} img{{max-width:100%;display:block;margin:1em 0}}
-table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}
-.ctx{{font-family:monospace;white-space:pre}} .focus{{font-weight:bold;text-decoration:underline}}
-.text{{font-style:italic}}</style></head><body>{body}</body></html>"""
     report = out / "report.html"
     with atomic_write(report) as f:
-        f.write(page)
+        f.write(page(f"{loaded.name}: interpretability", body))
     return report
+
+
+def heads_finding(stats: HeadStats) -> str:
+    """One sentence on the heads, against the baseline of uniform attention."""
+    labels = [label for row in stats.labels for label in row]
+    counts = {c: labels.count(c) for c in CLASSES if labels.count(c)}
+    listing = ", ".join(f"{n} {c}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    mean_entropy = float(stats.entropy.mean())
+    if counts.get("diffuse", 0) == len(labels):
+        return (f"All {len(labels)} heads are diffuse (mean normalised entropy {mean_entropy:.2f}; 1.0 is uniform "
+                "attention): none attends sharply to the previous token, the first token or related words. The "
+                "model has not learned specialised heads, which is what a model trained for minutes usually "
+                "shows; the paper's trained models have previous-token and name-tracking heads. Train longer, "
+                "then look again.")
+    special = len(labels) - counts.get("diffuse", 0)
+    return (f"{special} of {len(labels)} heads are specialised ({listing}); mean normalised entropy "
+            f"{mean_entropy:.2f} (1.0 = uniform attention). " + (
+                f"{counts['semantic']} head(s) put extra weight on related earlier words (a pronoun's name, an "
+                "earlier copy of a word), the kind the paper calls semantic. " if counts.get("semantic") else "")
+            + "The heatmaps below show the clearest head of each kind on the text.")
+
+
+def head_sentence(stats: HeadStats, layer: int, head: int) -> str:
+    """What one head does, in numbers a reader can check against the heatmap."""
+    label = stats.labels[layer][head]
+    m = {k: float(getattr(stats, k)[layer, head]) for k in ("prev_token", "first_token", "semantic",
+                                                          "semantic_lift", "mean_distance", "entropy")}
+    return {"previous-token": f"It puts {m['prev_token']:.0%} of its attention on the token just before.",
+            "sink": f"It parks {m['first_token']:.0%} of its attention on the story's first token (an attention "
+                    "sink: a place to put attention that should go nowhere).",
+            "semantic": f"It puts {m['semantic']:.0%} of its attention on related earlier words, "
+                        f"{m['semantic_lift']:.1f}x what uniform attention would.",
+            "positional-local": f"It attends on average {m['mean_distance']:.1f} tokens back: a local window.",
+            "diffuse": f"Its attention is spread out (normalised entropy {m['entropy']:.2f}, mean distance "
+                       f"{m['mean_distance']:.1f} tokens): no single pattern."}.get(label, label)
+
+
+def neurons_finding(summary: dict[str, object]) -> str:
+    """Neurons against random directions, in the terms of the paper's baseline."""
+    n = float(summary["mean_distinct_top_tokens_neurons"])  # type: ignore[arg-type]
+    r = float(summary["mean_distinct_top_tokens_random"])  # type: ignore[arg-type]
+    k = summary["top_k"]
+    if n < r - 0.05:
+        return (f"Neurons are more token-selective than random directions: on average {n:.0%} of a neuron's top {k} "
+                f"tokens are distinct, against {r:.0%} for random directions. Individual neurons pick out "
+                "specific tokens or roles, as the paper found for its models: reading them one by one is worthwhile.")
+    if n > r + 0.05:
+        return (f"Neurons are less token-selective than random directions ({n:.0%} distinct top-{k} tokens against "
+                f"{r:.0%}): their top activations are spread over more tokens than arbitrary mixtures of neurons.")
+    return (f"Neurons are no more token-selective than random directions ({n:.0%} distinct top-{k} tokens against "
+            f"{r:.0%}): in this model a single neuron is no more interpretable than an arbitrary mixture of "
+            "neurons, so its top tokens below are not evidence of meaning. This is typical of briefly trained "
+            "models; the paper's finding (neurons more meaningful than random directions) is for trained ones.")

@@ -28,6 +28,7 @@ from tinystories.tokenizer import Tokenizer
 from tinystories.utils import atomic_write, write_json
 
 CONFIG_NAME = "config.json"
+CHECKPOINT_DIR = "checkpoint"  # a training run's model folder, inside the run folder
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 
@@ -79,6 +80,17 @@ class LoadedModel:
     tokenizer: Tokenizer
     config: dict[str, Any]
     path: Path
+    name: str = ""  # what users call it (the run folder's name): in /v1/models, reports, cards
+
+    def __post_init__(self) -> None:
+        self.name = self.name or model_name(self.path)
+
+
+def model_name(path: str | Path) -> str:
+    """A model's name: its folder's, or its run's for `RUN/checkpoint` (every run's model is
+    called `checkpoint`, which names nothing)."""
+    p = Path(path)
+    return p.parent.name if p.name == CHECKPOINT_DIR and p.parent.name else p.name
 
 
 def read_config(folder: Path) -> dict[str, Any]:

@@ -225,7 +225,7 @@ def model_card(loaded: LoadedModel, architecture: str) -> str:
         "---", "license: mit", "library_name: transformers", "pipeline_tag: text-generation",
         "tags:", "- tinystories", "- text-generation", f"- {'gpt_neo' if cfg.arch == 'neo' else 'llama'}",
         "datasets:", "- roneneldan/TinyStories", "---", "",
-        f"# {loaded.path.name}: a tiny story-writing language model", "",
+        f"# {loaded.name}: a tiny story-writing language model", "",
         ("Trained with the `tinystories` toolkit on TinyStories-style children's stories "
         "(Eldan & Li 2023, *How Small Can Language Models Be and Still Speak Coherent English?*)."), "",
         "## Model", "",

@@ -65,8 +65,15 @@ class TrainConfig(Config):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "auto = bf16 on GPU, fp32 on CPU")
     compile: Literal["auto", "on", "off"] = setting("auto", "torch.compile: auto = on GPU only")
-    threads: int = setting(0, "CPU threads for torch; 0 = torch's default", ge=0, le=4096)
+    threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work (shared "
+                                  "between the processes of a CPU torchrun)", ge=0, le=4096)
     progress: bool = setting(True, "progress bar")
+    eval_samples: int = setting(2, "stories sampled at each evaluation, shown in the log and the trackers "
+                                   "(0 = none)", ge=0, le=64)
+    log_to: list[Literal["tensorboard", "wandb"]] = setting(
+        help="experiment trackers to write to, besides metrics.jsonl (tensorboard, wandb; W&B offline with "
+             "WANDB_MODE=offline)", factory=list, flag="log")
+    wandb_project: str = setting("tinystories", "the W&B project of --log wandb")
 
     where = "train"
 

@@ -1,24 +1,90 @@
-"""Training logs a person can read: JSONL and CSV rows, and loss curves as a PNG."""
+"""Training logs a person can read: JSONL and CSV rows, loss curves as a PNG, sampled stories;
+and, if asked, the trackers nanoGPT and HF Trainer users expect (TensorBoard, Weights & Biases).
+
+Both trackers are optional extras (``pip install 'tinystories[tracking]'``); W&B runs fully
+offline with ``WANDB_MODE=offline`` (sync later with ``wandb sync``).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tinystories.errors import TinyStoriesError
 
 COLUMNS = ["step", "tokens", "kind", "loss", "lr", "tokens_per_s", "val_loss", "val_bpb"]
 
 
+class Trackers:
+    """The experiment trackers a run writes to (none, TensorBoard, W&B), one interface."""
+
+    def __init__(self, names: Sequence[str], out_dir: Path, config: dict[str, Any], project: str) -> None:
+        self.tb: Any = None
+        self.wandb: Any = None
+        if "tensorboard" in names:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise TinyStoriesError("--log tensorboard needs the tensorboard package: "
+                                       "pip install 'tinystories[tracking]' (or pip install tensorboard)") from exc
+            self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        if "wandb" in names:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise TinyStoriesError("--log wandb needs the wandb package: pip install 'tinystories[tracking]' "
+                                       "(or pip install wandb); WANDB_MODE=offline works without a network") from exc
+            self.wandb = wandb.init(project=project, dir=str(out_dir), config=config, name=out_dir.name,
+                                    id=_wandb_id(out_dir), resume="allow", reinit="finish_previous")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def stories(self, step: int, stories: list[str]) -> None:
+        if self.tb is not None:
+            self.tb.add_text("samples", "\n\n---\n\n".join(stories), step)
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({"samples": wandb.Table(columns=["story"], data=[[s] for s in stories])}, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_id(out_dir: Path) -> str:
+    """One W&B run per run folder, kept across resumes."""
+    path = out_dir / "wandb_run_id"
+    if not path.exists():
+        import secrets
+
+        path.write_text(secrets.token_hex(8))
+    return path.read_text().strip()
+
+
 class MetricsLog:
-    """Appends to OUT/metrics.jsonl and OUT/metrics.csv; `plot()` draws OUT/loss.png.
+    """Appends to OUT/metrics.jsonl and OUT/metrics.csv (and OUT/samples.jsonl); `plot()` draws
+    OUT/loss.png; every row also goes to the trackers.
 
     On resume, rows after the checkpoint's step are dropped, so the logs read as one run.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool = True, keep_until: int = 0) -> None:
+    def __init__(self, out_dir: Path, enabled: bool = True, keep_until: int = 0,
+                 trackers: Trackers | None = None) -> None:
         self.enabled = enabled
+        self.trackers = trackers
         self.jsonl, self.csv, self.png = (out_dir / n for n in ("metrics.jsonl", "metrics.csv", "loss.png"))
+        self.samples = out_dir / "samples.jsonl"
         self.rows: list[dict[str, Any]] = []
         if not enabled:
             return
@@ -31,6 +97,10 @@ class MetricsLog:
                     continue  # a line torn by a crash
                 if row.get("step", 0) <= keep_until:
                     self.rows.append(row)
+        if self.samples.exists():  # (stories sampled after the checkpoint are dropped too)
+            kept = [line for line in self.samples.read_text().splitlines()
+                    if line.strip() and keep_until and json.loads(line).get("step", 0) <= keep_until]
+            self.samples.write_text("".join(line + "\n" for line in kept))
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -48,6 +118,9 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
         with self.csv.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=COLUMNS).writerow(row)
+        if self.trackers is not None:
+            values = {f"{row['kind']}/{k}": v for k, v in row.items() if k not in ("step", "kind")}
+            self.trackers.scalars(row["step"], values)
 
     def train(self, step: int, tokens: int, loss: float, lr: float, tokens_per_s: float) -> None:
         self._append({"step": step, "tokens": tokens, "kind": "train", "loss": round(loss, 5),
@@ -56,6 +129,22 @@ class MetricsLog:
     def eval(self, step: int, tokens: int, val_loss: float, val_bpb: float) -> None:
         self._append({"step": step, "tokens": tokens, "kind": "eval",
                       "val_loss": round(val_loss, 5), "val_bpb": round(val_bpb, 5)})
+
+    def stories(self, step: int, stories: list[str]) -> None:
+        """Stories sampled at an evaluation: the quickest way to see a story model learn."""
+        if not self.enabled or not stories:
+            return
+        with self.samples.open("a") as f:
+            f.write(json.dumps({"step": step, "stories": stories}, ensure_ascii=False) + "\n")
+        if self.trackers is not None:
+            self.trackers.stories(step, stories)
+
+    def last_eval(self, step: int) -> dict[str, float]:
+        """The evaluation logged at `step`, if any (a finished run rerun reports it again)."""
+        for row in reversed(self.rows):
+            if row["kind"] == "eval" and row["step"] == step:
+                return {"val_loss": row["val_loss"], "val_bpb": row["val_bpb"]}
+        return {}
 
     def plot(self) -> None:
         if not self.enabled or not self.rows:

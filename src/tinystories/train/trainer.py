@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from tinystories.model.losses import bits_per_byte
 from tinystories.tokenizer import Tokenizer
 from tinystories.train.batches import TokenBatches
 from tinystories.train.config import TrainConfig, dump_config
-from tinystories.train.metrics import MetricsLog
+from tinystories.train.metrics import MetricsLog, Trackers
 from tinystories.train.optim import (
     load_optimizers,
     lr_factor,
@@ -46,7 +47,14 @@ from tinystories.train.optim import (
     optimizer_tensors,
     set_lr,
 )
-from tinystories.utils import atomic_write, pick_device, seed_everything, write_json
+from tinystories.utils import (
+    atomic_write,
+    pick_device,
+    seed_everything,
+    set_threads,
+    usable_cores,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -122,13 +130,21 @@ def checkpoint_dir(out_dir: Path) -> Path | None:
     return None
 
 
+SampleFn = Callable[[GPT, Tokenizer, int], list[str]]  # (model, tokenizer, how many) -> stories
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = True) -> None:
+    """Trains `cfg`'s model. `sample(model, tokenizer, n)`, if given, writes `cfg.eval_samples`
+    stories at each evaluation for the log and the trackers (the CLI passes the project's
+    sampler; the trainer itself knows nothing about generation)."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = True, sample: SampleFn | None = None) -> None:
         self.cfg = cfg
+        self.sample = sample
         self.dist, self.device = Distributed.setup(cfg.device)
         self.out = Path(cfg.out_dir)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if self.device.type == "cpu":
+            set_threads(cfg.threads or (max(1, usable_cores() // self.dist.world) if self.dist.world > 1 else 0))
         seed_everything(cfg.seed + self.dist.rank)
         data = Path(cfg.data_dir)
         if not cfg.data_dir or not data.is_dir():
@@ -143,10 +159,13 @@ class Trainer:
         self.batches = TokenBatches(train_tokens, cfg.model.context_length, cfg.batch_size,
                                     cfg.seed + 1000 * self.dist.rank, cfg.data_order, self.tokenizer.eos_id)
         self.valid: tuple[np.ndarray, TokenFileInfo] | None = None
+        self.overlap = 0  # validation stories that are also training stories
         if (data / "valid.bin").exists():
             valid_tokens, valid_info = load_tokens(data / "valid.bin", self.tokenizer, cfg.model.vocab_size)
             self.valid = (fixed_windows(valid_tokens, cfg.model.context_length,
                                         cfg.eval_batches * cfg.batch_size), valid_info)
+            if self.dist.main:
+                self.overlap = shared_stories(train_tokens, valid_tokens, self.tokenizer.eos_id)
 
         self.model = GPT(cfg.model).to(self.device)
         self.optimizers = make_optimizers(self.model, cfg.optim)
@@ -164,7 +183,10 @@ class Trainer:
         if self.dist.world > 1:
             self.compiled = DistributedDataParallel(
                 self.compiled, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.log = MetricsLog(self.out, enabled=self.dist.main, keep_until=self.step)
+        trackers = Trackers(cfg.log_to, self.out, asdict(cfg), cfg.wandb_project) \
+            if self.dist.main and cfg.log_to else None
+        self.log = MetricsLog(self.out, enabled=self.dist.main, keep_until=self.step, trackers=trackers)
+        self.data_tokens = len(train_tokens)
 
     def _autocast_dtype(self) -> torch.dtype:
         name = self.cfg.dtype
@@ -285,6 +307,31 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         return total
 
+    def summary(self) -> list[str]:
+        """What the run is about to do, in the terms users check first; and what looks wrong."""
+        cfg, world = self.cfg, self.dist.world
+        params, non_emb = self.model.num_params(), self.model.num_params(non_embedding=True)
+        per_step = cfg.tokens_per_step * world
+        budget = f"{cfg.max_minutes:g} minutes (the LR schedule follows the clock)" if cfg.max_minutes else \
+            f"{cfg.max_steps:,} steps = {cfg.max_steps * per_step / 1e6:,.2f}M tokens " \
+            f"({cfg.max_steps * per_step / max(self.data_tokens, 1):.1f} epochs of {self.data_tokens / 1e6:,.2f}M)"
+        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        processes = f", {world} processes" if world > 1 else ""
+        lines = [(f"model: {cfg.model.arch}, {cfg.model.n_layer} layers x d_model {cfg.model.d_model}, "
+                  f"{params / 1e6:.2f}M parameters ({non_emb / 1e6:.2f}M without embeddings)"),
+                 f"device: {self.device}{threads}, {str(self.dtype).removeprefix('torch.')}{processes}",
+                 (f"batch: {per_step:,} tokens per step ({cfg.batch_size} x {cfg.grad_accum} x "
+                  f"{cfg.model.context_length}{f' x {world}' if world > 1 else ''}); optimizer "
+                  f"{cfg.optim.optimizer}, {cfg.optim.schedule} schedule; budget {budget}")]
+        warnings = []
+        if not cfg.max_minutes and cfg.optim.warmup_steps >= cfg.max_steps:
+            warnings.append(f"warning: warmup_steps ({cfg.optim.warmup_steps}) >= max_steps ({cfg.max_steps}): the "
+                            "learning rate never finishes warming up; lower optim.warmup_steps")
+        if self.overlap:
+            warnings.append(f"warning: {self.overlap} validation stories also appear in the training data: the "
+                            "validation loss will look better than it is; pretokenize disjoint corpora")
+        return lines + warnings
+
     def fit(self, pause_at: int | None = None) -> dict[str, float]:
         """Train to the end of the schedule (or until step `pause_at`, e.g. a job's slot); returns the last eval."""
         cfg = self.cfg
@@ -293,6 +340,12 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out / "config.yaml") as f:
                 f.write(dump_config(cfg))
+            for line in self.summary():
+                (log.warning if line.startswith("warning") else log.info)(line)
+        if self.step >= end or self.progress() >= 1.0:  # a finished run, rerun: nothing to add
+            if self.dist.main:
+                log.info(f"{self.out} already finished at step {self.step}")
+            return self.log.last_eval(self.step) or self.evaluate()
         self.model.train()
         # The bar counts whichever limit ends the run: steps, or seconds of a time budget.
         by_time = cfg.max_minutes > 0
@@ -328,6 +381,8 @@ class Trainer:
         self.save_checkpoint()
         if not last_eval:  # no validation set: nothing has drawn the curves yet
             self.log.plot()
+        if self.log.trackers is not None:
+            self.log.trackers.close()
         if self.dist.world > 1:
             dist.destroy_process_group()
         return last_eval
@@ -337,7 +392,25 @@ class Trainer:
         if result:
             self.log.eval(self.step, self.step * self.cfg.tokens_per_step * self.dist.world, **result)
             self.log.plot()
+        if self.sample is not None and self.cfg.eval_samples and self.dist.main:
+            self.model.eval()
+            stories = self.sample(self.model, self.tokenizer, self.cfg.eval_samples)
+            self.model.train()
+            self.log.stories(self.step, stories)
+            for story in stories:
+                log.info(f"step {self.step} sample: {' '.join(story.split())[:300]}")
         return result
+
+
+def shared_stories(train: np.ndarray, valid: np.ndarray, eos: int) -> int:
+    """How many validation stories (token sequences between end-of-story tokens) are also training
+    stories: a hash per story, one pass over each file."""
+    def stories(tokens: np.ndarray) -> set[int]:
+        tokens = np.asarray(tokens)
+        cuts = np.flatnonzero(tokens == eos)
+        return {hash(tokens[a + 1:b].tobytes()) for a, b in zip([-1, *cuts[:-1]], cuts) if b > a + 1}
+
+    return len(stories(valid) & stories(train))
 
 
 def _short(metrics: dict[str, float]) -> dict[str, str]:

@@ -61,4 +61,7 @@ class Diversity(Task):
         within = add_plot("rouge_within.png", hist_plot({m: d["within_prompt_f"] for m, d in diverse.items()},
                                                         "Rouge-2 F between completions of one prompt",
                                                         "Rouge-2 F", "pairs of completions"), "Diversity")
-        return [Block("h2", "Diversity and memorisation (Rouge-2)"), Block("table", rows=rows), train, within]
+        notes = [Block("p", f"{m}: within-prompt overlap is n/a: it compares completions of the same prompt, so it "
+                            "needs at least 2 per prompt (-n 2).")
+                 for m, d in diverse.items() if not d["within_prompt_f"]]
+        return [Block("h2", "Diversity and memorisation (Rouge-2)"), Block("table", rows=rows), *notes, train, within]

@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tinystories.eval.judge import AGE_GROUPS, SCORE_KEYS, JudgeRun, Judgment
-from tinystories.eval.report import Block, bar_plot, fmt
+from tinystories.eval.judge import AGE_GROUPS, SCORE_KEYS, JudgeRun, Judgment, missing_summary
+from tinystories.eval.report import Block, bar_plot, fmt, missing_block
 from tinystories.eval.stats import bootstrap_mean
 from tinystories.eval.task import AddPlot, Pending, Task, per_model
 from tinystories.eval.tasks import register
@@ -34,13 +34,13 @@ def grade_requests(run: JudgeRun, model_name: str, beginnings: Sequence[str],
 
 
 def summarize_grades(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
-    """Per dimension: mean and bootstrap 95% interval over the present judgments; age groups."""
-    scores = {key: bootstrap_mean([j.parsed[key] if j.parsed is not None else None for j in judgments],
-                                  seed=seed).to_json()
+    """Per dimension: mean and bootstrap 95% interval over the judgments that have it; age groups."""
+    scores = {key: bootstrap_mean([(j.parsed or {}).get(key) for j in judgments], seed=seed).to_json()
               for key in SCORE_KEYS}
-    ages = Counter(j.parsed["age_group"] for j in judgments if j.parsed is not None)
+    ages = Counter((j.parsed or {}).get("age_group") for j in judgments)
     return {"scores": scores, "age_groups": {g: ages.get(g, 0) for g in AGE_GROUPS},
-            "judged": sum(j.ok for j in judgments), "missing": sum(not j.ok for j in judgments)}
+            "judged": sum(j.ok for j in judgments), "missing": sum(not j.ok for j in judgments),
+            "missing_info": missing_summary(judgments, [*SCORE_KEYS, "age_group"])}
 
 
 @register
@@ -70,5 +70,6 @@ class GptEval(Task):
         ages += [[m, *(str(g["age_groups"][a]) for a in AGE_GROUPS)] for m, g in graded.items()]
         plot = add_plot("gpt_eval.png", bar_plot({m: g["scores"] for m, g in graded.items()}, list(SCORE_KEYS),
                                                  "GPT-Eval scores (95% CI)", "score / 10"), "GPT-Eval scores")
-        return [Block("h2", "GPT-Eval"), Block("table", rows=rows),
+        missing = [b for m, g in graded.items() for b in missing_block(g.get("missing_info"), m)]
+        return [Block("h2", "GPT-Eval"), Block("table", rows=rows), *missing,
                 Block("p", "Age group the judge guessed for the writer:"), Block("table", rows=ages), plot]

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinystories.errors import TinyStoriesError
-from tinystories.eval.judge import JudgeRun, Judgment
-from tinystories.eval.report import Block, fmt
+from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
+from tinystories.eval.report import Block, fmt, missing_block
 from tinystories.eval.stats import bootstrap_mean
 from tinystories.eval.task import AddPlot, Pending, Task, per_model
 from tinystories.eval.tasks import register
@@ -93,13 +93,14 @@ def instruct_requests(run: JudgeRun, model_name: str, headers: Sequence[str],
 def summarize_instruct(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
     with_words = [j.meta["word_check"] for j in judgments if j.meta["word_check"]["words"]]
     return {
-        "scores": {key: bootstrap_mean([j.parsed[key] if j.parsed is not None else None for j in judgments],
-                                       seed=seed).to_json() for key in ("instructions", "grammar")},
+        "scores": {key: bootstrap_mean([(j.parsed or {}).get(key) for j in judgments], seed=seed).to_json()
+                   for key in ("instructions", "grammar")},
         # judge-free: share of stories with every required word, and share of required words present
         "all_words_present": bootstrap_mean([float(not c["missing"]) for c in with_words], seed=seed).to_json(),
         "words_present": bootstrap_mean([len(c["found"]) / len(c["words"]) for c in with_words],
                                         seed=seed).to_json(),
         "judged": sum(j.ok for j in judgments), "missing": sum(not j.ok for j in judgments),
+        "missing_info": missing_summary(judgments, ["instructions", "grammar"]),
     }
 
 
@@ -128,4 +129,5 @@ class Instruct(Task):
         rows = [["model", "instructions (judge)", "grammar (judge)", "all words present", "words present"]]
         rows += [[m, fmt(s["scores"]["instructions"]), fmt(s["scores"]["grammar"]),
                   fmt(s["all_words_present"]), fmt(s["words_present"])] for m, s in instructed.items()]
-        return [Block("h2", "Instruction following"), Block("table", rows=rows)]
+        missing = [b for m, s in instructed.items() for b in missing_block(s.get("missing_info"), m)]
+        return [Block("h2", "Instruction following"), Block("table", rows=rows), *missing]

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.config import SuiteConfig
-from tinystories.eval.judge import JudgeRun, Judgment
-from tinystories.eval.report import Block, fmt
+from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
+from tinystories.eval.report import Block, fmt, missing_block
 from tinystories.eval.stats import win_rate
 from tinystories.eval.task import AddPlot, Pending, Task
 from tinystories.eval.tasks import register
@@ -53,7 +53,8 @@ def pairwise_outcomes(judgments: Sequence[Judgment]) -> list[str | None]:
 
 
 def summarize_pairwise(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
-    return win_rate(pairwise_outcomes(judgments), seed=seed)
+    return {**win_rate(pairwise_outcomes(judgments), seed=seed),
+            "missing_info": missing_summary(judgments, ["winner"])}
 
 
 @register
@@ -89,5 +90,6 @@ class Pairwise(Task):
                                   f"disagreement counts as a tie): {fmt(pair['win_rate'])}."),
                        Block("table", rows=[["A wins", "B wins", "ties", "missing"],
                                             [str(pair["a"]), str(pair["b"]), str(pair["tie"]),
-                                             str(pair["missing"])]])]
+                                             str(pair["missing"])]]),
+                       *missing_block(pair.get("missing_info"), f"{a} vs {b}")]
         return blocks

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tinystories.data.beginnings import normalize_quotes
-from tinystories.eval.judge import JudgeRun, Judgment
-from tinystories.eval.report import Block, bar_plot, fmt
+from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
+from tinystories.eval.report import Block, bar_plot, fmt, missing_block
 from tinystories.eval.stats import bootstrap_mean
 from tinystories.eval.task import AddPlot, Pending, Task, per_model
 from tinystories.eval.tasks import register
@@ -45,7 +45,7 @@ def probe_requests(run: JudgeRun, model_name: str, probes: dict[str, list[str]],
 
 def summarize_probes(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
     """Per category: share judged correct (unclear counts as not correct), with its interval."""
-    out = {}
+    out: dict[str, Any] = {"missing_info": missing_summary(judgments, ["verdict"])}
     for cat in CATEGORIES:
         js = [j for j in judgments if j.meta["category"] == cat]
         if js:
@@ -77,7 +77,9 @@ class Probes(Task):
         probed = per_model(results, "probes")
         if not probed:
             return []
-        cats = sorted({c for p in probed.values() for c in p})
+        cats = [c for c in CATEGORIES if any(c in p for p in probed.values())]
         rows = [["model", *cats]] + [[m, *(fmt(p.get(c, {})) for c in cats)] for m, p in probed.items()]
         plot = add_plot("probes.png", bar_plot(probed, cats, "Share judged correct (95% CI)", "share"), "Probes")
-        return [Block("h2", "Knowledge, reasoning and context-tracking probes"), Block("table", rows=rows), plot]
+        missing = [b for m, p in probed.items() for b in missing_block(p.get("missing_info"), m)]
+        return [Block("h2", "Knowledge, reasoning and context-tracking probes"), Block("table", rows=rows),
+                *missing, plot]

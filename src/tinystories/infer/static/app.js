@@ -25,6 +25,11 @@ async function api(path, body) {
 
 function setStatus(text) { $("status").textContent = text; }
 
+function showError(text) {  // prominent, and kept until the next attempt
+  $("error").textContent = text;
+  $("error").hidden = !text;
+}
+
 async function loadModels() {
   try {
     const data = await (await api("/v1/models")).json();
@@ -45,6 +50,27 @@ function showModelInfo() {
   $("max_tokens").max = m.context_length - 1;
   fillSelect($("layer"), m.n_layer, (i) => "L" + i);
   fillSelect($("head"), m.n_head, (i) => "H" + i, true);
+  updateRoom();
+}
+
+// The prompt takes part of the model's context: Max tokens can only use what is left.
+let roomTimer = null;
+function updateRoom() {
+  clearTimeout(roomTimer);
+  roomTimer = setTimeout(async () => {
+    const model = $("model").value;
+    if (!model) return;
+    try {
+      const r = await (await api("/v1/internal/tokenize", { model, prompt: $("prompt").value })).json();
+      const slider = $("max_tokens");
+      slider.max = Math.max(1, r.room);
+      if (+slider.value > r.room) slider.value = Math.max(1, r.room);
+      $("max_tokens-val").textContent = slider.value;
+      $("room").textContent = r.room > 0
+        ? `The prompt takes ${r.tokens} of ${r.context_length} tokens: up to ${r.room} new ones fit.`
+        : `The prompt takes ${r.tokens} tokens, the whole context of ${r.context_length}: shorten it.`;
+    } catch (e) { $("room").textContent = ""; }
+  }, 250);
 }
 
 function fillSelect(sel, n, name, withMean) {
@@ -107,18 +133,26 @@ function parseEvents(buffer, onData) {
 
 async function generate() {
   const out = $("output");
-  state.prompt = $("prompt").value;
-  state.ids = [];
-  state.attention = null;
-  out.innerHTML = "";
-  const p = document.createElement("span");
-  p.className = "prompt-text";
-  p.textContent = state.prompt;
-  out.appendChild(p);
-  $("attention").innerHTML = '<span class="placeholder">Click a generated token to see which earlier tokens it attended to.</span>';
-  $("att-top").innerHTML = "";
+  const previous = { nodes: [...out.childNodes], prompt: state.prompt, ids: state.ids };
+  let started = false;
+  const start = () => {  // the old story stays until the new one really begins
+    if (started) return;
+    started = true;
+    state.prompt = body.prompt;
+    state.ids = [];
+    state.attention = null;
+    out.innerHTML = "";
+    const p = document.createElement("span");
+    p.className = "prompt-text";
+    p.textContent = state.prompt;
+    out.appendChild(p);
+    $("attention").innerHTML = '<span class="placeholder">Click a generated token to see which earlier tokens it attended to.</span>';
+    $("att-top").innerHTML = "";
+  };
+  showError("");
+  $("stats").textContent = "";
   const body = {
-    model: $("model").value, prompt: state.prompt, stream: true, logprobs: 5,
+    model: $("model").value, prompt: $("prompt").value, stream: true, logprobs: 5,
     temperature: +$("temperature").value, top_p: +$("top_p").value, top_k: +$("top_k").value,
     max_tokens: +$("max_tokens").value, stream_options: { include_usage: true },
   };
@@ -148,6 +182,7 @@ async function generate() {
         const msg = JSON.parse(data);
         if (msg.error) throw new Error(msg.error.message);
         if (msg.usage) usage = msg.usage;
+        start();
         for (const c of msg.choices) {
           if (c.logprobs && c.logprobs.token_ids.length) {
             out.appendChild(tokenSpan(c));
@@ -163,7 +198,17 @@ async function generate() {
       `finished: ${finish === "stop" ? "the story ended" : "token limit"}`;
     setStatus("Done. Hover a token for its probability, click it for attention.");
   } catch (e) {
-    setStatus(e.name === "AbortError" ? "Stopped." : "Error: " + e.message);
+    if (e.name === "AbortError") {
+      setStatus("Stopped.");
+    } else {
+      setStatus("");
+      showError("Error: " + e.message);
+      if (!started) {  // nothing new was written: the previous story stays on the page
+        out.replaceChildren(...previous.nodes);
+        state.prompt = previous.prompt;
+        state.ids = previous.ids;
+      }
+    }
   } finally {
     $("generate").disabled = false;
     $("stop").disabled = true;
@@ -180,7 +225,7 @@ async function selectToken(span) {
       completion_token_ids: state.ids.slice(0, upto + 1) });
     state.attention = await res.json();
     renderAttention();
-  } catch (e) { setStatus("Attention failed: " + e.message); }
+  } catch (e) { showError("Attention failed: " + e.message); }
 }
 
 function renderAttention() {
@@ -196,7 +241,7 @@ function renderAttention() {
   w.forEach((x, j) => {
     const s = document.createElement("span");
     s.className = "att-tok" + (j === a.position ? " query" : "");
-    s.textContent = j === 0 ? "⟨start⟩" : a.tokens[j];
+    s.textContent = j === 0 ? "[start]" : a.tokens[j];
     s.style.background = `rgba(108, 78, 227, ${(0.85 * x / max).toFixed(3)})`;
     s.style.color = x / max > 0.55 ? "#fff" : "";
     s.title = `${(100 * x).toFixed(1)}%`;
@@ -205,7 +250,7 @@ function renderAttention() {
   });
   const top = w.map((x, j) => [x, j]).sort((p, q) => q[0] - p[0]).slice(0, 8);
   $("att-top").innerHTML = top.map(([x, j]) =>
-    `<li><b>${show(j === 0 ? "⟨start⟩" : a.tokens[j])}</b> ${(100 * x).toFixed(1)}%</li>`).join("");
+    `<li><b>${show(j === 0 ? "[start]" : a.tokens[j])}</b> ${(100 * x).toFixed(1)}%</li>`).join("");
 }
 
 for (const id of ["temperature", "top_p", "top_k", "max_tokens"]) {
@@ -217,4 +262,5 @@ $("head").addEventListener("change", renderAttention);
 $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => state.controller && state.controller.abort());
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+$("prompt").addEventListener("input", updateRoom);
 loadModels();
