@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_server import free_port, make_model, pct
+from bench_server import make_model, pct, start_server
 
 
 def main() -> int:
@@ -37,21 +36,8 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_model(Path(tmp))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PYTHONPATH": args.src, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "tinystories.cli", "serve", str(folder), "--port", str(port),
-                                 "--threads", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc, url = start_server(folder, 1, {"PYTHONPATH": args.src})
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    httpx.get(url + "/v1/models", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"server did not start: {proc.stderr.read().decode()}") from None  # type: ignore[union-attr]
-                    time.sleep(0.2)
             small = {"model": folder.name, "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0}
             httpx.post(url + "/v1/completions", json=small, timeout=60).raise_for_status()  # warm-up
             alone = []

@@ -54,6 +54,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(folder: Path, threads: int, env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`tinystories serve folder` in its own process on a free loopback port, once it answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "tinystories.cli", "serve", str(folder), "--port", str(port),
+                             "--threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url + "/v1/models", timeout=1).raise_for_status()
+            return proc, url
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit(f"server did not start: {proc.stderr.read().decode()}") from None  # type: ignore[union-attr]
+            time.sleep(0.2)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -180,21 +200,8 @@ def main() -> int:
     prompts = [s[:120] for s in read_stories("bundled:valid")[0][:64]]
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_model(Path(tmp))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen([sys.executable, "-m", "tinystories.cli", "serve", str(folder),
-                                 "--port", str(port), "--threads", str(args.server_threads)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc, url = start_server(folder, args.server_threads)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    httpx.get(url + "/v1/models", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"server did not start: {proc.stderr.read().decode()}") from None
-                    time.sleep(0.2)
             asyncio.run(load(url, 4, 8, prompts, 16))  # warm-up
             print(f"model: demo preset shape, random weights; max_tokens {args.max_tokens}; server torch "
                   f"threads {args.server_threads}; {os.cpu_count()} CPUs")

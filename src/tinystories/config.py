@@ -84,8 +84,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         return from_dict(typ, value, where)
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(typ) or (Any,)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+        if isinstance(value, str):  # one text is a list of one; "1,2" is a list of numbers
+            value = [value] if inner is str else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise TinyStoriesError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]

@@ -39,7 +39,10 @@ def setup_demo(p: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from tinystories.cli.train import sample_stories
+    from tinystories.data.corpus import read_stories
     from tinystories.data.prepare import PrepareConfig, prepare
+    from tinystories.eval.bpb import evaluate_bpb
     from tinystories.infer.params import SamplingParams
     from tinystories.infer.sampling import complete
     from tinystories.model.checkpoint import load_model
@@ -58,12 +61,13 @@ def run_demo(args: argparse.Namespace) -> int:
         None, ["optim.warmup_steps=30"], data_dir=str(data), out_dir=str(out), preset=cfg.preset, seed=cfg.seed,
         device=cfg.device, max_steps=100_000, max_minutes=cfg.minutes, batch_size=16, eval_interval=100,
         eval_batches=8, checkpoint_interval=100)
-    result = Trainer(train_cfg, resume=False).fit()
-    print("== 3/4 validation (bundled 500 validation stories)")
-    print(f"validation loss {result['val_loss']:.3f} nats/token = {result['val_bpb']:.3f} bits per byte "
+    Trainer(train_cfg, resume=False, sample=sample_stories).fit()
+    print("== 3/4 validation: the 500 bundled validation stories, whole, scored exactly (as `eval bpb`)")
+    loaded = load_model(out / "checkpoint")
+    score = evaluate_bpb(loaded.model, loaded.tokenizer, read_stories("bundled:valid")[0], progress=False)
+    print(f"validation loss {score.loss:.3f} nats/token = {score.bpb:.3f} bits per byte "
           f"(loss curves: {out / 'loss.png'})")
     print("== 4/4 stories written by the model")
-    loaded = load_model(out / "checkpoint")
     sampling = SamplingParams(max_new_tokens=180, temperature=0.7, top_p=0.9, seed=cfg.seed)
     for prompt, story in zip(DEMO_PROMPTS, complete(loaded.model, loaded.tokenizer, DEMO_PROMPTS, sampling)):
         print(f"\n--- {prompt or '(no prompt)'}\n{prompt}{story}")

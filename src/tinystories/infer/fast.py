@@ -9,6 +9,8 @@ generated tokens agree exactly). What makes it faster on a CPU, measured at the 
 * The two MLP input matrices (gate and up) fused into one multiplication; RoPE and the
   positional table read from tables computed once; attention over the cache as two small
   matmuls and a softmax for a single query, instead of the general kernel's setup.
+* RMSNorm written out (x * rsqrt(mean(x^2) + eps) * w): PyTorch's kernel costs ~30 us a call
+  on one row, four plain ops ~8 us.
 * No module calls, hooks or masks built per step: about 12 tensor ops per layer.
 
 Only for models in eval mode with no hook registered on any of their modules (`usable`):
@@ -45,6 +47,14 @@ def decoder_for(model: GPT) -> FastDecoder | None:
         known = (version, FastDecoder(model))
         _DECODERS[model] = known
     return known[1]
+
+
+def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` for the model's LayerNorm or RMSNorm, cheaper for a few rows."""
+    if isinstance(module, nn.RMSNorm):
+        eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * module.weight
+    return module(x)
 
 
 @dataclass
@@ -119,9 +129,9 @@ class FastDecoder:
         keys = torch.arange(slot + 1, device=tokens.device)
         visible = None if pad is None else keys[None, :] >= pad[:, None]  # [B, slot+1]
         for i, layer in enumerate(self.layers):
-            q, k, v = (layer.norm1(x) @ layer.qkv).view(B, 3, H, D).unbind(1)  # each [B, H, D]
+            q, k, v = (norm(layer.norm1, x) @ layer.qkv).view(B, 3, H, D).unbind(1)  # each [B, H, D]
             if layer.q_norm is not None and layer.k_norm is not None:
-                q, k = layer.q_norm(q), layer.k_norm(k)
+                q, k = norm(layer.q_norm, q), norm(layer.k_norm, k)
             if cos is not None and sin is not None:
                 q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             cache.k[i, :, :, slot] = k
@@ -139,7 +149,7 @@ class FastDecoder:
             if layer.out_b is not None:
                 attn = attn + layer.out_b
             x = x + attn
-            h = layer.norm2(x) @ layer.fc
+            h = norm(layer.norm2, x) @ layer.fc
             if layer.fc_b is not None:
                 h = h + layer.fc_b
             if layer.act == "swiglu":
@@ -154,4 +164,4 @@ class FastDecoder:
                 out = out + layer.proj_b
             x = x + out
         cache.length += 1
-        return model.norm(x) @ self.head
+        return norm(model.norm, x) @ self.head

@@ -78,6 +78,19 @@ def _kept(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, width: int
     return probs.gather(-1, order), ids
 
 
+def _kept_in_order(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """`_kept` over the whole vocabulary, as unnormalised probabilities [B, V] in id order: one
+    sort to find the cut, then the kept set scattered back (no second sort to restore ids)."""
+    V = x.shape[-1]
+    values, order = torch.sort(x, dim=-1, descending=True)
+    survives = torch.arange(V, device=x.device)[None] < top_k[:, None]
+    norm = torch.where(top_k[:, None] >= V, x.logsumexp(-1, keepdim=True),
+                       values.masked_fill(~survives, float("-inf")).logsumexp(-1, keepdim=True))
+    probs = (values - norm).exp().masked_fill_(~survives, 0.0)
+    keep = survives & ((probs.cumsum(-1) - probs) < top_p[:, None])
+    return (x - norm).exp() * torch.zeros_like(keep).scatter_(-1, order, keep)
+
+
 def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[random.Random],
            logprobs: torch.Tensor | None = None) -> torch.Tensor:
     """Next token ids [B] from last-position logits [B, V], row i by params[i] and generators[i].
@@ -113,8 +126,8 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
         short = (top_k > width) & ((top_k < V) | (probs.sum(-1) < top_p))
         if bool(short.any()):
             s = short.nonzero()[:, 0]
-            full_probs, full_ids = _kept(xc[s], top_k[s], top_p[s], V)
-            chosen[[cut[j] for j in s.tolist()]] = full_ids.gather(-1, draw(full_probs, u[cut][s])[:, None])[:, 0]
+            full = _kept_in_order(xc[s], top_k[s], top_p[s])
+            chosen[[cut[j] for j in s.tolist()]] = draw(full, u[cut][s])
             keep = (~short).nonzero()[:, 0]
             probs, ids, cut = probs[keep], ids[keep], [cut[j] for j in keep.tolist()]
         if cut:

@@ -21,6 +21,9 @@ class OptimConfig(Config):
     lr: float = setting(2e-3, "peak learning rate (AdamW)", gt=0, le=10)
     min_lr: float = setting(2e-4, "the schedule decays to this (AdamW; Muon's in proportion)", ge=0, le=10)
     muon_lr: float = setting(0.02, "peak learning rate of Muon", gt=0, le=10)
+    muon_scale: Literal["original", "match_rms_adamw"] = setting(
+        "original", "how Muon scales a matrix's update by its shape: original (Keller Jordan's sqrt(max(1, "
+                    "rows/cols))), or match_rms_adamw (0.2 sqrt(max(rows, cols)): muon_lr on AdamW's scale)")
     muon_momentum: float = setting(0.95, "Muon's momentum", ge=0, lt=1)
     muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", ge=0, le=10)
     schedule: Literal["cosine", "wsd"] = setting("cosine", "after warmup: cosine decay, or warmup-stable-decay "

@@ -31,7 +31,8 @@ def make_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer]
         ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if id(p) not in ids]
         muon = torch.optim.Muon([{"params": hidden, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr,
-                                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay, nesterov=True)
+                                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay, nesterov=True,
+                                adjust_lr_fn=cfg.muon_scale)
         return [muon, _adamw(rest, cfg)]
     return [_adamw(list(model.parameters()), cfg)]
 

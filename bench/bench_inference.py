@@ -1,0 +1,212 @@
+"""Inference speed on the CPU, each case against its peer in the same run.
+
+1. Single stream at llama2.c's stories15M shape (d 288, 6 layers, 6 heads, vocab 32K, context
+   256), random weights, one prompt token, 255 new tokens; greedy and top-p 0.9. Peer: llama2.c's
+   run.c (../shared/peers/llama2c, built here with ``gcc -Ofast -march=native``, 1 thread; with
+   ``-fopenmp`` too, 2 threads) on the very same weights, exported with `export_llama2c`.
+2. Batched at the paper's 1M shape (GPT-Neo, d 64, 8 layers, 16 heads, vocab 10K), batches of
+   1, 8 and 64, 200 new tokens; greedy and top-p 0.95. Peer: Hugging Face `generate` on the same
+   weights (`to_transformers`).
+3. Under load: case 1 greedy while two other processes keep both cores busy, against the quiet
+   figure; ours with the default thread policy, and with OpenMP's spinning waits for contrast.
+4. Start-up: `tinystories --help`, and the first token printed by `tinystories sample`.
+
+Random weights make next-token distributions nearly flat: the worst case for top-p, which must
+then sort the whole vocabulary (both sides do). Rounds are interleaved (``--rounds``) so that
+machine noise hits every contender alike; each figure is reported as the range over rounds, with
+the load average.
+
+    python bench/bench_inference.py [--rounds 3] [--only single,batched,load,startup]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from tinystories.infer.params import SamplingParams
+from tinystories.infer.sampling import generate
+from tinystories.model.gpt import GPT, GPTConfig
+
+PEER = Path(__file__).parents[2] / "shared" / "peers" / "llama2c"
+SHAPE_15M = GPTConfig(vocab_size=32_000, context_length=256, n_layer=6, n_head=6, d_model=288, arch="modern")
+SHAPE_1M = GPTConfig(vocab_size=10_000, context_length=512, n_layer=8, n_head=16, d_model=64)
+
+
+def ours_tok_s(model: GPT, prompts: list[list[int]], params: SamplingParams) -> float:
+    start = time.perf_counter()
+    out = generate(model, prompts, params, eos_id=0)
+    seconds = time.perf_counter() - start
+    assert all(len(o) == params.max_new_tokens for o in out)
+    return sum(map(len, out)) / seconds
+
+
+def build_run_c(tmp: Path) -> dict[str, Path]:
+    if not (PEER / "run.c").exists() or not shutil.which("gcc"):
+        print(f"run.c or gcc missing ({PEER}): the llama2.c peer is skipped")
+        return {}
+    out = {}
+    for name, flags in (("run.c 1 thread", []), ("run.c OpenMP", ["-fopenmp"])):
+        exe = tmp / name.replace(" ", "_").replace(".", "")
+        subprocess.run(["gcc", "-Ofast", "-march=native", *flags, "-o", str(exe), str(PEER / "run.c"), "-lm"],
+                       check=True)
+        out[name] = exe
+    return out
+
+
+def run_c_tok_s(exe: Path, model: Path, temperature: float, top_p: float, threads: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    p = subprocess.run([str(exe), str(model), "-z", str(PEER / "tokenizer.bin"), "-n", "256", "-t", str(temperature),
+                        "-p", str(top_p), "-s", "1", "-i", ""], capture_output=True, text=True, env=env, check=True)
+    return float(re.search(r"achieved tok/s: ([\d.]+)", p.stderr).group(1))  # type: ignore[union-attr]
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):,.0f}" if len(values) == 1 else f"{min(values):,.0f}-{max(values):,.0f}"
+
+
+def single_stream(rounds: int, tmp: Path) -> dict[str, list[float]]:
+    from tinystories.model.llama2c import export_llama2c
+
+    torch.manual_seed(0)
+    model = GPT(SHAPE_15M).eval()
+    export_llama2c(model, tmp / "m15.bin")
+    peers = build_run_c(tmp)
+    results: dict[str, list[float]] = defaultdict(list)
+    modes = {"greedy": (0.0, 1.0), "top-p 0.9": (1.0, 0.9)}
+    for _ in range(rounds):
+        for mode, (t, p) in modes.items():
+            params = SamplingParams(max_new_tokens=255, temperature=t, top_p=p, seed=1, stop_at_eos=False)
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                ours_tok_s(model, [[1]], SamplingParams(max_new_tokens=8, temperature=0, stop_at_eos=False))
+                results[f"{mode} | tinystories, {threads} thread(s)"].append(ours_tok_s(model, [[1]], params))
+            for name, exe in peers.items():
+                for threads in ((1,) if "1 thread" in name else (2,)):
+                    results[f"{mode} | {name}, {threads} thread(s)"].append(
+                        run_c_tok_s(exe, tmp / "m15.bin", t, p, threads))
+    return results
+
+
+def batched(rounds: int) -> dict[str, list[float]]:
+    from tinystories.model.hf import to_transformers
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = GPT(SHAPE_1M).eval()
+    hf = to_transformers(model)
+    results: dict[str, list[float]] = defaultdict(list)
+
+    @torch.inference_mode()
+    def hf_tok_s(prompts: list[list[int]], sample: bool) -> float:
+        idx = torch.tensor(prompts)
+        kwargs = {"max_new_tokens": 200, "min_new_tokens": 200, "pad_token_id": 0,
+                  "attention_mask": torch.ones_like(idx), "do_sample": sample}
+        if sample:
+            kwargs.update(top_p=0.95, temperature=1.0, top_k=0)
+        start = time.perf_counter()
+        out = hf.generate(idx, **kwargs)
+        assert out.shape[1] == idx.shape[1] + 200
+        return len(prompts) * 200 / (time.perf_counter() - start)
+
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(rounds):
+        for batch in (1, 8, 64):
+            prompts = torch.randint(1, SHAPE_1M.vocab_size, (batch, 16), generator=gen).tolist()
+            for mode, sample in (("greedy", False), ("top-p 0.95", True)):
+                params = SamplingParams(max_new_tokens=200, temperature=1.0 if sample else 0.0, top_p=0.95, seed=0,
+                                        stop_at_eos=False)
+                hf_tok_s(prompts[:1], sample)  # warm-up
+                results[f"batch {batch}, {mode} | HF generate"].append(hf_tok_s(prompts, sample))
+                results[f"batch {batch}, {mode} | tinystories"].append(ours_tok_s(model, prompts, params))
+    return results
+
+
+BUSY = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass\n"
+
+
+def under_load(rounds: int) -> dict[str, list[float]]:
+    """The single-stream greedy case quiet, then beside two busy processes, in a fresh process each
+    time (the OpenMP wait policy is read when torch starts)."""
+    code = ("import torch, sys; sys.path.insert(0, {bench!r}); from bench_inference import *; "
+            "from tinystories.utils import set_threads; torch.manual_seed(0); m = GPT(SHAPE_15M).eval(); "
+            "n = set_threads({threads}); p = SamplingParams(max_new_tokens=255, temperature=0, stop_at_eos=False); "
+            "ours_tok_s(m, [[1]], SamplingParams(max_new_tokens=8, temperature=0, stop_at_eos=False)); "
+            "print(n, ours_tok_s(m, [[1]], p))")
+    results: dict[str, list[float]] = defaultdict(list)
+    variants = {"default policy (threads auto, idle threads sleep)": ("0", "PASSIVE"),
+                "2 threads, idle threads spin (OpenMP's default)": ("2", "ACTIVE")}
+    for _ in range(rounds):
+        for loaded in (False, True):
+            busy = [subprocess.Popen([sys.executable, "-c", BUSY.format(s=120)]) for _ in range(2 if loaded else 0)]
+            try:
+                time.sleep(1.0 if loaded else 0)
+                for name, (threads, policy) in variants.items():
+                    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+                    p = subprocess.run([sys.executable, "-c", code.format(bench=str(Path(__file__).parent),
+                                                                          threads=threads)],
+                                       capture_output=True, text=True, env=env, check=True)
+                    used, tok_s = p.stdout.split()[-2:]
+                    results[f"{'loaded' if loaded else 'quiet'} | {name} [{used} threads]"].append(float(tok_s))
+            finally:
+                for b in busy:
+                    b.kill()
+    return results
+
+
+def startup(rounds: int, tmp: Path) -> dict[str, list[float]]:
+    from tinystories.data.corpus import read_stories
+    from tinystories.model.checkpoint import save_model
+    from tinystories.model.presets import get_preset
+    from tinystories.tokenizer import Tokenizer, train_bpe
+
+    tok: Tokenizer = train_bpe(read_stories("bundled:train")[0][:500], vocab_size=4096)
+    torch.manual_seed(0)
+    folder = save_model(tmp / "demo-random", GPT(get_preset("demo", vocab_size=tok.vocab_size)).eval(), tok)
+    cli = shutil.which("tinystories") or f"{sys.executable} -m tinystories.cli"
+    results: dict[str, list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run(f"{cli} --help", shell=True, capture_output=True, check=True)
+        results["tinystories --help | seconds"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        p = subprocess.Popen(f"{cli} sample {folder} --prompt 'Once' --max-new-tokens 40", shell=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert p.stdout is not None
+        p.stdout.read(len("Once") + 1)  # the prompt is echoed, then the first new token's text
+        results["tinystories sample: first token | seconds"].append(time.perf_counter() - start)
+        p.communicate()
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="single,batched,load,startup")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in args.only.split(","):
+            results = {"single": lambda: single_stream(args.rounds, Path(tmp)), "batched": lambda: batched(args.rounds),
+                       "load": lambda: under_load(args.rounds), "startup": lambda: startup(args.rounds, Path(tmp))
+                       }[part]()
+            unit = "seconds" if part == "startup" else "tokens/s"
+            print(f"\n## {part} (load average now {os.getloadavg()[0]:.1f})\n| case | {unit} (range over rounds) |\n|---|---:|")
+            for name, values in results.items():
+                shown = f"{min(values):.2f}-{max(values):.2f}" if unit == "seconds" else spread(values)
+                print(f"| {name} | {shown} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
