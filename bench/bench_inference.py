@@ -80,7 +80,7 @@ def single_stream(rounds: int, tmp: Path) -> dict[str, list[float]]:
 
     torch.manual_seed(0)
     model = GPT(SHAPE_15M).eval()
-    export_llama2c(model, tmp / "m15.bin")
+    export_llama2c(model, tmp / "m15.bin", eos_id=1)  # llama2.c's own tokenizer: its BOS is id 1
     peers = build_run_c(tmp)
     results: dict[str, list[float]] = defaultdict(list)
     modes = {"greedy": (0.0, 1.0), "top-p 0.9": (1.0, 0.9)}

@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from tinystories.config import build
 from tinystories.errors import TinyStoriesError
+from tinystories.eval.config import SuiteConfig
 from tinystories.train.config import build_train_config, dump_config
 
 
@@ -25,9 +27,21 @@ def test_file_flags_and_overrides_layer_in_order(tmp_path: Path) -> None:
     ("batch_size: many\n", "train.batch_size: expected an integer, got 'many'"),
     ("dtype: float8\n", "is not one of"),
     ("model:\n  d_model: 100\n  n_head: 3\n", "not divisible"),
+    ("out_dir: 2024-05-01\n", "train.out_dir: expected a string, got datetime.date"),
 ])
 def test_bad_config_names_the_field(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(TinyStoriesError, match=needle):
         build_train_config(path)
+
+
+def test_a_file_section_merges_into_the_base(tmp_path: Path) -> None:
+    """`eval report` turns the judge off in its base; a file naming only the judge's model keeps it off."""
+    path = tmp_path / "suite.yaml"
+    path.write_text("judge:\n  model: m\n")
+    base = {"judge": {"base_url": ""}}
+    cfg = build(SuiteConfig, path, base=base)
+    assert (cfg.judge.model, cfg.judge.base_url) == ("m", "")
+    assert build(SuiteConfig, path, {"judge.temperature": 0.5}, base=base).judge.base_url == ""
+    assert base == {"judge": {"base_url": ""}}  # the caller's base is left as it was

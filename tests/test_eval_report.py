@@ -111,3 +111,15 @@ def test_sampling_is_seeded(tiny_model_dir: Path):
     long = sample_completions(loaded, ["word " * 300], 1, cfg, progress=False)  # longer than the context
     assert len(long[0]) == 1  # kept the prompt's last tokens instead of failing
 
+
+
+def test_terminal_summary_keeps_every_number() -> None:
+    from tinystories.cli.eval import summary_table
+
+    est = {"n": 40, "mean": 0.625, "low": 0.5, "high": 0.75}
+    pairwise_only = summary_table({"models": {"a": {}, "b": {}}, "pairwise": [{"models": ["a", "b"], "win_rate": est}]})
+    assert pairwise_only == "a wins vs b: 0.62"
+    both = summary_table({"models": {"a": {"bpb": {"bpb": 1.23456}}, "b": {"bpb": {"bpb": 1.5}}},
+                          "pairwise": [{"models": ["a", "b"], "win_rate": {"n": 0}}]})
+    assert both.splitlines()[2:] == ["a      1.2346", "b      1.5000", "a wins vs b: n/a",
+                                     both.splitlines()[-1]] and both.splitlines()[-1].startswith("n/a:")

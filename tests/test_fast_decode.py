@@ -68,3 +68,19 @@ def test_hooks_and_training_mode_get_the_plain_forward_pass() -> None:
     with torch.no_grad():
         m.lm_head.weight.add_(1.0)  # new weights: a new decoder, not stale copies
     assert decoder_for(m) is not first
+    second = decoder_for(m)
+    m.double()  # new storage, same versions
+    third = decoder_for(m)
+    assert third is not second and third is not None and third.head.dtype == torch.float64
+
+
+def test_the_decoder_cache_lets_models_go() -> None:
+    import gc
+    import weakref
+
+    m = model()
+    assert decoder_for(m) is not None
+    gone = weakref.ref(m)
+    del m
+    gc.collect()
+    assert gone() is None

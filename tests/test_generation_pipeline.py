@@ -212,3 +212,31 @@ def test_failed_batch_is_not_polled_forever(tmp_path):
         assert failing.stats()["batches_created"] == 2
     finally:
         failing.close()
+
+
+def test_a_batch_that_cannot_be_polled_is_kept_for_the_next_run(tmp_path):
+    """A network outage while a paid batch runs: one-line error, and the batch id is not forgotten."""
+    import threading
+
+    slow = ServerProcess(api_key=KEY, batch_polls=10**6)  # the batch never finishes
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            generate(make_config(slow.url, tmp_path, n=5, batch_api=True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "batch_state.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = json.loads((tmp_path / "batch_state.json").read_text())
+    finally:
+        slow.close()  # the teacher goes away while the batch is being polled
+        worker.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], TinyStoriesError), outcome
+    assert "run the same command again to go on collecting it" in str(outcome[0])
+    assert json.loads((tmp_path / "batch_state.json").read_text()) == state

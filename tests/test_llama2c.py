@@ -17,7 +17,7 @@ from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampling import generate
 from tinystories.model.checkpoint import save_model
 from tinystories.model.gpt import GPT, GPTConfig
-from tinystories.model.llama2c import export_llama2c
+from tinystories.model.llama2c import export_llama2c, run_c_id
 from tinystories.tokenizer import Tokenizer
 
 RUN_C = Path(__file__).parents[2] / "shared" / "peers" / "llama2c" / "run.c"
@@ -36,7 +36,7 @@ def model(tokenizer: Tokenizer, **kw: object) -> GPT:
 def test_layout(tokenizer: Tokenizer, tmp_path: Path) -> None:
     for tied in (True, False):
         m = model(tokenizer, tie_embeddings=tied)
-        path = export_llama2c(m, tmp_path / "m.bin")
+        path = export_llama2c(m, tmp_path / "m.bin", tokenizer.eos_id)
         data = path.read_bytes()
         header = struct.unpack("iiiiiii", data[:28])
         assert header == (64, m.cfg.ffn_dim, 2, 4, 4, 512 if tied else -512, 64)
@@ -48,7 +48,7 @@ def test_layout(tokenizer: Tokenizer, tmp_path: Path) -> None:
 def test_refuses_what_run_c_cannot_run(tokenizer: Tokenizer, tmp_path: Path) -> None:
     for kw in ({"qk_norm": True}, {"mlp": "relu2"}, {"rope_theta": 5000.0}):
         with pytest.raises(TinyStoriesError, match="run.c can only run"):
-            export_llama2c(model(tokenizer, **kw), tmp_path / "m.bin")
+            export_llama2c(model(tokenizer, **kw), tmp_path / "m.bin", tokenizer.eos_id)
 
 
 @pytest.mark.skipif(not RUN_C.exists() or not shutil.which("gcc"), reason="needs ../shared/peers/llama2c and gcc")
@@ -59,10 +59,13 @@ def test_run_c_writes_our_greedy_story(tokenizer: Tokenizer, tmp_path: Path) -> 
     subprocess.run(["gcc", "-O2", "-o", str(tmp_path / "run"), str(RUN_C), "-lm"], check=True)
     out = subprocess.run([str(tmp_path / "run"), str(tmp_path / "m.bin"), "-z", str(tmp_path / "m.tok.bin"),
                           "-t", "0", "-n", "40", "-i", ""], capture_output=True, check=True).stdout
-    ids = generate(m, [[1]], SamplingParams(max_new_tokens=40, temperature=0, stop_at_eos=False), eos_id=0)[0]
+    eos = tokenizer.eos_id
+    ids = generate(m, [[eos]], SamplingParams(max_new_tokens=40, temperature=0), eos_id=eos)[0]
     pieces = read_tokenizer(tmp_path / "m.tok.bin")
+    assert pieces[1] == b"\n" and pieces[eos] == tokenizer.decode([1]).encode()  # the swap
     expected = b""
-    for prev, token in zip([1, *ids], ids):  # what run.c prints for our tokens (its safe_printf rules)
+    run_c = [run_c_id(t, eos) for t in ids]
+    for prev, token in zip([1, *run_c], run_c):  # what run.c prints for our tokens (its safe_printf rules)
         piece = pieces[token]
         if prev == 1 and piece.startswith(b" "):
             piece = piece[1:]

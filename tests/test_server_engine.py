@@ -74,22 +74,3 @@ def test_rows_joining_and_leaving(tokenizer: Tokenizer, arch: str, monkeypatch: 
     alone = run(Engine(loaded, start=False), {0: [seeded]})[0]
     crowd = run(Engine(loaded, start=False), {0: greedy[:3], 2: [seeded, greedy[5]]})
     assert crowd[3] == alone and len(alone) > 0
-
-
-def test_incremental_detokenization(tokenizer: Tokenizer) -> None:
-    """Text grows by decoding a short window, never shows half a UTF-8 character, and adds
-    up to decoding the whole row, also when the row ends in the middle of a character."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=128, n_layer=1, n_head=2, d_model=16))
-    engine = Engine(LoadedModel(model, tokenizer, {}, Path(".")), start=False)
-    ids = tokenizer.encode("Tom saw a 🐉 and a 中文 sign. Ünïcødé! The end.")
-    splits = [n for n in range(1, len(ids)) if tokenizer.decode(ids[:n]).endswith("\ufffd")]
-    assert splits  # some tokens end inside a character: the case that must wait
-    for limit in (len(ids), splits[0]):  # runs to the end / stops inside a character
-        texts: list[str] = []
-        row = Row([tokenizer.eos_id], SamplingParams(max_new_tokens=limit), lambda ev, out=texts: out.append(ev.text))
-        for token in ids[:limit]:
-            engine._advance(row, token, 0.0, {})
-        assert "".join(texts) == tokenizer.decode(ids[:limit])
-        assert row.finish_reason == "length"
-        assert all("\ufffd" not in t for t in texts[:-1])

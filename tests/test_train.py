@@ -125,6 +125,17 @@ def test_epoch_orders_visit_every_window_once(order: str) -> None:
     assert batches.epoch == 1  # the next epoch has begun, with another order
 
 
+def test_resume_follows_the_new_config_or_says_why_it_cannot(data_dir: Path, tmp_path: Path) -> None:
+    Trainer(make_config(data_dir, tmp_path, max_steps=4)).fit(pause_at=2)
+    resumed = Trainer(build_train_config(tmp_path / "config.yaml", ["optim.lr=5e-4", "optim.min_lr=0"]))
+    resumed.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["kind"] == "train"]
+    assert lrs[2] < 5e-4 and lrs[0] > 5e-4  # the LR after the resume follows the new peak
+    with pytest.raises(TinyStoriesError, match="optimizer state does not fit optim.optimizer=muon"):
+        Trainer(build_train_config(tmp_path / "config.yaml", ["optim.optimizer=muon"]))
+
+
 def test_resume_refuses_another_model_shape(data_dir: Path, tmp_path: Path) -> None:
     Trainer(make_config(data_dir, tmp_path, max_steps=2)).fit()
     with pytest.raises(TinyStoriesError, match="another shape"):
@@ -219,3 +230,20 @@ def test_tensorboard_and_wandb_offline(data_dir: Path, tmp_path: Path, monkeypat
     assert "samples/text_summary" in events.Tags()["tensors"]
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))  # the run, ready for `wandb sync`
+
+    alone = tmp_path / "wandb-only"  # W&B alone, on a folder that does not exist yet
+    Trainer(make_config(data_dir, alone, max_steps=2, eval_interval=2, log_to=["wandb"], eval_samples=0)).fit()
+    assert len((alone / "wandb_run_id").read_text()) == 16 and any((alone / "wandb").glob("offline-run-*"))
+
+
+def test_torn_log_lines_do_not_stop_a_resume(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sample = lambda model, tok, n: ["Once upon a time there was a cat."] * n
+    Trainer(make_config(data_dir, out, max_steps=4, eval_interval=2), sample=sample).fit(pause_at=2)
+    for name in ("samples.jsonl", "metrics.jsonl"):  # a crash mid-append
+        with (out / name).open("a") as f:
+            f.write('{"step": 3, "sto')
+    Trainer(make_config(data_dir, out, max_steps=4, eval_interval=2), sample=sample).fit()
+    samples = [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples == [2, 4] and [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().split(
+        "\n")[:-1]) if r["kind"] == "eval"] == [2, 4]

@@ -16,6 +16,7 @@ falls back to a default. This module imports nothing heavy (no torch): `--help` 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -63,8 +64,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(typ)
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None  # (a flag can only say "none")
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, where)
@@ -261,7 +262,7 @@ def set_path(data: dict[str, Any], key: str, value: Any, what: str) -> None:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides (values parsed as YAML scalars) to a nested dict."""
-    data = json.loads(json.dumps(data))  # deep copy
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise TinyStoriesError(f"--set {item!r} must look like key=value (e.g. optim.lr=3e-4)")
@@ -277,14 +278,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def build(cls: type[T], path: str | Path | None = None, flags: dict[str, Any] | None = None,
           overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> T:
     """The one way to build a config: defaults <- `base` <- file <- `flags` ("a.b" keys) <- overrides."""
-    data = json.loads(json.dumps(base or {}))
-    for key, value in (load_file(path) if path else {}).items():
-        data[key] = value
+    data = _deep_merge(copy.deepcopy(base or {}), load_file(path) if path else {})  # file sections merge into base
     for key, value in (flags or {}).items():
         set_path(data, key, value, f"flag for {key}")
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data, where=getattr(cls, "where", "") or cls.__name__)
-
-
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    return build(cls, path, None, overrides)

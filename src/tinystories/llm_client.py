@@ -70,6 +70,10 @@ class LLMError(Exception):
     """A request that failed for good (retries exhausted or a non-retryable answer)."""
 
 
+class BatchEnded(LLMError):
+    """A Batch API batch that ended (failed, expired, cancelled) with no results to collect."""
+
+
 class MalformedResponse(Exception):
     """A 200 answer without the expected content; retried like a server error."""
 
@@ -323,7 +327,7 @@ class LLMClient:
                         item = json.loads(line)
                         results[item["custom_id"]] = self._batch_result(item)
         if not results and batch["status"] != "completed":
-            raise LLMError(f"batch {batch_id} ended with status {batch['status']}: {batch.get('errors')}")
+            raise BatchEnded(f"batch {batch_id} ended with status {batch['status']}: {batch.get('errors')}")
         return results
 
     def _batch_result(self, item: dict[str, Any]) -> Completion | str:

@@ -168,15 +168,15 @@ def summary_table(results: dict) -> str:
     used = [(name, get) for name, get in cols if any(get(r) is not None for r in models.values())]  # type: ignore[operator]
     rows = [["model", *(n for n, _ in used)]]
     rows += [[m, *(str(get(r)) for _, get in used)] for m, r in models.items()]  # type: ignore[operator]
-    for p in results.get("pairwise", []):
-        rows.append([f"{p['models'][0]} wins vs {p['models'][1]}", _cell(p["win_rate"]), *[""] * (len(used) - 1)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    notes = []
-    if any(v == "n/a" for r in rows[1:] for v in r):
-        notes.append("n/a: no usable value (see the report for why: missing judgments, or within-prompt overlap "
+    lines = [lines[0], "-" * len(lines[0]), *lines[1:]] if used else []
+    lines += [f"{p['models'][0]} wins vs {p['models'][1]}: {_cell(p['win_rate'])}"
+              for p in results.get("pairwise", [])]
+    if any(v == "n/a" for r in rows[1:] for v in r) or "n/a" in "".join(lines):
+        lines.append("n/a: no usable value (see the report for why: missing judgments, or within-prompt overlap "
                      "with fewer than 2 samples per prompt)")
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], *notes])
+    return "\n".join(lines)
 
 
 SETUP = {"eval": setup_eval}

@@ -103,7 +103,7 @@ def run_export_llama2c(args: argparse.Namespace) -> int:
 
     cfg = build_from_args(ConvertConfig, args)
     loaded = load_any(cfg.source)
-    out = export_llama2c(loaded.model, cfg.out_dir)
+    out = export_llama2c(loaded.model, cfg.out_dir, loaded.tokenizer.eos_id)
     tok = export_llama2c_tokenizer(loaded.tokenizer, out.with_suffix(".tok.bin"))
     print(f"wrote {out} and {tok} (run: ./run {out} -z {tok} -i '')")
     return 0

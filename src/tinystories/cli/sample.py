@@ -32,6 +32,7 @@ def setup_sample(p: argparse.ArgumentParser) -> None:
     add_field(p, SampleConfig, "model", positional=True, metavar="MODEL")
     add_field(p, SampleConfig, "prompts", repeat=True)
     add_field(p, SampleConfig, "samples", short="-n")
+    add_field(p, SampleConfig, "sampling.stop", repeat=True)
     add_fields(p, SampleConfig, ["sampling.max_new_tokens", "sampling.temperature", "sampling.top_k",
                                  "sampling.top_p", "sampling.seed", "device", "threads"])
     add_config_flags(p)
@@ -41,7 +42,8 @@ def setup_sample(p: argparse.ArgumentParser) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from tinystories.infer.sampling import generate
+    from tinystories.infer.sampling import complete, generate
+    from tinystories.infer.text_stream import TextStream
     from tinystories.model.loader import load_any
     from tinystories.utils import pick_device, set_threads
 
@@ -50,27 +52,20 @@ def run_sample(args: argparse.Namespace) -> int:
     loaded = load_any(cfg.model, pick_device(cfg.device))
     tok = loaded.tokenizer
     texts = [p for p in cfg.prompts for _ in range(cfg.samples)]
-    prompts = tok.encode_stories(texts)
     if len(texts) == 1:  # stream token by token
         sys.stdout.write(texts[0])
-        printed: list[int] = []
-        shown = ""
+        stream = TextStream(cfg.sampling.stop)
 
         def on_tokens(nxt: torch.Tensor, alive: torch.Tensor) -> None:
-            nonlocal shown
             if bool(alive[0]):
-                printed.append(int(nxt[0]))
-                text = tok.decode(printed)
-                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    sys.stdout.write(text[len(shown):])
-                    sys.stdout.flush()
-                    shown = text
+                sys.stdout.write(stream.push([int(nxt[0])], tok.decode))
+                sys.stdout.flush()
 
-        generate(loaded.model, prompts, cfg.sampling, tok.eos_id, on_tokens)
-        print()
+        generate(loaded.model, tok.encode_stories(texts), cfg.sampling, tok.eos_id, on_tokens)
+        print(stream.push([], tok.decode, final=True))
         return 0
-    for text, ids in zip(texts, generate(loaded.model, prompts, cfg.sampling, tok.eos_id)):
-        print(text + tok.decode(ids))
+    for text, story in zip(texts, complete(loaded.model, tok, texts, cfg.sampling)):
+        print(text + story)
         print("-" * 40)
     return 0
 

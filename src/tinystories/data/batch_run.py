@@ -1,8 +1,11 @@
 """The OpenAI Batch API driver of `generate`: cheaper, slower, and restart-safe.
 
 One batch of stories (then, for TinyStories-Instruct, one of summaries) is in flight at a
-time. Its id is written to ``batch_state.json`` before anything else, so a restarted run
-collects the batch it already paid for instead of submitting it again.
+time. Its id is written to ``batch_state.json`` the moment the API returns it, before any
+polling, so a restarted run collects the batch it already paid for instead of submitting it
+again. (A crash between the API creating the batch and that write is the one gap.) If
+polling gives up (a long network outage), the state file stays and the run ends with a
+one-line error; run the same command again to go on collecting.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tinystories.data.prompts import Prompt, PromptBuilder
-from tinystories.llm_client import Completion, LLMClient, LLMError
+from tinystories.errors import TinyStoriesError
+from tinystories.llm_client import BatchEnded, Completion, LLMClient, LLMError
 from tinystories.utils import write_json
 
 log = logging.getLogger(__name__)
@@ -45,14 +49,14 @@ async def run_batches(run: Run, pending: list[int]) -> None:
             chunk, todo = todo[: run.cfg.teacher.batch_max_requests], todo[run.cfg.teacher.batch_max_requests:]
             if not chunk:
                 return
-            batch_id = await run.client.submit_batch({str(i): run.builder.prompt(i).text for i in chunk})
+            batch_id = await _submit(run, {str(i): run.builder.prompt(i).text for i in chunk})
             state = {"phase": "story", "batch_id": batch_id, "indices": chunk}
             write_json(state_path, state)
         in_batch = {int(i) for i in state.get("indices") or state["records"]}
         todo = [i for i in todo if i not in in_batch]  # a prompt is sent at most once per session
         try:
             results = await run.client.collect_batch(state["batch_id"])
-        except LLMError as exc:
+        except BatchEnded as exc:
             # The batch ended (failed, expired, cancelled) with no results: its prompts count as
             # failed this session, and the next run submits them afresh instead of re-polling it.
             for index in in_batch:
@@ -60,13 +64,24 @@ async def run_batches(run: Run, pending: list[int]) -> None:
             log.warning("%s", exc)
             state_path.unlink()
             continue
+        except LLMError as exc:  # polling gave up; the batch may still be running, and is paid for
+            raise TinyStoriesError(f"could not collect batch {state['batch_id']} ({exc}); it stays in "
+                                   f"{state_path}: run the same command again to go on collecting it") from None
         next_state = handle_batch(run, state, results)
         if next_state:
-            next_state["batch_id"] = await run.client.submit_batch(
-                {i: run.builder.summary_request(r["text"]) for i, r in next_state["records"].items()})
+            next_state["batch_id"] = await _submit(
+                run, {i: run.builder.summary_request(r["text"]) for i, r in next_state["records"].items()})
             write_json(state_path, next_state)
         else:
             state_path.unlink()
+
+
+async def _submit(run: Run, requests: dict[str, str]) -> str:
+    try:
+        return await run.client.submit_batch(requests)
+    except LLMError as exc:
+        raise TinyStoriesError(f"could not submit a batch of {len(requests)} requests ({exc}); the stories "
+                               "written so far are kept: run the same command again") from None
 
 def handle_batch(run: Run, state: dict[str, Any], results: dict[str, Completion | str]) -> dict[str, Any] | None:
     """Write the records a finished batch completes; the summary batch still needed, if any."""

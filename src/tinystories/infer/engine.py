@@ -17,8 +17,8 @@ rows; the running batch goes on.
 
 Rows report to their consumer through a callback, and `after_step` runs once each step's
 events are out (the server collects events there and wakes its asyncio loop once per step,
-not once per token). Text is detokenized here, incrementally (a short window per token, not
-the whole row), holding back an incomplete UTF-8 character or the possible start of a stop
+not once per token). Each row's text comes from its `TextStream` (infer/text_stream.py):
+incremental, holding back an incomplete UTF-8 character or the possible start of a stop
 string.
 """
 
@@ -35,6 +35,7 @@ from tinystories.infer.fast import decoder_for
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import new_generator, sample
 from tinystories.infer.sampling import left_pad
+from tinystories.infer.text_stream import TextStream
 from tinystories.model.checkpoint import LoadedModel
 from tinystories.model.gpt import KVCache
 
@@ -55,10 +56,8 @@ class Row:
                  job: object = None) -> None:
         self.prompt, self.params, self.emit = prompt, params, emit
         self.job = job if job is not None else self  # the request the row belongs to (fair shares)
-        self.ids: list[int] = []
-        self.text = ""  # decoded text of ids[:read]
-        self.prefix = self.read = 0  # the window ids[prefix:] that `_detokenize` decodes
-        self.sent = ""  # text already emitted
+        self.stream = TextStream(params.stop)
+        self.ids = self.stream.ids  # the new tokens
         self.cancelled = False
         self.finish_reason: str | None = None
         self.generator = new_generator(params)
@@ -297,52 +296,17 @@ class Engine:
             self._advance(row, chosen[i], chosen_lp[i], top)
 
     def _advance(self, row: Row, token: int, logprob: float, top: dict[int, float]) -> None:
-        eos = token == self.tokenizer.eos_id
+        eos = token == self.tokenizer.eos_id and row.params.stop_at_eos
         if not eos:
-            row.ids.append(token)
             row.pending_ids.append(token)
             row.pending_lp.append(logprob)
             row.pending_top.append(top)
-        finish = "stop" if eos else None
-        if not eos and (len(row.ids) >= row.params.max_new_tokens or len(row.prompt) + len(row.ids) >= self.ctx):
-            finish = "length"
-        self._detokenize(row, final=finish is not None)
-        text = row.text
-        for s in row.params.stop:
-            at = text.find(s, max(0, len(row.sent) - len(s)))
-            if at >= 0:
-                text, finish = text[:at], "stop"
-        if finish is None:
-            text = text[:len(text) - _holdback(text, row.params.stop)]
-            if len(text) <= len(row.sent):
-                return  # nothing printable yet: wait for more tokens
-        delta, row.sent = text[len(row.sent):], text
+        length = not eos and (len(row.ids) + 1 >= row.params.max_new_tokens
+                              or len(row.prompt) + len(row.ids) + 1 >= self.ctx)
+        delta = row.stream.push([] if eos else [token], self.tokenizer.decode, final=eos or length)
+        finish = "stop" if eos or row.stream.stopped else "length" if length else None
+        if finish is None and not delta:
+            return  # nothing printable yet: wait for more tokens
         row.finish_reason = finish
         row.emit(Event(delta, row.pending_ids, row.pending_lp, row.pending_top, finish, len(row.ids)))
         row.pending_ids, row.pending_lp, row.pending_top = [], [], []
-
-    def _detokenize(self, row: Row, final: bool) -> None:
-        """Extend `row.text` with its new tokens' text, decoding a short window, not the whole row.
-
-        The window starts at the last point where the text was complete (TGI's scheme: the
-        text of ids[prefix:read] is already in `row.text`). Text ending in an unfinished
-        UTF-8 character waits for more tokens, unless this is the row's last token.
-        """
-        done = self.tokenizer.decode(row.ids[row.prefix:row.read])
-        now = self.tokenizer.decode(row.ids[row.prefix:])
-        if now.endswith("\ufffd") and not final:
-            return
-        row.text += now[len(done):]
-        row.prefix, row.read = row.read, len(row.ids)
-
-
-def _holdback(text: str, stops: list[str]) -> int:
-    """How many trailing characters to keep back: the possible start of a stop string."""
-    n = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                n = max(n, k)
-                break
-    return n
-

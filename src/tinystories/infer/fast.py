@@ -28,7 +28,9 @@ from torch import nn
 
 from tinystories.model.gpt import GPT, KVCache
 
-_DECODERS: weakref.WeakKeyDictionary[GPT, tuple[int, FastDecoder]] = weakref.WeakKeyDictionary()
+# model -> (what its weights were when the decoder was made, the decoder). The decoder holds the
+# model's modules and weights but never the model, so the cache does not keep models alive.
+_DECODERS: weakref.WeakKeyDictionary[GPT, tuple[tuple[object, ...], FastDecoder]] = weakref.WeakKeyDictionary()
 
 
 def usable(model: GPT) -> bool:
@@ -41,10 +43,11 @@ def decoder_for(model: GPT) -> FastDecoder | None:
     plain forward pass must run (training mode, or hooks listening)."""
     if not usable(model):
         return None
-    version = sum(p._version for p in model.parameters())  # bumped by every in-place change
+    # in-place changes bump _version; .to(), .double() and load_state_dict(assign=True) move the data
+    weights = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
     known = _DECODERS.get(model)
-    if known is None or known[0] != version:
-        known = (version, FastDecoder(model))
+    if known is None or known[0] != weights:
+        known = (weights, FastDecoder(model))
         _DECODERS[model] = known
     return known[1]
 
@@ -81,7 +84,8 @@ class FastDecoder:
 
     def __init__(self, model: GPT) -> None:
         cfg = model.cfg
-        self.cfg, self.model = cfg, model
+        self.cfg = cfg
+        self.tok_emb, self.pos_emb, self.final_norm = model.tok_emb, model.pos_emb, model.norm
         with torch.no_grad():
             self.layers = []
             for block in model.layers():
@@ -95,7 +99,7 @@ class FastDecoder:
                     proj=m.proj.weight.t().contiguous(), proj_b=m.proj.bias))
             self.head = model.lm_head.weight.t().contiguous()
             self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
-            if model.pos_emb is None:
+            if self.pos_emb is None:
                 half = cfg.head_dim // 2
                 inv = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=self.head.device).float()
                                                / cfg.head_dim)
@@ -111,7 +115,7 @@ class FastDecoder:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits [B, V] of the next token after `tokens` [B] (one per row), appended to `cache`."""
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
         slot = cache.length
         if slot >= cfg.context_length:
@@ -119,9 +123,9 @@ class FastDecoder:
                              f"{cfg.context_length}")
         pad = cache.pad
         pos = torch.full((B,), slot, device=tokens.device) if pad is None else (slot - pad).clamp(min=0)
-        x = model.tok_emb(tokens)
-        if model.pos_emb is not None:
-            x = x + model.pos_emb(pos)
+        x = self.tok_emb(tokens)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)
             cos = sin = None
         else:
             assert self.rope is not None
@@ -164,4 +168,4 @@ class FastDecoder:
                 out = out + layer.proj_b
             x = x + out
         cache.length += 1
-        return norm(model.norm, x) @ self.head
+        return norm(self.final_norm, x) @ self.head

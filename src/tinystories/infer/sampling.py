@@ -17,6 +17,7 @@ from tinystories.errors import TinyStoriesError
 from tinystories.infer.fast import decoder_for
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import new_generator, sample
+from tinystories.infer.text_stream import TextStream
 from tinystories.model.gpt import GPT
 from tinystories.tokenizer import Tokenizer
 
@@ -116,6 +117,12 @@ def generate_reference(model: GPT, prompts: list[list[int]], params: SamplingPar
 
 def complete(model: GPT, tokenizer: Tokenizer, texts: list[str], params: SamplingParams | Sequence[SamplingParams],
              on_tokens: TokenCallback | None = None) -> list[str]:
-    """Text in, continuations out. An empty text starts a story from scratch (after EOS)."""
+    """Text in, continuations out. An empty text starts a story from scratch (after EOS).
+
+    Each continuation ends before its first stop string (`SamplingParams.stop`, text that
+    token ids cannot see), cut by the same `TextStream` that the server's rows use.
+    """
     prompts = tokenizer.encode_stories(texts)
-    return [tokenizer.decode(ids) for ids in generate(model, prompts, params, tokenizer.eos_id, on_tokens)]
+    rows = row_params(params, len(texts))
+    out = generate(model, prompts, rows, tokenizer.eos_id, on_tokens)
+    return [TextStream(p.stop).push(ids, tokenizer.decode, final=True) for ids, p in zip(out, rows)]

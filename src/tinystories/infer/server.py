@@ -20,21 +20,21 @@ and a client leaving mid-stream only drops its own rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import logging
 import math
 import secrets
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -46,7 +46,6 @@ from tinystories.infer.server_config import Limits
 from tinystories.model.checkpoint import LoadedModel
 from tinystories.model.loader import load_any
 
-log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 Extension = Callable[[FastAPI], None]  # adds routes to the app
 
@@ -137,7 +136,7 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limit
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        # (Starlette re-raises after this answer, and uvicorn logs the traceback: logged once.)
         return ApiError(500, f"internal error ({type(exc).__name__}); the server log has the details",
                         kind="server_error").response()
 
@@ -241,7 +240,7 @@ def model_card(s: Served) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- running a job
-async def run_rows(s: Served, j: Job, mailbox: Mailbox) -> AsyncIterator[list[tuple[int, Event]]]:
+async def run_rows(s: Served, j: Job, mailbox: Mailbox) -> AsyncGenerator[list[tuple[int, Event]], None]:
     """Submit every row of `j`; yield batches of (choice index, event) as they come.
 
     Events that piled up while the consumer was busy come out together (fewer writes under
@@ -286,18 +285,22 @@ async def respond(request: Request, s: Served, j: Job, fmt: Format, mailbox: Mai
     events: dict[int, list[Event]] = {i: [] for i in range(len(j.params))}
 
     async def collect() -> None:
-        async for batch in run_rows(s, j, mailbox):
-            for i, ev in batch:
-                if ev.finish_reason in ENDED:
-                    raise _failed(ev)
-                events[i].append(ev)
+        async with contextlib.aclosing(run_rows(s, j, mailbox)) as batches:  # rows cancelled on any exit
+            async for batch in batches:
+                for i, ev in batch:
+                    if ev.finish_reason in ENDED:
+                        raise _failed(ev)
+                    events[i].append(ev)
 
     task = asyncio.ensure_future(collect())
     while not task.done():  # a client that hangs up stops its rows, streamed or not
         await asyncio.wait([task], timeout=0.25)
         if not task.done() and await request.is_disconnected():
             task.cancel()
-    await task  # (raises CancelledError if the client left: nobody is there to answer)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    await task
     completion = sum(evs[-1].completion_tokens for evs in events.values())
     choices = [fmt.final_choice(i, "".join(e.text for e in evs), evs) for i, evs in events.items()]
     return {**fmt.header(fmt.object_name), "choices": choices, "usage": fmt.usage(completion)}
@@ -305,16 +308,18 @@ async def respond(request: Request, s: Served, j: Job, fmt: Format, mailbox: Mai
 
 async def stream(s: Served, j: Job, fmt: Format, mailbox: Mailbox) -> AsyncIterator[str]:
     completion = [0] * len(j.params)
-    async for batch in run_rows(s, j, mailbox):
-        out: list[str] = []
-        for i, ev in batch:
-            if ev.finish_reason in ENDED:
-                yield "".join(out) + f"data: {json.dumps(_failed(ev).body())}\n\n"
-                yield "data: [DONE]\n\n"
-                return
-            completion[i] = ev.completion_tokens
-            out.append(f"data: {json.dumps({**fmt.header(fmt.chunk_name), 'choices': [fmt.chunk_choice(i, ev)]})}\n\n")
-        yield "".join(out)
+    async with contextlib.aclosing(run_rows(s, j, mailbox)) as batches:  # rows cancelled on any exit
+        async for batch in batches:
+            out: list[str] = []
+            for i, ev in batch:
+                if ev.finish_reason in ENDED:
+                    yield "".join(out) + f"data: {json.dumps(_failed(ev).body())}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                completion[i] = ev.completion_tokens
+                chunk = {**fmt.header(fmt.chunk_name), "choices": [fmt.chunk_choice(i, ev)]}
+                out.append(f"data: {json.dumps(chunk)}\n\n")
+            yield "".join(out)
     if j.include_usage:
         usage = {**fmt.header(fmt.chunk_name), "choices": [], "usage": fmt.usage(sum(completion))}
         yield f"data: {json.dumps(usage)}\n\n"

@@ -11,6 +11,11 @@ our RoPE (Llama's "rotate half") pairs x[i] with x[i + head_dim/2], so the rows 
 are permuted within each head (attention scores are unchanged); and run.c hard-codes RoPE
 base 10000 and RMSNorm epsilon 1e-5, so only models with those export.
 
+run.c starts every story from token id 1 and stops when it samples id 1. Our end-of-story
+token (id 0 in our tokenizers) plays exactly that part, so it and id 1 swap places in both
+files: the embedding rows, the output layer's rows and the tokenizer's pieces
+(`run_c_id`). A story written by run.c is then the story our model writes from `[eos]`.
+
 The tokenizer file holds the longest token's length, then per token a float score, a length
 and the token's raw bytes. run.c decodes by concatenating those bytes, which is exact for our
 byte-level BPE. (Its prompt encoder follows SentencePiece conventions: start-of-text id 1, a
@@ -51,9 +56,20 @@ def interleave_rope_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.view(n_head, hd, -1)[:, order].reshape(w.shape)
 
 
-def export_llama2c(model: GPT, path: str | Path) -> Path:
+def run_c_id(token: int, eos_id: int) -> int:
+    """Our token id -> its id in the exported files: the end-of-story token and id 1 swap places."""
+    return 1 if token == eos_id else eos_id if token == 1 else token
+
+
+def _run_c_order(vocab_size: int, eos_id: int) -> torch.Tensor:
+    """Row `i` of an exported [vocab, d] table is our row `order[i]` (the swap is its own inverse)."""
+    return torch.tensor([run_c_id(i, eos_id) for i in range(vocab_size)])
+
+
+def export_llama2c(model: GPT, path: str | Path, eos_id: int) -> Path:
     """Write `model` as a llama2.c version-0 checkpoint (see the module doc)."""
     check_exportable(model)
+    order = _run_c_order(model.cfg.vocab_size, eos_id)
     cfg = model.cfg
     blocks = model.layers()
     tied = cfg.tie_embeddings
@@ -62,7 +78,7 @@ def export_llama2c(model: GPT, path: str | Path) -> Path:
     d = cfg.d_model
     qkv = [b.attn.qkv.weight.detach() for b in blocks]
     tensors: list[torch.Tensor] = [
-               model.tok_emb.weight,
+               model.tok_emb.weight[order],
                *(_weight(b.norm1) for b in blocks),
                *(interleave_rope_rows(w[:d], cfg.n_head) for w in qkv),
                *(interleave_rope_rows(w[d:2 * d], cfg.n_head) for w in qkv),
@@ -78,7 +94,7 @@ def export_llama2c(model: GPT, path: str | Path) -> Path:
     angles = torch.outer(torch.arange(cfg.context_length).float(), inv)
     tensors += [angles.cos(), angles.sin()]
     if not tied:
-        tensors.append(model.lm_head.weight)
+        tensors.append(model.lm_head.weight[order])
     with atomic_write(path, "wb") as f:
         f.write(header)
         for t in tensors:
@@ -98,7 +114,8 @@ def export_llama2c_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
     pieces: list[bytes] = [b""] * tokenizer.vocab_size
     for token, i in tokenizer.hf.get_vocab().items():
         # the end-of-story token prints as a line break; the others are byte-level text for raw bytes
-        pieces[i] = b"\n" if i == tokenizer.eos_id else bytes(to_byte[c] for c in token)
+        piece = b"\n" if i == tokenizer.eos_id else bytes(to_byte[c] for c in token)
+        pieces[run_c_id(i, tokenizer.eos_id)] = piece
     scores = np.array([-float(i) for i in range(len(pieces))], dtype=np.float32)  # earlier merges rank higher
     with atomic_write(path, "wb") as f:
         f.write(struct.pack("i", max(len(p) for p in pieces)))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.errors import TinyStoriesError
+from tinystories.utils import atomic_write
 
 COLUMNS = ["step", "tokens", "kind", "loss", "lr", "tokens_per_s", "val_loss", "val_bpb"]
 
@@ -24,6 +25,8 @@ class Trackers:
     def __init__(self, names: Sequence[str], out_dir: Path, config: dict[str, Any], project: str) -> None:
         self.tb: Any = None
         self.wandb: Any = None
+        if names:
+            out_dir.mkdir(parents=True, exist_ok=True)
         if "tensorboard" in names:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -68,8 +71,23 @@ def _wandb_id(out_dir: Path) -> str:
     if not path.exists():
         import secrets
 
-        path.write_text(secrets.token_hex(8))
+        with atomic_write(path) as f:
+            f.write(secrets.token_hex(8))
     return path.read_text().strip()
+
+
+def _rows_until(path: Path, step: int) -> list[dict[str, Any]]:
+    """The JSONL rows of `path` up to `step` (none when starting afresh); lines torn by a crash are skipped."""
+    rows = []
+    if step > 0 and path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                rows.append(row)
+    return rows
 
 
 class MetricsLog:
@@ -89,23 +107,14 @@ class MetricsLog:
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        if self.jsonl.exists() and keep_until > 0:
-            for line in self.jsonl.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash
-                if row.get("step", 0) <= keep_until:
-                    self.rows.append(row)
-        if self.samples.exists():  # (stories sampled after the checkpoint are dropped too)
-            kept = [line for line in self.samples.read_text().splitlines()
-                    if line.strip() and keep_until and json.loads(line).get("step", 0) <= keep_until]
-            self.samples.write_text("".join(line + "\n" for line in kept))
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        with self.csv.open("w", newline="") as f:
+        self.rows = _rows_until(self.jsonl, keep_until)
+        if self.samples.exists():  # (stories sampled after the checkpoint go too)
+            samples = _rows_until(self.samples, keep_until)
+            with atomic_write(self.samples, encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in samples)
+        with atomic_write(self.jsonl) as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        with atomic_write(self.csv, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows)
@@ -134,7 +143,7 @@ class MetricsLog:
         """Stories sampled at an evaluation: the quickest way to see a story model learn."""
         if not self.enabled or not stories:
             return
-        with self.samples.open("a") as f:
+        with self.samples.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "stories": stories}, ensure_ascii=False) + "\n")
         if self.trackers is not None:
             self.trackers.stories(step, stories)

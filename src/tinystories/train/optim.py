@@ -82,6 +82,13 @@ def optimizer_tensors(optimizers: list[torch.optim.Optimizer]) -> tuple[dict[str
 
 def load_optimizers(optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor],
                     groups: list[Any]) -> None:
+    """Restore saved optimizer states (moments, step counts) into `optimizers`.
+
+    The hyper-parameters stay those of the optimizers as built from the current config: a run
+    resumed with `--set optim.lr=...` trains at the new LR, as the config.yaml it rewrites says.
+    """
+    if len(groups) != len(optimizers):
+        raise ValueError(f"{len(groups)} saved optimizer(s), {len(optimizers)} configured")
     for k, opt in enumerate(optimizers):
         prefix = "" if k == 0 else f"opt{k}."
         state: dict[int, dict[str, torch.Tensor]] = {}
@@ -90,4 +97,7 @@ def load_optimizers(optimizers: list[torch.optim.Optimizer], tensors: dict[str, 
                 continue
             idx, name = key[len(prefix):].split(".", 1)
             state.setdefault(int(idx), {})[name] = value
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         opt.load_state_dict({"state": state, "param_groups": groups[k]})
+        for group, settings in zip(opt.param_groups, configured):
+            group.update(settings)

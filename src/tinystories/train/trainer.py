@@ -211,10 +211,18 @@ class Trainer:
         self.model.load_state_dict(model_state(loaded.model), strict=False)
         state = json.loads((folder / STATE_NAME).read_text())
         tensors = load_tensors(folder / OPTIMIZER_NAME)
-        load_optimizers(self.optimizers, tensors, state.get("optimizers") or [state["param_groups"]])
+        try:
+            load_optimizers(self.optimizers, tensors, state.get("optimizers") or [state["param_groups"]])
+        except (ValueError, KeyError, IndexError) as exc:
+            raise TinyStoriesError(f"{folder}'s optimizer state does not fit optim.optimizer="
+                                   f"{self.cfg.optim.optimizer} ({exc}): resume with the saved config.yaml's "
+                                   "optimizer, or start another out_dir") from None
         self.step = state["step"]
         self.train_seconds = state["train_seconds"]
         rank = self.dist.rank
+        if len(state["data_states"]) != self.dist.world:
+            raise TinyStoriesError(f"{folder} was written by {len(state['data_states'])} process(es), this run "
+                                   f"has {self.dist.world}: resume with the same number of processes")
         self.batches.load_state(state["data_states"][rank])
         torch.set_rng_state(tensors[f"rng.torch.{rank}"])
         if self.device.type == "cuda" and f"rng.cuda.{rank}" in tensors:
