@@ -123,3 +123,17 @@ def test_terminal_summary_keeps_every_number() -> None:
                           "pairwise": [{"models": ["a", "b"], "win_rate": {"n": 0}}]})
     assert both.splitlines()[2:] == ["a      1.2346", "b      1.5000", "a wins vs b: n/a",
                                      both.splitlines()[-1]] and both.splitlines()[-1].startswith("n/a:")
+
+
+def test_a_judge_on_openai_without_a_key_is_refused_before_any_sampling(tiny_model_dir: Path, monkeypatch) -> None:
+    from tinystories.eval.config import SuiteConfig
+    from tinystories.eval.suite import Suite
+    from tinystories.llm_client import ClientConfig
+
+    monkeypatch.delenv("TS_TEST_NO_SUCH_KEY", raising=False)
+    judge = ClientConfig(base_url="https://api.openai.com/v1", model="gpt-4o", api_key_env="TS_TEST_NO_SUCH_KEY")
+    cfg = SuiteConfig(models=[str(tiny_model_dir)], tasks=["gpt-eval"], judge=judge)
+    with pytest.raises(TinyStoriesError, match="environment variable TS_TEST_NO_SUCH_KEY"):
+        Suite(cfg)
+    monkeypatch.setenv("TS_TEST_NO_SUCH_KEY", "sk-test")
+    assert Suite(cfg).names

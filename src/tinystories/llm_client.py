@@ -186,13 +186,21 @@ def parse_completion(data: Any, api: str) -> Completion:
                       int(usage.get("completion_tokens") or 0))
 
 
+def api_key(cfg: ClientConfig) -> str | None:
+    """The endpoint's API key from the environment; OpenAI's own API refuses to go without one,
+    so that is said before any work that would then be wasted (callers check it early)."""
+    key = os.environ.get(cfg.api_key_env)
+    if not key and "api.openai.com" in cfg.base_url:
+        raise TinyStoriesError(f"set the API key for {cfg.base_url} in the environment variable {cfg.api_key_env} "
+                               f"(or name another variable with api_key_env)")
+    return key
+
+
 class LLMClient:
     def __init__(self, cfg: ClientConfig):
         self.cfg = cfg
         self.usage = Usage()
-        key = os.environ.get(cfg.api_key_env)
-        if not key and "api.openai.com" in cfg.base_url:
-            raise TinyStoriesError(f"set your OpenAI API key in the environment variable {cfg.api_key_env}")
+        key = api_key(cfg)
         self._root = cfg.base_url.rstrip("/") + "/"
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._session: aiohttp.ClientSession | None = None  # made inside the event loop, on first use

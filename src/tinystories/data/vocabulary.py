@@ -47,22 +47,24 @@ class Vocabulary:
 
 
 def regular_inflections(word: str) -> set[str]:
-    """English regular inflections: -s/-es, -ed, -ing, -er/-est, with the usual spelling rules.
+    """English regular inflections: -s/-es, -ed, -ing, -er/-est and the -ly adverb, with the
+    usual spelling rules (bake -> baking, cry -> cried, happy -> happily, hop -> hopping).
 
-    A fallback for words the vocabulary file gives no forms for; extra wrong forms are harmless
-    (they only have to appear in a story to count, and nonsense forms never do).
+    The one rule both the generation filter and `eval instruct`'s word check use, as a fallback
+    for words the vocabulary file gives no forms for; extra wrong forms are harmless (they
+    only have to appear in a story to count, and nonsense forms never do).
     """
     w = word.lower()
     if not re.fullmatch(r"[a-z]+", w):
         return set()
-    forms = {w + "s", w + "es", w + "ed", w + "ing", w + "er", w + "est"}
-    if w.endswith("e"):  # bake -> baked, baking, baker; cute -> cuter, cutest
-        forms |= {w + "d", w + "r", w + "st", w[:-1] + "ing"}
-    if w.endswith("y") and len(w) > 2 and w[-2] not in "aeiou":
+    forms = {w + "s", w + "es", w + "ed", w + "ing", w + "er", w + "est", w + "ly"}
+    if w.endswith("e"):  # bake -> baked, baking, baker; cute -> cuter, cutest; noise -> noisy
+        forms |= {w + "d", w + "r", w + "st", w[:-1] + "ing", w[:-1] + "y"}
+    if w.endswith("y") and len(w) > 1 and w[-2] not in "aeiou":  # cry -> cries, happy -> happily
         stem = w[:-1]
-        forms |= {stem + "ies", stem + "ied", stem + "ier", stem + "iest"}
-    if re.search(r"[^aeiou][aeiou][bdgklmnprt]$", w):  # hop -> hopping, hopped, bigger
-        forms |= {w + w[-1] + suffix for suffix in ("ing", "ed", "er", "est")}
+        forms |= {stem + "ies", stem + "ied", stem + "ier", stem + "iest", stem + "ily"}
+    if re.search(r"(^|[^aeiou])[aeiou][^aeiouwxy]$", w):  # CVC: hop -> hopping, run -> runner, big -> bigger
+        forms |= {w + w[-1] + suffix for suffix in ("ing", "ed", "er", "est", "y")}
     return forms
 
 

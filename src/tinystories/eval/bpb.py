@@ -9,7 +9,6 @@ UTF-8 bytes plus one for its end, as `tinystories.data.pretokenize` counts them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from tinystories.errors import TinyStoriesError
 from tinystories.model.gpt import GPT
+from tinystories.model.losses import bits_per_byte
 from tinystories.tokenizer import Tokenizer
 
 
@@ -36,7 +36,7 @@ class BpbResult:
 
     @property
     def bpb(self) -> float:
-        return self.nll_nats / math.log(2) / max(self.bytes, 1)
+        return bits_per_byte(self.loss, self.tokens / max(self.bytes, 1))
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "loss": self.loss, "bpb": self.bpb}

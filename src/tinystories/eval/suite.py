@@ -10,7 +10,6 @@ live in `eval/tasks/`, one file each.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +31,7 @@ from tinystories.eval.judge import (
 from tinystories.eval.report import write_report
 from tinystories.eval.task import Pending, Task
 from tinystories.eval.tasks import registry
+from tinystories.llm_client import api_key
 from tinystories.model.checkpoint import LoadedModel, model_name
 
 Confirm = Callable[[CostPreview], bool]
@@ -60,10 +60,7 @@ class Suite:
         if any(t.judged for t in self.tasks):
             if not cfg.judge.base_url:
                 raise TinyStoriesError("the judged tasks need --judge-url (an OpenAI-compatible endpoint)")
-            # fail before sampling, not after
-            if "api.openai.com" in cfg.judge.base_url and not os.environ.get(cfg.judge.api_key_env):
-                raise TinyStoriesError(f"set the judge's API key in the environment variable "
-                                       f"{cfg.judge.api_key_env} (or name another with --judge-api-key-env)")
+            api_key(cfg.judge)  # fail before sampling, not after
         self.cfg = cfg
         self.names = model_names(cfg.models)
         self.paths = dict(zip(self.names, cfg.models))

@@ -54,3 +54,12 @@ class Task:
 def per_model(results: dict[str, Any], key: str) -> dict[str, Any]:
     """{model: results[models][model][key]} for the models that have `key`."""
     return {m: r[key] for m, r in results.get("models", {}).items() if key in r}
+
+
+TASKS: dict[str, Task] = {}  # filled by `@register` as `eval.tasks.registry()` imports each module
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator of a task module: the task joins the registry under its `name`."""
+    TASKS[cls.name] = cls()
+    return cls

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from tinystories.data.pretokenize import TokenFileInfo, load_tokens
 from tinystories.errors import TinyStoriesError
 from tinystories.model.checkpoint import (
+    CHECKPOINT_DIR,
     load_model,
     load_tensors,
     model_state,
@@ -57,7 +58,6 @@ from tinystories.utils import (
 )
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint"
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
 
@@ -123,7 +123,7 @@ class Distributed:
 
 def checkpoint_dir(out_dir: Path) -> Path | None:
     """The newest complete checkpoint (`checkpoint/`, or `checkpoint.old/` if a swap was cut short)."""
-    for name in (CHECKPOINT, CHECKPOINT + ".old"):
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
         folder = out_dir / name
         if (folder / STATE_NAME).exists():
             return folder
@@ -234,10 +234,10 @@ class Trainer:
         data_states = self.dist.gather(self.batches.state())
         rng = self.dist.gather(torch.get_rng_state())
         cuda_rng = self.dist.gather(torch.cuda.get_rng_state() if self.device.type == "cuda" else None)
-        final = self.out / CHECKPOINT
+        final = self.out / CHECKPOINT_DIR
         if not self.dist.main:
             return final
-        tmp = self.out / (CHECKPOINT + ".tmp")
+        tmp = self.out / (CHECKPOINT_DIR + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_model(tmp, self.model, self.tokenizer, extra={"training": {
             "step": self.step, "tokens": self.step * self.cfg.tokens_per_step * self.dist.world}})
@@ -250,7 +250,7 @@ class Trainer:
         write_json(tmp / STATE_NAME, {"step": self.step, "train_seconds": self.train_seconds,
                                       "data_states": data_states, "optimizers": groups})
         # Swap in the new checkpoint; at every instant one complete checkpoint exists.
-        old = self.out / (CHECKPOINT + ".old")
+        old = self.out / (CHECKPOINT_DIR + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             final.rename(old)

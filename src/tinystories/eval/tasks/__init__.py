@@ -1,4 +1,4 @@
-"""Every evaluation, one module each; a module registers its task with `@register`.
+"""Every evaluation, one module each; a module registers its task with `eval.task.register`.
 
 Adding an evaluation means adding one file here: the registry imports every module of this
 package, and the CLI (`tinystories eval NAME`), the suite and the report all read the
@@ -10,15 +10,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from tinystories.eval.task import Task
+from tinystories.eval.task import TASKS, Task
 
-_TASKS: dict[str, Task] = {}
 ORDER = ("gpt-eval", "pairwise", "instruct", "probes", "diversity", "bpb")  # report order; others follow
-
-
-def register(cls: type[Task]) -> type[Task]:
-    _TASKS[cls.name] = cls()
-    return cls
 
 
 def registry() -> dict[str, Task]:
@@ -26,4 +20,4 @@ def registry() -> dict[str, Task]:
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     rank = {name: i for i, name in enumerate(ORDER)}
-    return dict(sorted(_TASKS.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    return dict(sorted(TASKS.items(), key=lambda kv: rank.get(kv[0], len(rank))))

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tinystories.eval.report import Block, size_plot
-from tinystories.eval.task import AddPlot, Pending, Task, per_model
-from tinystories.eval.tasks import register
+from tinystories.eval.task import AddPlot, Pending, Task, per_model, register
 
 if TYPE_CHECKING:
     from tinystories.eval.suite import Suite

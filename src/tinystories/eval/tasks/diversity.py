@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tinystories.eval.report import Block, fmt, hist_plot
 from tinystories.eval.stats import bootstrap_mean
-from tinystories.eval.task import AddPlot, Pending, Task, per_model
-from tinystories.eval.tasks import register
+from tinystories.eval.task import AddPlot, Pending, Task, per_model, register
 
 if TYPE_CHECKING:
     from tinystories.eval.suite import Suite

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tinystories.eval.judge import AGE_GROUPS, SCORE_KEYS, JudgeRun, Judgment, missing_summary
 from tinystories.eval.report import Block, bar_plot, fmt, missing_block
 from tinystories.eval.stats import bootstrap_mean
-from tinystories.eval.task import AddPlot, Pending, Task, per_model
-from tinystories.eval.tasks import register
+from tinystories.eval.task import AddPlot, Pending, Task, per_model, register
 
 if TYPE_CHECKING:
     from tinystories.eval.suite import Suite

@@ -4,18 +4,19 @@ required word appears in the story (allowing simple inflections: jump -> jumped,
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tinystories.data.vocabulary import Vocabulary, load_vocabulary
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
 from tinystories.eval.report import Block, fmt, missing_block
 from tinystories.eval.stats import bootstrap_mean
-from tinystories.eval.task import AddPlot, Pending, Task, per_model
-from tinystories.eval.tasks import register
+from tinystories.eval.task import AddPlot, Pending, Task, per_model, register
 from tinystories.utils import resource_path
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
 STORY_MARK = "Story: "
 _WORD = re.compile(r"[a-z]+")
-_VOWELS = set("aeiou")
 
 
 def load_instructions(path: str | Path | None = None) -> list[str]:
@@ -58,18 +58,15 @@ def required_words(header: str) -> list[str]:
     return words
 
 
+@functools.cache
+def _vocabulary() -> Vocabulary:
+    return load_vocabulary()
+
+
 def inflections(word: str) -> set[str]:
-    """The word and its regular inflections (plural, past, -ing, comparative, adverb)."""
-    forms = {word, word + "s", word + "es", word + "ed", word + "ing", word + "er", word + "est", word + "ly"}
-    if word.endswith("e"):
-        forms |= {word + "d", word + "r", word + "st", word[:-1] + "ing", word[:-1] + "y"}
-    if word.endswith("y") and len(word) > 1 and word[-2] not in _VOWELS:
-        stem = word[:-1]
-        forms |= {stem + "ies", stem + "ied", stem + "ier", stem + "iest", stem + "ily"}
-    if len(word) >= 3 and word[-1] not in _VOWELS | {"w", "x", "y"} and word[-2] in _VOWELS \
-            and word[-3] not in _VOWELS:  # CVC: run -> running, stop -> stopped, big -> bigger
-        forms |= {word + word[-1] + s for s in ("ed", "ing", "er", "est", "y")}
-    return forms
+    """The forms that count as using `word`: the shipped vocabulary's forms (the instruction
+    words come from it) and the regular inflections, the same rule `generate` filters with."""
+    return _vocabulary().surface_forms(word)
 
 
 def word_check(header: str, story: str) -> dict[str, Any]:

@@ -14,8 +14,7 @@ from tinystories.eval.config import SuiteConfig
 from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
 from tinystories.eval.report import Block, fmt, missing_block
 from tinystories.eval.stats import win_rate
-from tinystories.eval.task import AddPlot, Pending, Task
-from tinystories.eval.tasks import register
+from tinystories.eval.task import AddPlot, Pending, Task, register
 from tinystories.eval.tasks.gpt_eval import SAMPLING
 
 if TYPE_CHECKING:

@@ -11,8 +11,7 @@ from tinystories.data.beginnings import normalize_quotes
 from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
 from tinystories.eval.report import Block, bar_plot, fmt, missing_block
 from tinystories.eval.stats import bootstrap_mean
-from tinystories.eval.task import AddPlot, Pending, Task, per_model
-from tinystories.eval.tasks import register
+from tinystories.eval.task import AddPlot, Pending, Task, per_model, register
 from tinystories.utils import resource_path
 
 if TYPE_CHECKING:
