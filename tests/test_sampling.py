@@ -5,7 +5,14 @@ import torch
 
 from tinystories.errors import TinyStoriesError
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampler import _kept, draw, new_generator, reference_probs, sample
+from tinystories.infer.sampler import (
+    FAST_CANDIDATES,
+    _kept,
+    draw,
+    new_generator,
+    reference_probs,
+    sample,
+)
 from tinystories.infer.sampling import generate, generate_reference
 from tinystories.model.gpt import GPT, GPTConfig
 
@@ -88,14 +95,22 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CASES)
+FAST = [c for c in CASES if c.top_k <= FAST_CANDIDATES and (c.top_k or c.top_p < 0.99)]  # what the top 64 hold
+
+
+@pytest.mark.parametrize("cfg", FAST)
 def test_fast_candidates_equal_the_reference_filter(cfg: SamplingParams) -> None:
+    """The fast look at the top 64 keeps exactly the reference's tokens, in the same
+    proportions (the draw scales u by their total, so they need not sum to 1)."""
     torch.manual_seed(0)
-    logits = torch.randn(6, 1000) * 3
+    logits = torch.randn(6, 1000) * 6  # peaked, as a trained model's: the nucleus fits in 64
     expected = reference_probs(logits, [cfg] * 6)
-    x = logits / cfg.temperature
-    probs, ids = _kept(x, torch.full((6,), cfg.top_k or 1000), torch.full((6,), cfg.top_p), 1000)
+    x = (logits / cfg.temperature).log_softmax(-1)
+    top_p = torch.full((6,), cfg.top_p)
+    probs, ids = _kept(x, torch.full((6,), cfg.top_k or 1000), top_p, FAST_CANDIDATES)
+    assert ids.shape[-1] == FAST_CANDIDATES and bool((probs.sum(-1) >= top_p - 1e-6).all())  # no fallback
     got = torch.zeros_like(expected).scatter(-1, ids, probs)
+    assert torch.equal(got > 0, expected > 0)
     torch.testing.assert_close(got / got.sum(-1, keepdim=True), expected, atol=1e-6, rtol=1e-5)
 
 

@@ -97,8 +97,8 @@ def _empty_byte_level_bpe(vocab: dict[str, int] | None = None, merges: list[tupl
 
 def train_bpe(stories: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:
     """Train a byte-level BPE with `<|endoftext|>` as token 0."""
-    if vocab_size < 257 or vocab_size > 65535:
-        raise TinyStoriesError(f"vocab_size must be between 257 and 65535 (uint16 token files); got {vocab_size}")
+    if vocab_size < 257 or vocab_size > 65536:
+        raise TinyStoriesError(f"vocab_size must be between 257 and 65536 (uint16 token files); got {vocab_size}")
     tok = _empty_byte_level_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS_TEXT],

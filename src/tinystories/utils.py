@@ -85,23 +85,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_threads(requested: int = 0, work: int | None = None) -> int:
+def choose_threads(requested: int = 0) -> int:
     """Torch's CPU threads: `requested` if given; else one per core not kept busy by other work
-    (the 1-minute load average says how many are), at least one, and one when `work` (rows in
-    a batch, say) is too small to share out. On a shared machine, more threads than idle cores
-    make each step wait for the slowest thread: far slower than fewer threads."""
+    (the 1-minute load average says how many are), at least one. On a shared machine, more
+    threads than idle cores make each step wait for the slowest thread: far slower than fewer."""
     if requested:
         return requested
     cores = usable_cores()
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    n = max(1, min(cores, round(cores - busy)))
-    return 1 if work is not None and work <= 1 and n > 1 and busy > 0.5 else n
+    return max(1, min(cores, round(cores - busy)))
 
 
-def set_threads(requested: int = 0, work: int | None = None) -> int:
+def set_threads(requested: int = 0) -> int:
     """`choose_threads`, applied to torch; the count chosen."""
     import torch
 
-    n = choose_threads(requested, work)
+    n = choose_threads(requested)
     torch.set_num_threads(n)
     return n

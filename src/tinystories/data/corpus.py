@@ -231,7 +231,8 @@ def read_stories(sources: str | list[str], split: str = "train", text_field: str
     for src in sources:
         rejected = Path(src) / "rejected.jsonl"
         if not src.startswith(("hf:", "bundled:")) and rejected.is_file():
-            lines = sum(1 for line in rejected.open("rb") if line.strip())
+            with rejected.open("rb") as f:
+                lines = sum(1 for line in f if line.strip())
             stats.notes.append(f"{src}: accepted stories only; {lines} rejected ones in rejected.jsonl left out")
     stories: list[str] = []
     for src in sources:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class PrepareConfig(Config):
     train: list[str] = setting(help="training corpus: files, folders, hf:NAME or bundled:train",
                                factory=lambda: ["bundled:train"], ge=1)
-    valid: list[str] = setting(help="validation corpus (none to skip)", factory=lambda: ["bundled:valid"])
+    valid: list[str] = setting(help="validation corpus (`--valid` with no value: none)", factory=lambda: ["bundled:valid"])
     out_dir: str = setting("data/tokens", "output folder", flag="out")
     tokenizer: str = setting("", "use this tokenizer.json instead of training one")
     vocab_size: int = setting(4096, "BPE vocabulary size", ge=257, le=65536)

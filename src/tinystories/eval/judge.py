@@ -12,7 +12,6 @@ parser refuses, re-asked a bounded number of times) is recorded as missing, neve
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tinystories.errors import TinyStoriesError
-from tinystories.llm_client import ClientConfig
+from tinystories.llm_client import ClientConfig, LLMClient
 from tinystories.utils import resource_path
 
 log = logging.getLogger(__name__)
@@ -321,11 +320,9 @@ def make_judge(client: ClientConfig) -> Callable[[], Any]:
     """An async context manager factory yielding `complete(prompt) -> text` on the shared client."""
     from contextlib import aclosing, asynccontextmanager
 
-    from tinystories.llm_client import LLMClient
-
     @asynccontextmanager
     async def session():
-        async with aclosing(LLMClient(dataclasses.replace(client, api="chat"))) as llm:
+        async with aclosing(LLMClient(client)) as llm:  # judge.api=completion for a base-model judge
             async def complete(prompt: str) -> str:
                 return (await llm.complete(prompt)).text
             yield complete

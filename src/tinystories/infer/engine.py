@@ -122,7 +122,7 @@ class Engine:
             self.stopped = True
             self.wake.notify()
         if self.thread.is_alive():
-            self.thread.join(timeout=10)
+            self.thread.join()  # one step at most; after it no other thread touches the rows
         with self.wake:
             left, self.waiting = [*self.waiting, *self.rows], []
         for row in left:
