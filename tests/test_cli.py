@@ -107,3 +107,13 @@ def test_version_and_a_closed_pipe() -> None:
     p = subprocess.run(f"{sys.executable} -m tinystories.cli presets | head -1", shell=True, check=False, capture_output=True,
                        text=True, timeout=60)
     assert p.stdout.startswith("preset") and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+def test_the_demo_runs_the_whole_pipeline_with_the_recipe(tmp_path: Path) -> None:
+    """README's main job, shortened to seconds: data, the default recipe, the exact score, stories."""
+    p = tinystories("demo", "--minutes", "0.05", "--out", str(tmp_path / "demo"), "--threads", "1", timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = p.stdout + p.stderr
+    assert "1 threads" in out and "bits per byte" in out and out.count("\n--- ") == 3
+    saved = (tmp_path / "demo" / "config.yaml").read_text()
+    assert "optimizer: muon" in saved and "data_order: stories" in saved and "arch: modern" in saved

@@ -45,3 +45,13 @@ def test_a_file_section_merges_into_the_base(tmp_path: Path) -> None:
     assert (cfg.judge.model, cfg.judge.base_url) == ("m", "")
     assert build(SuiteConfig, path, {"judge.temperature": 0.5}, base=base).judge.base_url == ""
     assert base == {"judge": {"base_url": ""}}  # the caller's base is left as it was
+
+
+def test_a_train_config_built_from_code_takes_its_preset() -> None:
+    from tinystories.model.presets import PRESETS
+    from tinystories.train.config import TrainConfig
+
+    assert TrainConfig(preset="8M").model == PRESETS["8M"]
+    assert TrainConfig().model == PRESETS["demo"] == build(TrainConfig).model
+    with pytest.raises(TinyStoriesError, match="unknown model preset"):
+        TrainConfig(preset="9M")

@@ -44,8 +44,8 @@ def losses(out: Path) -> list[float]:
 
 
 RECIPES = {
-    "adamw-cosine-random": [],
-    "muon-wsd-stories": ["optim.optimizer=muon", "optim.schedule=wsd", "data_order=stories"],
+    "defaults": [],  # the recipe: Muon + AdamW, warmup-stable-decay, story-start windows
+    "adamw-cosine-random": ["optim.optimizer=adamw", "optim.schedule=cosine", "data_order=random"],
     "muon-shuffled-modern": ["optim.optimizer=muon", "data_order=shuffled", "model.arch=modern",
                              "model.qk_norm=true", "model.mlp=relu2"],
 }
@@ -96,12 +96,12 @@ def test_schedule_warms_up_then_decays(schedule: str, data_dir: Path, tmp_path: 
     cfg = build_train_config(None, [f"optim.schedule={schedule}", "optim.warmup_steps=10", "optim.decay_frac=0.2"])
     lrs = [cfg.optim.lr * lr_factor(cfg.optim, step / 100, step) for step in range(101)]
     assert lrs[0] < lrs[1] < lrs[9] and max(lrs) == pytest.approx(cfg.optim.lr)
-    assert lrs[-1] == pytest.approx(cfg.optim.min_lr, rel=1e-6)
+    assert lrs[-1] == pytest.approx(cfg.optim.final_lr, rel=1e-6)
     if schedule == "wsd":  # stable until 80%, then a straight line down
         assert lrs[10] == lrs[50] == lrs[80] == cfg.optim.lr
-        assert lrs[90] == pytest.approx((cfg.optim.lr + cfg.optim.min_lr) / 2)
+        assert lrs[90] == pytest.approx((cfg.optim.lr + cfg.optim.final_lr) / 2)
     else:
-        assert lrs[50] < lrs[10] and lrs[50] == pytest.approx((cfg.optim.lr + cfg.optim.min_lr) / 2, rel=0.05)
+        assert lrs[50] < lrs[10] and lrs[50] == pytest.approx((cfg.optim.lr + cfg.optim.final_lr) / 2, rel=0.05)
 
 
 @pytest.mark.parametrize("order", ["shuffled", "stories"])
@@ -112,8 +112,10 @@ def test_epoch_orders_visit_every_window_once(order: str) -> None:
     tokens[story_starts] = 0  # EOS
     batches = TokenBatches(tokens, 20, 4, seed=1, order=order, eos_id=0)
     starts = sorted(batches._starts_of_epoch().tolist())
-    if order == "stories":  # every window starts at a story's leading EOS
-        assert starts == story_starts
+    if order == "stories":  # every story's leading EOS starts a window; long ones go on every 21 tokens
+        bounds = [*story_starts, 1000]
+        expected = [s for a, b in itertools.pairwise(bounds) for s in range(a, b, 21) if s <= 1000 - 21]
+        assert starts == expected and set(story_starts) <= set(starts)
     else:  # back-to-back windows of context + 1 from a random offset, covering the tokens
         assert all(b - a == 21 for a, b in itertools.pairwise(starts)) and starts[0] < 21 and starts[-1] + 42 > 1000
     drawn = []
@@ -125,15 +127,22 @@ def test_epoch_orders_visit_every_window_once(order: str) -> None:
     assert batches.epoch == 1  # the next epoch has begun, with another order
 
 
+def test_story_order_covers_documents_longer_than_a_window() -> None:
+    tokens = np.ones(1000, dtype=np.uint16)
+    tokens[[0, 130, 140]] = 0  # stories of 130, 10 and 860 tokens; windows of 51
+    batches = TokenBatches(tokens, 50, 4, seed=1, order="stories", eos_id=0)
+    assert sorted(batches._starts_of_epoch().tolist()) == [0, 51, 102, 130, *range(140, 1000 - 51, 51)]
+
+
 def test_resume_follows_the_new_config_or_says_why_it_cannot(data_dir: Path, tmp_path: Path) -> None:
     Trainer(make_config(data_dir, tmp_path, max_steps=4)).fit(pause_at=2)
     resumed = Trainer(build_train_config(tmp_path / "config.yaml", ["optim.lr=5e-4", "optim.min_lr=0"]))
     resumed.fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if r["kind"] == "train"]
-    assert lrs[2] < 5e-4 and lrs[0] > 5e-4  # the LR after the resume follows the new peak
-    with pytest.raises(TinyStoriesError, match="optimizer state does not fit optim.optimizer=muon"):
-        Trainer(build_train_config(tmp_path / "config.yaml", ["optim.optimizer=muon"]))
+    assert lrs[2] <= 5e-4 < lrs[0]  # the LR after the resume follows the new peak
+    with pytest.raises(TinyStoriesError, match="optimizer state does not fit optim.optimizer=adamw"):
+        Trainer(build_train_config(tmp_path / "config.yaml", ["optim.optimizer=adamw"]))
 
 
 def test_resume_refuses_another_model_shape(data_dir: Path, tmp_path: Path) -> None:

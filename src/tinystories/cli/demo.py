@@ -20,7 +20,7 @@ DEMO_PROMPTS = ["Once upon a time, there was a little girl named Lily.", "Tom an
 @dataclass(frozen=True)
 class DemoConfig(Config):
     out: str = setting("runs/demo", "folder for data, checkpoint and logs")
-    minutes: float = setting(3.0, "training time budget", gt=0)
+    minutes: float = setting(3.0, "training time budget (the LR schedule follows it)", gt=0)
     preset: str = setting("demo", "model preset (`tinystories presets`)")
     seed: int = setting(1337, "random seed", ge=0)
     device: str = setting("auto", "torch device: auto, cpu, cuda, mps")
@@ -45,9 +45,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from tinystories.eval.bpb import evaluate_bpb
     from tinystories.infer.params import SamplingParams
     from tinystories.infer.sampling import complete
-    from tinystories.model.checkpoint import load_model
+    from tinystories.model.loader import load_any
     from tinystories.train.config import build_train_config
     from tinystories.train.trainer import Trainer
+    from tinystories.utils import pick_device
 
     cfg = build_from_args(DemoConfig, args)
     out = Path(cfg.out)
@@ -57,13 +58,15 @@ def run_demo(args: argparse.Namespace) -> int:
     infos = prepare(PrepareConfig(out_dir=str(data), vocab_size=4096))
     print(f"== 2/4 training the {cfg.preset!r} preset for up to {cfg.minutes:g} minutes "
           f"({infos['train'].tokens:,} training tokens)")
+    # The recipe is `train`'s defaults (bench/README.md); the demo sets only its budget and
+    # a denser log for a short run.
     train_cfg = build_train_config(
-        None, ["optim.warmup_steps=30"], data_dir=str(data), out_dir=str(out), preset=cfg.preset, seed=cfg.seed,
-        device=cfg.device, max_steps=100_000, max_minutes=cfg.minutes, batch_size=16, eval_interval=100,
-        eval_batches=8, checkpoint_interval=100)
+        None, None, data_dir=str(data), out_dir=str(out), preset=cfg.preset, seed=cfg.seed, device=cfg.device,
+        threads=cfg.threads, max_steps=100_000, max_minutes=cfg.minutes, eval_interval=100, eval_batches=8,
+        checkpoint_interval=100)
     Trainer(train_cfg, resume=False, sample=sample_stories).fit()
     print("== 3/4 validation: the 500 bundled validation stories, whole, scored exactly (as `eval bpb`)")
-    loaded = load_model(out / "checkpoint")
+    loaded = load_any(out, device=pick_device(cfg.device))
     score = evaluate_bpb(loaded.model, loaded.tokenizer, read_stories("bundled:valid")[0], progress=False)
     print(f"validation loss {score.loss:.3f} nats/token = {score.bpb:.3f} bits per byte "
           f"(loss curves: {out / 'loss.png'})")

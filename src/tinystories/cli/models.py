@@ -19,12 +19,13 @@ def setup_presets(p: argparse.ArgumentParser) -> None:
 def preset_table() -> str:
     from tinystories.model.presets import PRESETS, count_params
 
-    head = f"{'preset':<12} {'arch':<7} {'layers':>6} {'d_model':>7} {'heads':>5} {'vocab':>6} {'context':>7} " \
+    w = max(len(name) for name in PRESETS)
+    head = f"{'preset':<{w}} {'arch':<7} {'layers':>6} {'d_model':>7} {'heads':>5} {'vocab':>6} {'context':>7} " \
            f"{'params':>8} {'non-emb':>8}"
     lines = [head, "-" * len(head)]
     for name, cfg in PRESETS.items():
         total, non_emb = count_params(cfg)
-        lines.append(f"{name:<12} {cfg.arch:<7} {cfg.n_layer:>6} {cfg.d_model:>7} {cfg.n_head:>5} "
+        lines.append(f"{name:<{w}} {cfg.arch:<7} {cfg.n_layer:>6} {cfg.d_model:>7} {cfg.n_head:>5} "
                      f"{cfg.vocab_size:>6} {cfg.context_length:>7} {total / 1e6:>7.2f}M {non_emb / 1e6:>7.2f}M")
     return "\n".join(lines)
 

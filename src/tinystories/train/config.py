@@ -16,20 +16,26 @@ from tinystories.model.presets import PRESETS
 
 @dataclass(frozen=True)
 class OptimConfig(Config):
-    optimizer: Literal["adamw", "muon"] = setting("adamw", "adamw everywhere, or muon for the blocks' matrices "
+    """The defaults are the recipe benchmark's winner at CPU budgets of 3-5 minutes
+    (bench/README.md): Muon at AdamW's update scale for the blocks, AdamW at 4e-3 for the
+    rest, a short warmup, then warmup-stable-decay to a tenth of the peak."""
+
+    optimizer: Literal["adamw", "muon"] = setting("muon", "adamw everywhere, or muon for the blocks' matrices "
                                                            "(AdamW for embeddings, output layer, norms)")
-    lr: float = setting(2e-3, "peak learning rate (AdamW)", gt=0, le=10)
-    min_lr: float = setting(2e-4, "the schedule decays to this (AdamW; Muon's in proportion)", ge=0, le=10)
-    muon_lr: float = setting(0.02, "peak learning rate of Muon", gt=0, le=10)
+    lr: float = setting(4e-3, "peak learning rate (AdamW)", gt=0, le=10)
+    min_lr: float | None = setting(None, "the schedule decays to this (AdamW; Muon's in proportion); "
+                                         "none = lr / 10", ge=0, le=10)
+    muon_lr: float = setting(4e-3, "peak learning rate of Muon (on AdamW's scale with muon_scale="
+                                   "match_rms_adamw; about 0.02 with original)", gt=0, le=10)
     muon_scale: Literal["original", "match_rms_adamw"] = setting(
-        "original", "how Muon scales a matrix's update by its shape: original (Keller Jordan's sqrt(max(1, "
+        "match_rms_adamw", "how Muon scales a matrix's update by its shape: original (Keller Jordan's sqrt(max(1, "
                     "rows/cols))), or match_rms_adamw (0.2 sqrt(max(rows, cols)): muon_lr on AdamW's scale)")
     muon_momentum: float = setting(0.95, "Muon's momentum", ge=0, lt=1)
     muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", ge=0, le=10)
-    schedule: Literal["cosine", "wsd"] = setting("cosine", "after warmup: cosine decay, or warmup-stable-decay "
+    schedule: Literal["cosine", "wsd"] = setting("wsd", "after warmup: cosine decay, or warmup-stable-decay "
                                                           "(constant, then linear decay over decay_frac)")
     decay_frac: float = setting(0.3, "wsd: the share of the run spent decaying", gt=0, le=1)
-    warmup_steps: int = setting(100, "linear warmup steps", ge=0)
+    warmup_steps: int = setting(30, "linear warmup steps", ge=0)
     weight_decay: float = setting(0.1, "decoupled weight decay of the matrices (AdamW)", ge=0, le=10)
     beta1: float = setting(0.9, "AdamW beta1", ge=0, lt=1)
     beta2: float = setting(0.95, "AdamW beta2", ge=0, lt=1)
@@ -38,8 +44,13 @@ class OptimConfig(Config):
     where = "optim"
 
     def check(self) -> None:
-        if self.min_lr > self.lr:
+        if self.min_lr is not None and self.min_lr > self.lr:
             raise TinyStoriesError(f"optim: min_lr ({self.min_lr}) is above lr ({self.lr})")
+
+    @property
+    def final_lr(self) -> float:
+        """Where the schedule ends: `min_lr`, or a tenth of `lr` (which then follows a changed `lr`)."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
 
 
 @dataclass(frozen=True)
@@ -51,9 +62,9 @@ class TrainConfig(Config):
                                   "override it")
     model: GPTConfig = setting(help="the model's shape", factory=GPTConfig)
     optim: OptimConfig = setting(help="the optimizer and its schedule", factory=OptimConfig)
-    batch_size: int = setting(32, "sequences per micro-batch (per process)", ge=1, le=1_000_000)
+    batch_size: int = setting(16, "sequences per micro-batch (per process)", ge=1, le=1_000_000)
     data_order: Literal["random", "shuffled", "stories"] = setting(
-        "random", "training windows: random positions; shuffled = every window once per epoch; stories = "
+        "stories", "training windows: random positions; shuffled = every window once per epoch; stories = "
                   "each window starts at a story's start, every story once per epoch")
     grad_accum: int = setting(1, "micro-batches per optimizer step", ge=1, le=1_000_000)
     max_steps: int = setting(2000, "optimizer steps", ge=1, le=10**12)
@@ -79,6 +90,15 @@ class TrainConfig(Config):
     wandb_project: str = setting("tinystories", "the W&B project of --log wandb")
 
     where = "train"
+
+    def __post_init__(self) -> None:
+        # Built from code (`TrainConfig(preset="8M")`) rather than by `build`, which applies
+        # the preset in `resolve`: an untouched model field takes the preset's shape too.
+        super().__post_init__()  # types first
+        if self.preset not in PRESETS:
+            raise TinyStoriesError(f"unknown model preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.model == GPTConfig():
+            object.__setattr__(self, "model", PRESETS[self.preset])
 
     @classmethod
     def resolve(cls, data: dict[str, Any]) -> dict[str, Any]:

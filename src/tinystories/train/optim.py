@@ -10,7 +10,7 @@ Two recipes:
 
 Every param group keeps its peak LR in ``base_lr``; the schedule multiplies it by one factor
 (`lr_factor`): linear warmup, then cosine decay, or warmup-stable-decay (constant, then a
-linear decay over the last ``decay_frac`` of the run), both down to ``min_lr / lr``.
+linear decay over the last ``decay_frac`` of the run), both down to ``final_lr / lr``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def lr_factor(cfg: OptimConfig, progress: float, step: int) -> float:
     """The schedule's multiplier of every group's `base_lr` at `step`, `progress` in [0, 1]."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    floor = cfg.min_lr / cfg.lr
+    floor = cfg.final_lr / cfg.lr
     progress = min(max(progress, 0.0), 1.0)
     if cfg.schedule == "wsd":
         decay_start = 1.0 - cfg.decay_frac
