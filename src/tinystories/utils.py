@@ -10,6 +10,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -85,15 +86,43 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _cpu_jiffies(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) jiffies of `cpus` since boot, from /proc/stat."""
+    busy = total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                ticks = [int(x) for x in fields[:8]]
+                total += sum(ticks)
+                busy += sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return busy, total
+
+
+def busy_cores(window_s: float = 0.1) -> float:
+    """How many of this process's cores other work keeps busy right now: on Linux, measured over
+    `window_s` from /proc/stat (this process sleeps meanwhile). Elsewhere the 1-minute load
+    average, which lags: just after a heavy job (a `pip install`, say) it still counts it."""
+    try:
+        cpus = os.sched_getaffinity(0)
+        busy0, total0 = _cpu_jiffies(cpus)
+        time.sleep(window_s)
+        busy1, total1 = _cpu_jiffies(cpus)
+        if total1 > total0:
+            return len(cpus) * (busy1 - busy0) / (total1 - total0)
+    except (AttributeError, OSError, ValueError):  # not Linux, or no /proc
+        pass
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
 def choose_threads(requested: int = 0) -> int:
     """Torch's CPU threads: `requested` if given; else one per core not kept busy by other work
-    (the 1-minute load average says how many are), at least one. On a shared machine, more
-    threads than idle cores make each step wait for the slowest thread: far slower than fewer."""
+    (`busy_cores`), at least one. On a shared machine, more threads than idle cores make each
+    step wait for the slowest thread: far slower than fewer."""
     if requested:
         return requested
     cores = usable_cores()
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return max(1, min(cores, round(cores - busy_cores())))
 
 
 def set_threads(requested: int = 0) -> int:
