@@ -70,10 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    # Idle torch (OpenMP) threads sleep instead of spinning: on a machine shared with other work,
-    # spinning threads steal the cores the others need and every step waits for them (measured:
-    # bench/README.md). Before torch is imported, and only if the user has not chosen.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser(argv).parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
