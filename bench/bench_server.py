@@ -40,12 +40,13 @@ from tinystories.tokenizer import train_bpe
 HERE = Path(__file__).parent
 
 
-def make_model(folder: Path) -> Path:
+def make_model(folder: Path, arch: str | None = None) -> Path:
+    """The demo preset's shape with random weights; ``arch`` swaps the block (None: the preset's)."""
     stories = read_stories("bundled:train")[0]
     tokenizer = train_bpe(stories, vocab_size=get_preset("demo").vocab_size)
     torch.manual_seed(0)
-    return save_model(folder / "demo-random", GPT(get_preset("demo", vocab_size=tokenizer.vocab_size)).eval(),
-                      tokenizer)
+    overrides = {"vocab_size": tokenizer.vocab_size} | ({"arch": arch} if arch else {})
+    return save_model(folder / "demo-random", GPT(get_preset("demo", **overrides)).eval(), tokenizer)
 
 
 def free_port() -> int:
@@ -196,14 +197,16 @@ def main() -> int:
                     help="torch threads of the server (1: the load generator shares the machine's cores)")
     ap.add_argument("--soak-seconds", type=float, default=0, help="also run a memory soak this long")
     ap.add_argument("--plot", default=str(HERE / "server_soak.png"))
+    ap.add_argument("--arch", choices=["neo", "modern"], default=None,
+                    help="the model's block (default: the demo preset's, modern since 2026-11-25)")
     args = ap.parse_args()
     prompts = [s[:120] for s in read_stories("bundled:valid")[0][:64]]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_model(Path(tmp))
+        folder = make_model(Path(tmp), args.arch)
         proc, url = start_server(folder, args.server_threads)
         try:
             asyncio.run(load(url, 4, 8, prompts, 16))  # warm-up
-            print(f"model: demo preset shape, random weights; max_tokens {args.max_tokens}; server torch "
+            print(f"model: demo preset shape ({args.arch or get_preset('demo').arch}), random weights; max_tokens {args.max_tokens}; server torch "
                   f"threads {args.server_threads}; {os.cpu_count()} CPUs")
             rows = []
             for clients in [int(c) for c in args.levels.split(",")]:
