@@ -67,6 +67,8 @@ RECIPES: dict[str, tuple[int, list[str], str]] = {
     "recipe-relu2": (4096, ["model.mlp=relu2"], "ReLU^2 MLP instead of SwiGLU"),
     "recipe-muon8e-3": (4096, ["optim.muon_lr=8e-3"], "Muon at 8e-3"),
     "recipe-batch32": (4096, ["batch_size=32"], "batch 32"),
+    "recipe-ctx128": (4096, ["model.context_length=128", "batch_size=32"], "context 128 (batch 32: same tokens a step)"),
+    "recipe-ctx512": (4096, ["model.context_length=512", "batch_size=8"], "context 512 (batch 8: same tokens a step)"),
 }
 
 
