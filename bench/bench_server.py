@@ -206,8 +206,9 @@ def main() -> int:
         proc, url = start_server(folder, args.server_threads)
         try:
             asyncio.run(load(url, 4, 8, prompts, 16))  # warm-up
-            print(f"model: demo preset shape ({args.arch or get_preset('demo').arch}), random weights; max_tokens {args.max_tokens}; server torch "
-                  f"threads {args.server_threads}; {os.cpu_count()} CPUs")
+            arch = args.arch or get_preset("demo").arch
+            print(f"model: demo preset shape ({arch}), random weights; max_tokens {args.max_tokens}; "
+                  f"server torch threads {args.server_threads}; {os.cpu_count()} CPUs")
             rows = []
             for clients in [int(c) for c in args.levels.split(",")]:
                 cpu0, own0 = cpu_seconds(proc.pid), time.process_time()
