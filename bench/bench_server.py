@@ -41,12 +41,13 @@ HERE = Path(__file__).parent
 
 
 def make_model(folder: Path, arch: str | None = None) -> Path:
-    """The demo preset's shape with random weights; ``arch`` swaps the block (None: the preset's)."""
+    """The demo preset's shape with random weights; `arch` (neo or modern) swaps the preset's block."""
+    demo = get_preset("demo")
     stories = read_stories("bundled:train")[0]
-    tokenizer = train_bpe(stories, vocab_size=get_preset("demo").vocab_size)
+    tokenizer = train_bpe(stories, vocab_size=demo.vocab_size)
     torch.manual_seed(0)
-    overrides = {"vocab_size": tokenizer.vocab_size} | ({"arch": arch} if arch else {})
-    return save_model(folder / "demo-random", GPT(get_preset("demo", **overrides)).eval(), tokenizer)
+    model = GPT(get_preset("demo", vocab_size=tokenizer.vocab_size, arch=arch or demo.arch)).eval()
+    return save_model(folder / "demo-random", model, tokenizer)
 
 
 def free_port() -> int:
@@ -200,13 +201,13 @@ def main() -> int:
     ap.add_argument("--arch", choices=["neo", "modern"], default=None,
                     help="the model's block (default: the demo preset's, modern since 2026-11-25)")
     args = ap.parse_args()
+    arch = args.arch or get_preset("demo").arch
     prompts = [s[:120] for s in read_stories("bundled:valid")[0][:64]]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_model(Path(tmp), args.arch)
+        folder = make_model(Path(tmp), arch)
         proc, url = start_server(folder, args.server_threads)
         try:
             asyncio.run(load(url, 4, 8, prompts, 16))  # warm-up
-            arch = args.arch or get_preset("demo").arch
             print(f"model: demo preset shape ({arch}), random weights; max_tokens {args.max_tokens}; "
                   f"server torch threads {args.server_threads}; {os.cpu_count()} CPUs")
             rows = []
