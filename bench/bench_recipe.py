@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinystories.utils import describe_cpu
+
 HERE = Path(__file__).parent
 PEER = HERE.parents[1] / "shared" / "peers" / "llama2c"
 CACHE = HERE / ".recipe_cache"
@@ -67,6 +69,8 @@ RECIPES: dict[str, tuple[int, list[str], str]] = {
     "recipe-relu2": (4096, ["model.mlp=relu2"], "ReLU^2 MLP instead of SwiGLU"),
     "recipe-muon8e-3": (4096, ["optim.muon_lr=8e-3"], "Muon at 8e-3"),
     "recipe-batch32": (4096, ["batch_size=32"], "batch 32"),
+    "recipe-batch8": (4096, ["batch_size=8"], "batch 8 (twice the steps for the same tokens)"),
+    "recipe-batch4": (4096, ["batch_size=4"], "batch 4 (four times the steps for the same tokens)"),
     "recipe-ctx128": (4096, ["model.context_length=128", "batch_size=32"], "context 128 (batch 32: same tokens a step)"),
     "recipe-ctx512": (4096, ["model.context_length=512", "batch_size=8"], "context 512 (batch 8: same tokens a step)"),
 }
@@ -223,6 +227,7 @@ def main() -> int:
     if args.seconds and args.jobs > 1:
         raise SystemExit("--jobs > 1 only with --tokens: runs sharing the cores would skew a time budget")
     budget = {"tokens": args.tokens} if args.tokens else {"seconds": args.seconds}
+    cpu = describe_cpu()
     names = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [n for n in names if n not in RECIPES and n != "peer"]
     if unknown:
@@ -231,12 +236,13 @@ def main() -> int:
         data_dir(RECIPES[n][0] if n in RECIPES else 4096)  # prepared once, before any timing
     work = [(n, int(s)) for _ in range(args.repeats) for s in args.seeds.split(",") for n in names]
     print(f"budget {budget}; {args.threads} threads per run, {args.jobs} at once; torch {torch.__version__}; "
-          f"{os.cpu_count()} CPUs", flush=True)
+          f"{os.cpu_count()} x {cpu}", flush=True)
     rows = []
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(one, n, budget, args.threads, Path(args.out), s, args.peer_lr) for n, s in work]
         for future in futures:
-            row = {**future.result(), "budget": budget, "date": time.strftime("%Y-%m-%d %H:%M")}
+            row = {**future.result(), "budget": budget, "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu,
+                   "threads": args.threads, "jobs": args.jobs}
             rows.append(row)
             with open(args.results, "a") as f:
                 f.write(json.dumps(row) + "\n")

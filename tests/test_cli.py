@@ -117,3 +117,5 @@ def test_the_demo_runs_the_whole_pipeline_with_the_recipe(tmp_path: Path) -> Non
     assert "1 threads" in out and "bits per byte" in out and out.count("\n--- ") == 3
     saved = (tmp_path / "demo" / "config.yaml").read_text()
     assert "optimizer: muon" in saved and "data_order: stories" in saved and "arch: modern" in saved
+    # 3 seconds buy a few thousand tokens: the demo measured this machine and took the small-budget batch
+    assert "tokens/s at batch 16" in out and "minutes buy about" in out and "batch_size: 8" in saved

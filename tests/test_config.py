@@ -55,3 +55,13 @@ def test_a_train_config_built_from_code_takes_its_preset() -> None:
     assert TrainConfig().model == PRESETS["demo"] == build(TrainConfig).model
     with pytest.raises(TinyStoriesError, match="unknown model preset"):
         TrainConfig(preset="9M")
+
+
+def test_yaml_booleans_mean_the_words_a_choice_is_spelled_with(tmp_path: Path) -> None:
+    """YAML reads `on`/`off` as booleans; a choice of "on"/"off" takes them as the words."""
+    path = tmp_path / "run.yaml"
+    path.write_text("compile: on\n")
+    assert build_train_config(path).compile == "on"
+    assert build_train_config(None, ["compile=off"]).compile == "off"
+    with pytest.raises(TinyStoriesError, match="is not one of"):
+        build_train_config(None, ["dtype=true"])  # no word of a boolean among its choices

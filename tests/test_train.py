@@ -204,6 +204,7 @@ def test_start_up_summary_warnings_and_a_finished_rerun(data_dir: Path, tmp_path
     first = Trainer(cfg, sample=lambda model, tok, n: [f"story {i}" for i in range(n)]).fit()
     text = caplog.text
     assert "parameters" in text and "tokens per step" in text and "device: cpu" in text
+    assert "muon: Newton-Schulz in " in text  # which dtype the optimizer runs in, and why
     assert "validation stories also appear in the training data" not in text
     rows = (out / "metrics.jsonl").read_text()
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -212,6 +213,17 @@ def test_start_up_summary_warnings_and_a_finished_rerun(data_dir: Path, tmp_path
     again = Trainer(make_config(data_dir, out, max_steps=4, eval_interval=2, log_interval=1)).fit()
     assert again == pytest.approx(first, abs=1e-4) and (out / "metrics.jsonl").read_text() == rows  # no new rows
     assert "already finished" in caplog.text
+
+
+def test_a_time_budget_is_fitted_to_the_tokens_it_buys(data_dir: Path, tmp_path: Path) -> None:
+    from tinystories.train.budget import PLANS, measure_throughput, plan_for
+
+    assert [p.up_to_tokens for p in PLANS] == sorted(p.up_to_tokens for p in PLANS) and PLANS[-1].changes == {}
+    slow, fast = plan_for(1.0e6), plan_for(3.0e6)  # 3 minutes of an AVX2 EPYC, of an AVX-512 Xeon
+    cfg = make_config(data_dir, tmp_path / "run", batch_size=16)
+    assert slow.apply(cfg).batch_size == 8 and fast.apply(cfg) == cfg
+    tok_s = measure_throughput(cfg, steps=2)
+    assert 0 < tok_s < 1e8 and not (tmp_path / "run").exists()  # real steps, in a scratch folder
 
 
 def test_validation_stories_in_the_training_set_are_flagged(tmp_path: Path) -> None:

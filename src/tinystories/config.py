@@ -74,6 +74,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         raise TinyStoriesError(f"{where}: expected {_type_name(typ)}, got {value!r}")
     if origin is typing.Literal:
         allowed = typing.get_args(typ)
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
+            # YAML 1.1 (files, --set) reads on/off/yes/no/true/false as booleans: `compile: on` meant "on"
+            words = ("on", "yes", "true") if value else ("off", "no", "false")
+            value = next((w for w in words if w in allowed), value)
         if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
             raise TinyStoriesError(f"{where}: {value!r} is not one of {list(allowed)}")
         return value

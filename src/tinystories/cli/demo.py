@@ -25,6 +25,8 @@ class DemoConfig(Config):
     seed: int = setting(1337, "random seed", ge=0)
     device: str = setting("auto", "torch device: auto, cpu, cuda, mps")
     threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
+    fit: bool = setting(True, "time a few training steps first, and fit the batch to the tokens the budget buys "
+                              "on this machine (bench/README.md); false = the recipe as it is")
 
     where = "demo"
 
@@ -33,7 +35,7 @@ def setup_demo(p: argparse.ArgumentParser) -> None:
     p.description = ("Train a tokenizer and a small model on the bundled TinyStories sample for a few minutes, "
                      "report validation bits per byte and print stories.\n\nExample:\n  tinystories demo "
                      "--minutes 3 --out runs/demo")
-    add_fields(p, DemoConfig, ["out", "minutes", "preset", "seed", "device", "threads"])
+    add_fields(p, DemoConfig, ["out", "minutes", "preset", "seed", "device", "threads", "fit"])
     add_config_flags(p)
     p.set_defaults(func=run_demo)
 
@@ -46,9 +48,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from tinystories.infer.params import SamplingParams
     from tinystories.infer.sampling import complete
     from tinystories.model.loader import load_any
+    from tinystories.train.budget import measure_throughput, plan_for
     from tinystories.train.config import build_train_config
     from tinystories.train.trainer import Trainer
-    from tinystories.utils import pick_device
+    from tinystories.utils import describe_cpu, pick_device
 
     cfg = build_from_args(DemoConfig, args)
     out = Path(cfg.out)
@@ -59,11 +62,17 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"== 2/4 training the {cfg.preset!r} preset for up to {cfg.minutes:g} minutes "
           f"({infos['train'].tokens:,} training tokens)")
     # The recipe is `train`'s defaults (bench/README.md); the demo sets only its budget and
-    # a denser log for a short run.
+    # a denser log for a short run, and fits the batch to the tokens this machine's minutes buy.
     train_cfg = build_train_config(
-        None, None, data_dir=str(data), out_dir=str(out), preset=cfg.preset, seed=cfg.seed, device=cfg.device,
-        threads=cfg.threads, max_steps=100_000, max_minutes=cfg.minutes, eval_interval=100, eval_batches=8,
-        checkpoint_interval=100)
+        None, None, data_dir=str(data), out_dir=str(out), preset=cfg.preset, seed=cfg.seed,
+        device=cfg.device, threads=cfg.threads, max_steps=100_000, max_minutes=cfg.minutes, eval_interval=100,
+        eval_batches=8, checkpoint_interval=100)
+    if cfg.fit:
+        tok_s = measure_throughput(train_cfg)
+        plan = plan_for(tok_s * 60 * cfg.minutes)
+        print(f"this machine trains {tok_s:,.0f} tokens/s at batch {train_cfg.batch_size} ({describe_cpu()}): "
+              f"{cfg.minutes:g} minutes buy about {tok_s * 60 * cfg.minutes / 1e6:.1f}M tokens; {plan.why}")
+        train_cfg = plan.apply(train_cfg)
     Trainer(train_cfg, resume=False, sample=sample_stories).fit()
     print("== 3/4 validation: the 500 bundled validation stories, whole, scored exactly (as `eval bpb`)")
     loaded = load_any(out, device=pick_device(cfg.device))

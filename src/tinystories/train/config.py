@@ -32,6 +32,9 @@ class OptimConfig(Config):
                     "rows/cols))), or match_rms_adamw (0.2 sqrt(max(rows, cols)): muon_lr on AdamW's scale)")
     muon_momentum: float = setting(0.95, "Muon's momentum", ge=0, lt=1)
     muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", ge=0, le=10)
+    muon_ns_dtype: Literal["auto", "bfloat16", "float32"] = setting(
+        "auto", "dtype of Muon's Newton-Schulz step: auto = bf16 on GPUs, on a CPU whichever it runs faster "
+                "(timed at start-up; bf16 is 31x slower than fp32 on CPUs without native bf16)")
     schedule: Literal["cosine", "wsd"] = setting("wsd", "after warmup: cosine decay, or warmup-stable-decay "
                                                           "(constant, then linear decay over decay_frac)")
     decay_frac: float = setting(0.3, "wsd: the share of the run spent decaying", gt=0, le=1)

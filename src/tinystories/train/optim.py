@@ -4,7 +4,8 @@ Two recipes:
 
 * ``adamw``: AdamW on everything (fused kernel where available), weight decay on matrices.
 * ``muon``: Muon (PyTorch's `torch.optim.Muon`: momentum, then the update orthogonalised by
-  Newton-Schulz iterations) for the blocks' hidden matrices, AdamW for the embeddings, the
+  Newton-Schulz iterations, in fp32 on CPUs that emulate bf16: `train/muon.py`) for the
+  blocks' hidden matrices, AdamW for the embeddings, the
   output layer, norms and biases, as Muon's authors prescribe (an embedding row or a
   vocabulary column is not a linear map whose spectrum should be flattened).
 
@@ -22,6 +23,7 @@ import torch
 
 from tinystories.model.gpt import GPT
 from tinystories.train.config import OptimConfig
+from tinystories.train.muon import Muon, ns_dtype_for
 
 
 def make_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
@@ -30,11 +32,18 @@ def make_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer]
     if cfg.optimizer == "muon":
         ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if id(p) not in ids]
-        muon = torch.optim.Muon([{"params": hidden, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr,
-                                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay, nesterov=True,
-                                adjust_lr_fn=cfg.muon_scale)
+        muon = Muon([{"params": hidden, "base_lr": cfg.muon_lr}], ns_dtype=muon_ns_dtype(cfg, hidden[0].device)[0],
+                    lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
+                    nesterov=True, adjust_lr_fn=cfg.muon_scale)
         return [muon, _adamw(rest, cfg)]
     return [_adamw(list(model.parameters()), cfg)]
+
+
+def muon_ns_dtype(cfg: OptimConfig, device: torch.device) -> tuple[torch.dtype, str]:
+    """Muon's Newton-Schulz dtype, the configured one or (auto) the faster on this device; and why."""
+    if cfg.muon_ns_dtype != "auto":
+        return getattr(torch, cfg.muon_ns_dtype), f"{cfg.muon_ns_dtype} (set by optim.muon_ns_dtype)"
+    return ns_dtype_for(device.type, torch.get_num_threads())
 
 
 def _adamw(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:

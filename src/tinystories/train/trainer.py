@@ -45,6 +45,7 @@ from tinystories.train.optim import (
     load_optimizers,
     lr_factor,
     make_optimizers,
+    muon_ns_dtype,
     optimizer_tensors,
     set_lr,
 )
@@ -331,6 +332,8 @@ class Trainer:
                  (f"batch: {per_step:,} tokens per step ({cfg.batch_size} x {cfg.grad_accum} x "
                   f"{cfg.model.context_length}{f' x {world}' if world > 1 else ''}); optimizer "
                   f"{cfg.optim.optimizer}, {cfg.optim.schedule} schedule; budget {budget}")]
+        if cfg.optim.optimizer == "muon":  # (the choice is cached: this does not time it again)
+            lines.append(f"muon: Newton-Schulz in {muon_ns_dtype(cfg.optim, self.device)[1]}")
         warnings = []
         if not cfg.max_minutes and cfg.optim.warmup_steps >= cfg.max_steps:
             warnings.append(f"warning: warmup_steps ({cfg.optim.warmup_steps}) >= max_steps ({cfg.max_steps}): the "

@@ -1,0 +1,58 @@
+"""Fit a time-budgeted run to the machine it runs on.
+
+A budget of minutes buys a number of tokens that depends on the CPU: on 2 cores the demo
+shape trains at about 7,000 tokens/s on an AVX2 EPYC and 12,000-15,000 on an AVX-512 Xeon
+(bench/README.md), so 3 minutes are 1.2M tokens on one and 2.5M on the other. The best
+settings differ with the tokens: fewer tokens want more, smaller steps. `measure_throughput`
+times a few real steps; `plan_for` picks the settings that scored best in the recipe
+benchmark at that many tokens.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tinystories.train.config import TrainConfig
+from tinystories.train.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Changes to a `TrainConfig`'s fields for runs that buy fewer than `up_to_tokens` tokens, and why."""
+
+    up_to_tokens: float
+    changes: Mapping[str, Any]
+    why: str
+
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        return replace(cfg, **self.changes)
+
+
+# From `bench/bench_recipe.py --tokens N --recipes recipe,recipe-batch8` at 0.5M-4M tokens
+# (bench/README.md, "Budgets"). Batch 8 trains 12% fewer tokens a second than batch 16 at the
+# demo shape, so the threshold is on the tokens batch 16 would buy.
+PLANS = (
+    Plan(1.6e6, {"batch_size": 8}, "batch 8: at up to ~1.5M tokens twice the steps beat bigger batches"),
+    Plan(float("inf"), {}, "the recipe's batch 16: from ~1.5M tokens on it scores best"),
+)
+
+
+def plan_for(tokens: float) -> Plan:
+    """The settings that scored best for a run of about `tokens` training tokens."""
+    return next(plan for plan in PLANS if tokens < plan.up_to_tokens)
+
+
+def measure_throughput(cfg: TrainConfig, steps: int = 4) -> float:
+    """Training tokens per second of `cfg` on this machine: `steps` real steps after one warm-up,
+    in a scratch folder (the model and optimizer are thrown away; the run starts afresh)."""
+    with tempfile.TemporaryDirectory(prefix="tinystories-probe-") as scratch:
+        trainer = Trainer(replace(cfg, out_dir=scratch, log_to=[], eval_samples=0), resume=False)
+        trainer.train_step()  # first steps pay for allocations and kernel selection
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        return steps * cfg.tokens_per_step / (time.perf_counter() - start)
