@@ -40,7 +40,7 @@ def _train(make_opt, steps: int = 4) -> tuple[list[torch.Tensor], torch.optim.Op
     return [p.detach().clone() for p in params], opt
 
 
-KW = dict(lr=0.02, momentum=0.95, weight_decay=0.01, nesterov=True, adjust_lr_fn="match_rms_adamw")
+KW = {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.01, "nesterov": True, "adjust_lr_fn": "match_rms_adamw"}
 
 
 def test_bf16_muon_is_torchs_muon() -> None:

@@ -96,15 +96,14 @@ def describe_cpu() -> str:
     import torch
 
     name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
     isa = torch.backends.cpu.get_cpu_capability()
     if "amx_tile" in flags:
         isa += "+AMX"
