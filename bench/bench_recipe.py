@@ -71,6 +71,9 @@ RECIPES: dict[str, tuple[int, list[str], str]] = {
     "recipe-batch32": (4096, ["batch_size=32"], "batch 32"),
     "recipe-batch8": (4096, ["batch_size=8"], "batch 8 (twice the steps for the same tokens)"),
     "recipe-batch4": (4096, ["batch_size=4"], "batch 4 (four times the steps for the same tokens)"),
+    "recipe-batch8-muon8e-3": (4096, ["batch_size=8", "optim.muon_lr=8e-3"], "batch 8, Muon at 8e-3"),
+    "recipe-batch8-lr8e-3": (4096, ["batch_size=8", "optim.muon_lr=8e-3", "optim.lr=8e-3"],
+                             "batch 8, Muon and AdamW at 8e-3"),
     "recipe-ctx128": (4096, ["model.context_length=128", "batch_size=32"], "context 128 (batch 32: same tokens a step)"),
     "recipe-ctx512": (4096, ["model.context_length=512", "batch_size=8"], "context 512 (batch 8: same tokens a step)"),
 }
