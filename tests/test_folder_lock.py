@@ -59,7 +59,7 @@ def test_a_second_process_refuses_and_a_killed_holder_is_taken_over(tmp_path: Pa
         deadline = time.time() + 30
         while time.time() < deadline and not (shard.exists() and shard.read_bytes().count(b"\n") >= 3):
             time.sleep(0.02)
-        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
         holder = json.loads((out / LOCK_NAME).read_text())
         assert holder["pid"] == first.pid and "generate" in holder["command"]
@@ -69,7 +69,8 @@ def test_a_second_process_refuses_and_a_killed_holder_is_taken_over(tmp_path: Pa
         os.kill(first.pid, signal.SIGKILL)  # the kernel drops its lock; the lock file stays
         first.wait()
         assert (out / LOCK_NAME).exists() and shard.read_bytes().count(b"\n") < n
-        third = subprocess.run([*cmd, "--concurrency", "16"], env=env, capture_output=True, text=True, timeout=60)
+        third = subprocess.run([*cmd, "--concurrency", "16"], check=False, env=env, capture_output=True, text=True,
+                               timeout=60)
         assert third.returncode == 0, third.stderr[-2000:]
     finally:
         server.close()
