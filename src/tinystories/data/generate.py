@@ -37,7 +37,7 @@ from tinystories.data.prompts import Prompt, PromptBuilder, PromptConfig, instru
 from tinystories.data.shards import ShardWriter, append_line, read_jsonl_repairing
 from tinystories.errors import TinyStoriesError
 from tinystories.llm_client import ClientConfig, Completion, LLMClient, LLMError
-from tinystories.utils import write_json
+from tinystories.utils import atomic_write, naming, write_json
 
 log = logging.getLogger(__name__)
 MANIFEST_EVERY_S = 10.0
@@ -249,7 +249,8 @@ class Run:
         self.bar = tqdm(total=self.cfg.n, initial=self.cfg.n - len(pending), unit="story",
                         disable=not self.cfg.progress, dynamic_ncols=True)
         self.shards = ShardWriter(self.out / "data", self.cfg.shard_size)
-        with open(self.out / "rejected.jsonl", "a") as self.rejected_file:
+        # (naming: the file's last flush, at close, is a write that can hit a full disk too)
+        with naming(self.out / "rejected.jsonl"), open(self.out / "rejected.jsonl", "a") as self.rejected_file:
             self.write_manifest("running")
             try:
                 asyncio.run(self._drive(pending))
@@ -302,7 +303,7 @@ using a random verb, noun and adjective and a random set of story features.
 Rejected stories are kept in `rejected.jsonl` with a `reason`; see `manifest.json` for the
 full configuration.
 """
-    with open(out / "README.md", "w") as f:
+    with atomic_write(out / "README.md") as f:
         f.write("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body)
 
 
