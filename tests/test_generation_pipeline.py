@@ -230,10 +230,11 @@ def test_a_batch_that_cannot_be_polled_is_kept_for_the_next_run(tmp_path):
     worker = threading.Thread(target=run)
     worker.start()
     try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "batch_state.json").exists() and time.monotonic() < deadline:
+        deadline, state = time.monotonic() + 30, {}
+        while not state.get("batch_id") and time.monotonic() < deadline:  # the state is written before the batch
             time.sleep(0.05)
-        state = json.loads((tmp_path / "batch_state.json").read_text())
+            if (tmp_path / "batch_state.json").exists():
+                state = json.loads((tmp_path / "batch_state.json").read_text())
     finally:
         slow.close()  # the teacher goes away while the batch is being polled
         worker.join(60)

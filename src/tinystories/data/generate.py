@@ -11,7 +11,7 @@ Layout of the output folder:
     rejected.jsonl             rejected stories, each with its `reason`
     manifest.json              config, seed, counts, usage, cost, coverage (written atomically)
     README.md                  dataset card
-    batch_state.json           only while an OpenAI Batch API batch is in flight
+    batch_state.json           only while an OpenAI Batch API batch is being submitted or is in flight
 """
 
 from __future__ import annotations
