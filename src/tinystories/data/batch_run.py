@@ -12,13 +12,13 @@ error; run the same command again to go on collecting.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from tinystories.config import read_structured
 from tinystories.data.prompts import Prompt, PromptBuilder
 from tinystories.errors import TinyStoriesError
 from tinystories.llm_client import BatchEnded, Completion, LLMClient, LLMError
@@ -54,7 +54,7 @@ async def run_batches(run: Run, pending: list[int]) -> None:
     todo = list(pending)
     mine: set[str] = set()  # tags recorded by this process; any other came from a run that may have spent
     while True:
-        state = json.loads(state_path.read_text()) if state_path.exists() else None
+        state = read_structured(state_path, "batch state") if state_path.exists() else None
         if state is None:
             todo = [i for i in todo if i not in run.done]
             chunk, todo = todo[: run.cfg.teacher.batch_max_requests], todo[run.cfg.teacher.batch_max_requests:]

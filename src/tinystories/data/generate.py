@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from tinystories.config import Config, setting, to_dict
+from tinystories.config import Config, read_structured, setting, to_dict
 from tinystories.data.batch_run import run_batches
 from tinystories.data.filters import FilterConfig, StoryFilter, normalise, reason_kind, words_of
 from tinystories.data.prompts import Prompt, PromptBuilder, PromptConfig, instruct_text
@@ -98,7 +97,8 @@ class Run:
     def _check_manifest(self) -> None:
         path = self.out / "manifest.json"
         if path.exists():
-            old = json.loads(path.read_text()).get("fingerprint")
+            manifest = read_structured(path, "manifest")
+            old = manifest.get("fingerprint") if isinstance(manifest, dict) else None
             if old != self.cfg.fingerprint():
                 raise TinyStoriesError(
                     f"{self.out} holds a run with another seed, prompt config or --instruct "

@@ -9,7 +9,6 @@ continues with exactly the losses an uninterrupted one would have had.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from tinystories.config import read_structured
 from tinystories.data.pretokenize import TokenFileInfo, load_tokens
 from tinystories.errors import TinyStoriesError
 from tinystories.model.checkpoint import (
@@ -211,7 +211,7 @@ class Trainer:
         if loaded.tokenizer.fingerprint != self.tokenizer.fingerprint:
             raise TinyStoriesError(f"{folder} was trained with another tokenizer than {self.cfg.data_dir}'s")
         self.model.load_state_dict(model_state(loaded.model), strict=False)
-        state = json.loads((folder / STATE_NAME).read_text())
+        state = read_structured(folder / STATE_NAME, "training state", fmt="json")
         tensors = load_tensors(folder / OPTIMIZER_NAME)
         try:
             load_optimizers(self.optimizers, tensors, state.get("optimizers") or [state["param_groups"]])
