@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenize
     cfg = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=128, n_layer=2, n_head=4, d_model=32)
     folder = tmp_path_factory.mktemp("tiny_model")
     return save_model(folder, GPT(cfg).eval(), tokenizer)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MB file system (tmpfs; needs root, as in CI), to fill up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                      check=False, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill `disk` up to `leave` free bytes with a file; delete the file to free the space again."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler

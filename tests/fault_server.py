@@ -5,7 +5,9 @@ requests in flight at a fixed delay. It writes stories that use the words the pr
 and, on the first attempt of a chosen share of prompts, injects a fault: 429 with
 Retry-After, 500, a timeout (sleeps past the client's), truncated JSON, empty choices, or a
 refusal; or, when asked for, "disconnect" (closes the connection without an answer). It also
-speaks the Batch API: /v1/files, /v1/batches, /v1/files/{id}/content. Optionally it serves
+speaks the Batch API: /v1/files, /v1/batches, /v1/files/{id}/content, and their lists
+(newest first, `limit`/`after`/`has_more`) with filenames and batch metadata; it can lose
+the answer to an upload or a batch creation it did make. Optionally it serves
 https (`certfile`/`keyfile`) and sends answers chunked (`chunked`).
 
     python tests/fault_server.py '{"delay": 0.05, "fault_rate": 0.3}'   # prints "PORT <n>"
@@ -22,6 +24,8 @@ import re
 import ssl
 import subprocess
 import sys
+import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +72,8 @@ class Script:
     api_key: str | None = None  # if set, other Authorization headers get 401
     batch_polls: int = 1  # "in_progress" answers before a batch completes
     failed_batches: int = 0  # the first this many batches end "failed" with no output
+    lost_uploads: int = 0  # the first this many uploads are stored, then the connection drops
+    lost_creates: int = 0  # the first this many batches are created, then the connection drops
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
     certfile: str | None = None  # with keyfile: serve https
     keyfile: str | None = None
@@ -79,6 +85,7 @@ class FaultServer:
         self.attempts: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.files: dict[str, str] = {}
+        self.file_meta: dict[str, dict] = {}  # id -> the file object the list endpoint shows
         self.batches: dict[str, dict] = {}
 
     def fault_for(self, prompt: str) -> str | None:
@@ -119,12 +126,24 @@ class FaultServer:
         data = json.dumps(answer).encode()
         return status, data[: len(data) // 2] if fault == "truncated" else data, {}
 
-    def handle_batch(self, method: str, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+    def handle_batch(self, method: str, target: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+        url = urllib.parse.urlsplit(target)
+        path, query = url.path, dict(urllib.parse.parse_qsl(url.query))
+        if method == "GET" and path in ("/v1/files", "/v1/batches"):
+            items = list(self.file_meta.values()) if path == "/v1/files" else [*map(self._public, self.batches.values())]
+            if "purpose" in query:
+                items = [i for i in items if i.get("purpose") == query["purpose"]]
+            return 200, json.dumps(page(items, query)).encode()
         if method == "POST" and path == "/v1/files":
-            content = multipart_file(body, headers["content-type"])
+            filename, content = multipart_file(body, headers["content-type"])
             file_id = f"file-{len(self.files)}"
             self.files[file_id] = content
-            return 200, json.dumps({"id": file_id, "object": "file", "purpose": "batch"}).encode()
+            self.file_meta[file_id] = {"id": file_id, "object": "file", "purpose": "batch", "filename": filename,
+                                       "bytes": len(content), "created_at": int(time.time())}
+            self.stats["files_uploaded"] += 1
+            if self.stats["files_uploaded"] <= self.script.lost_uploads:
+                raise ConnectionAbortedError("scripted lost answer")
+            return 200, json.dumps(self.file_meta[file_id]).encode()
         if method == "POST" and path == "/v1/batches":
             req = json.loads(body)
             lines = []
@@ -137,8 +156,11 @@ class FaultServer:
             self.files[out_id] = "\n".join(lines) + "\n"
             batch_id = f"batch-{len(self.batches)}"
             self.batches[batch_id] = {"id": batch_id, "status": "validating", "output_file_id": None,
+                                      "metadata": req.get("metadata"), "created_at": int(time.time()),
                                       "_out": out_id, "_polls": 0}
             self.stats["batches_created"] += 1
+            if self.stats["batches_created"] <= self.script.lost_creates:
+                raise ConnectionAbortedError("scripted lost answer")
             return 200, json.dumps(self._public(self.batches[batch_id])).encode()
         if method == "GET" and path.startswith("/v1/batches/"):
             batch = self.batches[path.rsplit("/", 1)[1]]
@@ -196,12 +218,23 @@ class FaultServer:
             writer.close()
 
 
-def multipart_file(body: bytes, content_type: str) -> str:
+def multipart_file(body: bytes, content_type: str) -> tuple[str, str]:
+    """The (filename, content) of the file part of a multipart/form-data upload."""
     boundary = content_type.split("boundary=")[1].strip('"').encode()
     for part in body.split(b"--" + boundary):
         if b"filename=" in part:
-            return part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0].decode()
+            name = re.search(rb'filename="([^"]*)"', part)
+            return (name.group(1).decode() if name else ""), part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0].decode()
     raise ValueError("no file in the upload")
+
+
+def page(items: list[dict], query: dict[str, str]) -> dict:
+    """One page of an OpenAI list: newest first, `limit` items after the id `after`."""
+    items = items[::-1]
+    if "after" in query:
+        items = items[[i["id"] for i in items].index(query["after"]) + 1:]
+    limit = int(query.get("limit", 20))
+    return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
 
 
 async def main(script: Script) -> None:

@@ -111,7 +111,8 @@ def test_token_ids_beyond_the_vocabulary(tmp_path: Path, data_dir: Path, capsys:
 
 MODEL_BREAKERS: dict[str, tuple[Callable[[Path], None], str]] = {
     "list n_layer": (lambda d: _edit_config(d, lambda c: c["model"].update(n_layer=[4])), "n_layer: expected an integer"),
-    "corrupt config": (lambda d: (d / "config.json").write_text("{oops"), "corrupt JSON"),
+    "corrupt config": (lambda d: (d / "config.json").write_text("{oops"),
+                       "not valid JSON: Expecting property name enclosed in double quotes (line 1, column 2)"),
     "model not a mapping": (lambda d: _edit_config(d, lambda c: c.update(model=3)), "expected a mapping"),
     "truncated weights": (lambda d: (d / "model.safetensors").write_bytes(b"\x08\x00"), "not a safetensors file"),
     "no weights": (lambda d: (d / "model.safetensors").unlink(), "weights not found"),

@@ -230,13 +230,38 @@ def test_a_batch_that_cannot_be_polled_is_kept_for_the_next_run(tmp_path):
     worker = threading.Thread(target=run)
     worker.start()
     try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "batch_state.json").exists() and time.monotonic() < deadline:
+        deadline, state = time.monotonic() + 30, {}
+        while not state.get("batch_id") and time.monotonic() < deadline:  # the state is written before the batch
             time.sleep(0.05)
-        state = json.loads((tmp_path / "batch_state.json").read_text())
+            if (tmp_path / "batch_state.json").exists():
+                state = json.loads((tmp_path / "batch_state.json").read_text())
     finally:
         slow.close()  # the teacher goes away while the batch is being polled
         worker.join(60)
     assert len(outcome) == 1 and isinstance(outcome[0], TinyStoriesError), outcome
     assert "run the same command again to go on collecting it" in str(outcome[0])
     assert json.loads((tmp_path / "batch_state.json").read_text()) == state
+
+
+def test_a_full_disk_ends_with_one_line_and_the_rerun_finishes(small_disk, capsys):
+    from conftest import fill
+    from tinystories.cli import main
+    from tinystories.data.shards import read_jsonl_repairing
+
+    server = ServerProcess(api_key=KEY)
+    out, n = small_disk / "gen", 40
+    argv = ["generate", "--base-url", server.url, "--model", "scripted", "--api-key-env", KEY_ENV, "--num-stories",
+            str(n), "--concurrency", "4", "--out", str(out), "--set", "filters.min_words=40", "--set", "progress=false"]
+    try:
+        filler = fill(small_disk, leave=40_000)  # room for about half of the stories
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith(f"error: {out}/") and "no space left on the device" in err, err
+        written = [r["index"] for p in [out / "rejected.jsonl", *(out / "data").glob("*.jsonl")]
+                   for r in read_jsonl_repairing(p)]
+        assert 0 < len(written) < n and len(set(written)) == len(written)
+        filler.unlink()
+        assert main(argv) == 0
+    finally:
+        server.close()
+    assert_exactly_once(out, n)

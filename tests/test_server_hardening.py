@@ -137,6 +137,37 @@ def test_fuzz_every_bad_request_is_a_4xx_and_the_server_still_serves(served: Ser
     assert ok.status_code == 200 and len(ok.json()["choices"]) == 8
 
 
+MALFORMED = {  # bytes on the wire -> what the parser names
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n": "Content-Length",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n": "header",
+    b"\x16\x03\x01 garbage, not HTTP\r\n\r\n": "request line",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n": "Content-Length",
+}
+
+
+def raw_exchange(s: Served, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes on a fresh connection; the status, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes after a malformed request
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("data", MALFORMED, ids=["bad length", "bad header", "not http", "two lengths"])
+def test_malformed_http_gets_the_openai_error_shape(served: Served, data: bytes) -> None:
+    status, headers, body = raw_exchange(served, data)
+    assert status == 400 and headers["content-type"] == "application/json", (status, headers, body)
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] is None and error["code"] is None
+    assert error["message"].startswith("malformed HTTP request: ") and MALFORMED[data] in error["message"], error
+    assert httpx.get(served.url + "/v1/models").status_code == 200  # and the server goes on serving
+
+
 def test_a_bad_request_never_fails_a_neighbour(served: Served) -> None:
     results: dict[str, int] = {}
 

@@ -268,3 +268,51 @@ def test_torn_log_lines_do_not_stop_a_resume(data_dir: Path, tmp_path: Path) -> 
     samples = [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
     assert samples == [2, 4] and [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().split(
         "\n")[:-1]) if r["kind"] == "eval"] == [2, 4]
+
+
+def test_a_nan_loss_stops_before_it_is_saved(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    Trainer(make_config(data_dir, out)).fit(pause_at=4)
+    trainer = Trainer(make_config(data_dir, out))
+    with torch.no_grad():  # what a diverging run does to its weights
+        next(trainer.model.parameters()).fill_(float("nan"))
+    with pytest.raises(TinyStoriesError, match=r"step 5: the training loss is nan.*last finite checkpoint"):
+        trainer.fit()
+    kept = load_model(out / "checkpoint")
+    assert kept.config["training"]["step"] == 4 and all(torch.isfinite(p).all() for p in kept.model.parameters())
+    assert not (out / "checkpoint.tmp").exists()
+    with pytest.raises(TinyStoriesError, match="the weights hold NaN"):
+        trainer.save_checkpoint()  # the check before every save, whatever the last loss was
+
+
+def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(data_dir: Path, small_disk: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import fill
+    from tinystories.cli import main
+
+    out = small_disk / "run"
+    argv = ["train", "--data", str(data_dir), "--out", str(out), "--batch-size", "4", "--eval-samples", "0",
+            *[a for o in (*TINY, "progress=false", "eval_interval=4", "eval_batches=2", "checkpoint_interval=4",
+                                "log_interval=1")
+              for a in ("--set", o)]]
+    assert main([*argv, "--max-steps", "4"]) == 0
+    filler = fill(small_disk, leave=100_000)  # room for the logs, not for a second checkpoint
+    assert main([*argv, "--max-steps", "8"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: {out}/checkpoint.tmp/") and "no space left on the device" in err, err
+    assert load_model(out / "checkpoint").config["training"]["step"] == 4  # the old one, whole
+    assert not (out / "checkpoint.tmp").exists()  # and the half-written one gave its space back
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        assert main([*argv, "--max-steps", "8"]) == 2
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert f"error: {out}/.tinystories.lock: read-only file system" in capsys.readouterr().err
+
+    filler.unlink()
+    assert main([*argv, "--max-steps", "8"]) == 0
+    assert "resuming from" in capsys.readouterr().err
+    assert load_model(out / "checkpoint").config["training"]["step"] == 8
+    assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"] == list(range(1, 9))

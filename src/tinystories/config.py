@@ -231,21 +231,47 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def read_structured(path: str | Path, what: str, text: str | None = None, fmt: str | None = None) -> Any:
+    """The data of a YAML or JSON file (JSON by a ``.json`` suffix, else YAML, unless `fmt`
+    says), or one TinyStoriesError worded the same for every file the project reads:
+    ``cannot read {what} {path}: {reason}``, with the line and column of a syntax error.
+
+    One helper, so a user who mistypes a config, a prompt list, a vocabulary or a model's
+    config.json gets the same shape of answer. `text`: the file's content when the caller has
+    already decoded it (with its own policy for bad bytes)."""
+    path = Path(path)
+    fmt = fmt or ("json" if path.suffix == ".json" else "yaml")
+
+    def fail(reason: str) -> TinyStoriesError:
+        return TinyStoriesError(f"cannot read {what} {path}: {reason}")
+
+    try:
+        if text is None:
+            text = path.read_text(encoding="utf-8")
+        return json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except IsADirectoryError:
+        raise fail("it is a folder, not a file") from None
+    except OSError as exc:
+        raise fail(exc.strerror or str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise fail(f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise fail(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise fail(f"not valid YAML: {exc.problem or exc.context}{where}") from None
+    except yaml.YAMLError as exc:
+        raise fail(f"not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TinyStoriesError(f"config file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise TinyStoriesError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise TinyStoriesError(f"{path}: not valid YAML{where}: {exc.problem or exc.context}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TinyStoriesError(f"{path}: not valid YAML/JSON ({' '.join(str(exc).split())})") from None
+    data = read_structured(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

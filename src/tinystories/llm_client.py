@@ -22,7 +22,8 @@ import random
 import secrets
 import ssl
 import time
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -35,6 +36,7 @@ from tinystories.errors import TinyStoriesError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 JSON_HEADERS = {"Content-Type": "application/json"}
+BATCH_TAG_KEY = "tinystories_tag"  # the metadata key that ties a batch to the run's batch_state.json
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 522, 524}
 FATAL_STATUS = {401: "authentication failed", 403: "permission denied", 404: "not found"}
 
@@ -150,6 +152,11 @@ class Response:
         return json.loads(self.body)
 
 
+def batch_file_name(tag: str) -> str:
+    """The name a batch input file is uploaded under: how a rerun finds an upload it lost."""
+    return f"tinystories-batch-{tag}.jsonl"
+
+
 def multipart_body(fields: dict[str, str], filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
     """A multipart/form-data body (`fields`, then `data` as the part "file") and its Content-Type.
     Built as bytes once, so a retry resends the same body."""
@@ -255,12 +262,15 @@ class LLMClient:
         return max(delay, retry_after or 0.0)
 
     async def _request(self, method: str, path: str, parse: Callable[[Response], T],
-                       body: bytes | None = None, headers: Mapping[str, str] | None = None) -> T:
-        """Send with retries; `parse` turns a 200 answer into a result or raises MalformedResponse."""
+                       body: bytes | None = None, headers: Mapping[str, str] | None = None,
+                       attempts: int | None = None) -> T:
+        """Send with retries (`attempts`, default max_retries + 1); `parse` turns a 200 answer
+        into a result or raises MalformedResponse."""
         import aiohttp
 
         reason = ""
-        for attempt in range(self.cfg.max_retries + 1):
+        attempts = self.cfg.max_retries + 1 if attempts is None else attempts
+        for attempt in range(attempts):
             retry_after = None
             try:
                 response = await self._send(method, path, body, headers)
@@ -294,30 +304,85 @@ class LLMClient:
                     raise LLMError(f"HTTP {response.status}: {response.text[:300]}")
             kind = reason.split(" (")[0]
             self.usage.errors[kind] = self.usage.errors.get(kind, 0) + 1
-            if attempt < self.cfg.max_retries:
+            if attempt < attempts - 1:
                 self.usage.retries += 1
                 delay = self._backoff(attempt, retry_after)
                 log.debug("%s %s: %s; retry %d in %.2f s", method, path, reason, attempt + 1, delay)
                 await asyncio.sleep(delay)
-        raise LLMError(f"gave up after {self.cfg.max_retries + 1} attempts; last: {reason}")
+        raise LLMError(f"gave up after {attempts} attempts; last: {reason}")
 
     # --- OpenAI Batch API -------------------------------------------------------------
 
-    async def submit_batch(self, prompts: dict[str, str]) -> str:
-        """Upload one request per prompt (keyed by custom_id) and start a batch; its id."""
+    # Exactly-once creation: a request whose answer is lost (a timeout, a dropped connection,
+    # a killed process) may still have created its file or batch. So each upload is named and
+    # each batch tagged (`metadata`) with a tag the caller records first, and before any retry
+    # (and, on a rerun, before the first try) the API's lists are searched for that tag.
+
+    async def upload_batch(self, prompts: dict[str, str], tag: str, since: float, resume: bool = False) -> str:
+        """Upload one request per prompt (keyed by custom_id), or find the upload an earlier
+        attempt (with `resume`, also an earlier run) made under this tag; the file id."""
         lines = []
         for custom_id, prompt in prompts.items():
             path, body = self.request_body(prompt)
             lines.append(json.dumps({"custom_id": custom_id, "method": "POST",
                                      "url": f"/v1/{path}", "body": body}))
-        upload, content_type = multipart_body({"purpose": "batch"}, "batch.jsonl",
+        upload, content_type = multipart_body({"purpose": "batch"}, batch_file_name(tag),
                                               ("\n".join(lines) + "\n").encode(), "application/jsonl")
-        uploaded = await self._request("POST", "files", lambda r: r.json()["id"],
-                                       upload, {"Content-Type": content_type})
+        return await self._once("files", upload, {"Content-Type": content_type},
+                                lambda: self.find_file(tag, since), resume)
+
+    async def create_batch(self, file_id: str, tag: str, since: float, resume: bool = False) -> str:
+        """Start a batch on an uploaded file, tagged in its metadata, or find the one an earlier
+        attempt (with `resume`, also an earlier run) started under this tag; the batch id."""
         path, _ = self.request_body("")
-        batch = {"input_file_id": uploaded, "endpoint": f"/v1/{path}", "completion_window": "24h"}
-        return await self._request("POST", "batches", lambda r: r.json()["id"],
-                                   json.dumps(batch).encode(), JSON_HEADERS)
+        batch = {"input_file_id": file_id, "endpoint": f"/v1/{path}", "completion_window": "24h",
+                 "metadata": {BATCH_TAG_KEY: tag}}
+        return await self._once("batches", json.dumps(batch).encode(), JSON_HEADERS,
+                                lambda: self.find_batch(tag, since), resume)
+
+    async def _once(self, what: str, body: bytes, headers: Mapping[str, str],
+                    find: Callable[[], Awaitable[str | None]], resume: bool) -> str:
+        reason = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            if (attempt or resume) and (found := await find()):
+                return found
+            try:
+                return await self._request("POST", what, lambda r: r.json()["id"], body, headers, attempts=1)
+            except LLMError as exc:
+                reason = str(exc)
+            if attempt < self.cfg.max_retries:
+                self.usage.retries += 1
+                await asyncio.sleep(self._backoff(attempt, None))
+        raise LLMError(f"POST /{what} failed {self.cfg.max_retries + 1} times; last: {reason}")
+
+    async def find_file(self, tag: str, since: float) -> str | None:
+        """The id of the batch input file uploaded under `tag`, if the API lists one."""
+        name = batch_file_name(tag)
+        return await self._find("files", {"purpose": "batch", "order": "desc"},
+                                lambda f: f.get("filename") == name, since)
+
+    async def find_batch(self, tag: str, since: float) -> str | None:
+        """The id of the batch created under `tag`, if the API lists one."""
+        return await self._find("batches", {}, lambda b: (b.get("metadata") or {}).get(BATCH_TAG_KEY) == tag,
+                                since)
+
+    async def _find(self, what: str, query: dict[str, str], match: Callable[[dict[str, Any]], bool],
+                    since: float) -> str | None:
+        """Page through a list endpoint (newest first, `after`/`has_more`) for a match; stop at
+        items made a day before `since` (the tag was recorded then: nothing older can carry it)."""
+        after = ""
+        while True:
+            params = {**query, "limit": "100", **({"after": after} if after else {})}
+            page = await self._request("GET", f"{what}?{urllib.parse.urlencode(params)}", lambda r: r.json())
+            items = page.get("data") or []
+            for item in items:
+                if match(item):
+                    return str(item["id"])
+                if item.get("created_at", since) < since - 86_400:
+                    return None
+            if not page.get("has_more") or not items:
+                return None
+            after = items[-1]["id"]
 
     async def collect_batch(self, batch_id: str) -> dict[str, Completion | str]:
         """Poll until the batch ends; custom_id -> Completion, or an error message."""

@@ -32,11 +32,12 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[I
     checkpoint or report is never replaced by half a file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the usual permissions
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
+        with naming(path), os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -44,6 +45,21 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[I
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Name `path` in an OSError raised inside that names no file.
+
+    A `write` or `flush` that hits a full disk raises ENOSPC without a file name; the CLI
+    turns these into one line that must say which file, so every write path runs in here.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
         raise
 
 

@@ -17,7 +17,7 @@ import os
 import sys
 
 from tinystories import __version__
-from tinystories.errors import TinyStoriesError
+from tinystories.errors import TinyStoriesError, disk_error
 
 # command -> (module in tinystories.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -80,6 +80,11 @@ def _main(argv: list[str] | None) -> int:
         result = args.func(args)
     except TinyStoriesError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, however it was written
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder: one line, not a traceback
+        if (message := disk_error(exc)) is None:
+            raise
+        print("error: " + message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

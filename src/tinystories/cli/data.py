@@ -10,6 +10,7 @@ from tinystories.cli.options import add_config_flags, add_field, add_fields, bui
 from tinystories.config import Config, setting
 from tinystories.data.corpus import EncodingErrors
 from tinystories.data.prepare import PrepareConfig
+from tinystories.folder_lock import hold_folder
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def run_pretokenize(args: argparse.Namespace) -> int:
     from tinystories.data.prepare import prepare
 
     cfg = build_from_args(PrepareConfig, args)
-    infos = prepare(cfg)
+    with hold_folder(cfg.out_dir):
+        infos = prepare(cfg)
     for split, info in infos.items():
         print(f"{split}: {info.tokens:,} tokens, {info.stories:,} stories, "
               f"{info.tokens_per_byte:.3f} tokens/byte -> {cfg.out_dir}/{split}.bin")

@@ -9,6 +9,7 @@ from tinystories.cli.options import DEST, add_config_flags, add_field, add_field
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.config import SuiteConfig
 from tinystories.eval.tasks import registry
+from tinystories.folder_lock import hold_folder
 
 REPORT_TASKS = "gpt-eval,probes,diversity,bpb"
 # SuiteConfig options -> the fields behind their flags
@@ -125,8 +126,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from tinystories.utils import set_threads
 
     set_threads(cfg.threads)
-    suite = Suite(cfg)
-    out = suite.run(confirm)
+    with hold_folder(cfg.out, enabled=not cfg.dry_run):  # (a dry run writes nothing)
+        suite = Suite(cfg)
+        out = suite.run(confirm)
     if out is None:
         return 0
     print(summary_table(suite.results))

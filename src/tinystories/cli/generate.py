@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from tinystories.cli.options import add_config_flags, add_fields, build_from_args
 from tinystories.config import Config, setting
 from tinystories.data.generate import GenerateConfig
+from tinystories.folder_lock import hold_folder
 
 TEACHER = ["teacher.base_url", "teacher.model", "teacher.api", "teacher.api_key_env", "teacher.concurrency",
            "teacher.requests_per_minute", "teacher.tokens_per_minute", "teacher.timeout_s", "teacher.max_retries",
@@ -34,7 +35,9 @@ def setup_generate(p: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from tinystories.data.generate import generate
 
-    manifest = generate(build_from_args(GenerateConfig, args))
+    cfg = build_from_args(GenerateConfig, args)
+    with hold_folder(cfg.out):
+        manifest = generate(cfg)
     counts, cost = manifest["counts"], manifest["usage"]["this_session"]["cost_usd"]
     print(f"{counts['accepted']} accepted, {counts['rejected']} rejected "
           f"{counts['rejected_by_reason']}, {counts['pending']} pending; this session cost ${cost:.4f}")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
+from tinystories.folder_lock import hold_folder
 from tinystories.interpret.config import InterpretConfig
 
 
@@ -27,13 +28,16 @@ def setup_interpret(p: argparse.ArgumentParser) -> None:
 
 def run_interpret(args: argparse.Namespace) -> int:
     from tinystories.interpret.report import build_report
+    from tinystories.model.checkpoint import model_name
     from tinystories.model.loader import load_any
     from tinystories.utils import pick_device, set_threads
 
     cfg = build_from_args(InterpretConfig, args)
-    set_threads(cfg.threads)
-    loaded = load_any(cfg.model, pick_device(cfg.device))
-    report = build_report(loaded, cfg, Path(cfg.out or f"reports/interpret-{loaded.name}"))
+    source = Path(cfg.model).resolve() if Path(cfg.model).exists() else cfg.model
+    out = Path(cfg.out or f"reports/interpret-{model_name(source)}")  # (load_any names the model so)
+    with hold_folder(out):
+        set_threads(cfg.threads)
+        report = build_report(load_any(cfg.model, pick_device(cfg.device)), cfg, out)
     print(f"report: {report}")
     return 0
 

@@ -7,6 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
+from tinystories.folder_lock import hold_folder
 from tinystories.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -28,10 +29,11 @@ def setup_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from tinystories.train.trainer import Trainer  # torch import only when training
-
     cfg = build_from_args(TrainConfig, args)
-    result = Trainer(cfg, resume=not args.fresh, sample=sample_stories).fit()
+    with hold_folder(cfg.out_dir, enabled=os.environ.get("RANK", "0") == "0"):  # torchrun: rank 0 holds it
+        from tinystories.train.trainer import Trainer  # torch import only when training
+
+        result = Trainer(cfg, resume=not args.fresh, sample=sample_stories).fit()
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return 0
     if result:

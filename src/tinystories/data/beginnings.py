@@ -6,11 +6,9 @@ beginnings out of generated training data (decontamination in `data.filters`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
+from tinystories.config import read_structured
 from tinystories.errors import TinyStoriesError
 from tinystories.utils import resource_path
 
@@ -28,16 +26,11 @@ def load_beginnings(path: str | Path | None = None, key: str = "prompt") -> list
     path = Path(path) if path else resource_path("evaluation_prompts.yaml")
     if not path.exists():
         raise TinyStoriesError(f"prompt file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            items = yaml.safe_load(text)
-        elif path.suffix == ".json":
-            items = json.loads(text)
-        else:
-            items = [p.strip() for p in text.split("\n\n") if p.strip()]
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise TinyStoriesError(f"{path}: not valid {path.suffix[1:].upper()} ({exc})") from exc
+    if path.suffix in (".yaml", ".yml", ".json"):
+        items = read_structured(path, "prompt file")
+    else:
+        text = path.read_text(encoding="utf-8")
+        items = [p.strip() for p in text.split("\n\n") if p.strip()]
     if not isinstance(items, list):
         raise TinyStoriesError(f"{path}: expected a list of prompts")
     prompts = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tinystories.config import read_structured
 from tinystories.errors import TinyStoriesError
 from tinystories.tokenizer import EOS_TEXT
 from tinystories.utils import resource_path
@@ -115,10 +116,7 @@ def _read_json_records(path: Path, text_field: str, errors: EncodingErrors) -> I
                     raise TinyStoriesError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
                 yield pick(obj, f"{path}:{lineno}")
         return
-    try:
-        data = json.loads(decode(path.read_bytes(), str(path), errors))
-    except json.JSONDecodeError as exc:
-        raise TinyStoriesError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = read_structured(path, "corpus", text=decode(path.read_bytes(), str(path), errors), fmt="json")
     if isinstance(data, dict):  # {"data": [...]} or a single record
         data = data.get("data", data.get("rows", [data]))
     if not isinstance(data, list):

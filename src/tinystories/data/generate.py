@@ -11,14 +11,13 @@ Layout of the output folder:
     rejected.jsonl             rejected stories, each with its `reason`
     manifest.json              config, seed, counts, usage, cost, coverage (written atomically)
     README.md                  dataset card
-    batch_state.json           only while an OpenAI Batch API batch is in flight
+    batch_state.json           only while an OpenAI Batch API batch is being submitted or is in flight
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import Counter
@@ -30,14 +29,14 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from tinystories.config import Config, setting, to_dict
+from tinystories.config import Config, read_structured, setting, to_dict
 from tinystories.data.batch_run import run_batches
 from tinystories.data.filters import FilterConfig, StoryFilter, normalise, reason_kind, words_of
 from tinystories.data.prompts import Prompt, PromptBuilder, PromptConfig, instruct_text
 from tinystories.data.shards import ShardWriter, append_line, read_jsonl_repairing
 from tinystories.errors import TinyStoriesError
 from tinystories.llm_client import ClientConfig, Completion, LLMClient, LLMError
-from tinystories.utils import write_json
+from tinystories.utils import atomic_write, naming, write_json
 
 log = logging.getLogger(__name__)
 MANIFEST_EVERY_S = 10.0
@@ -98,7 +97,8 @@ class Run:
     def _check_manifest(self) -> None:
         path = self.out / "manifest.json"
         if path.exists():
-            old = json.loads(path.read_text()).get("fingerprint")
+            manifest = read_structured(path, "manifest")
+            old = manifest.get("fingerprint") if isinstance(manifest, dict) else None
             if old != self.cfg.fingerprint():
                 raise TinyStoriesError(
                     f"{self.out} holds a run with another seed, prompt config or --instruct "
@@ -249,7 +249,8 @@ class Run:
         self.bar = tqdm(total=self.cfg.n, initial=self.cfg.n - len(pending), unit="story",
                         disable=not self.cfg.progress, dynamic_ncols=True)
         self.shards = ShardWriter(self.out / "data", self.cfg.shard_size)
-        with open(self.out / "rejected.jsonl", "a") as self.rejected_file:
+        # (naming: the file's last flush, at close, is a write that can hit a full disk too)
+        with naming(self.out / "rejected.jsonl"), open(self.out / "rejected.jsonl", "a") as self.rejected_file:
             self.write_manifest("running")
             try:
                 asyncio.run(self._drive(pending))
@@ -302,7 +303,7 @@ using a random verb, noun and adjective and a random set of story features.
 Rejected stories are kept in `rejected.jsonl` with a `reason`; see `manifest.json` for the
 full configuration.
 """
-    with open(out / "README.md", "w") as f:
+    with atomic_write(out / "README.md") as f:
         f.write("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body)
 
 

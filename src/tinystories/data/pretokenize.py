@@ -12,7 +12,6 @@ models with different tokenizers.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tinystories.config import read_structured
 from tinystories.errors import TinyStoriesError
 from tinystories.tokenizer import Tokenizer
 from tinystories.utils import atomic_write, write_json
@@ -79,8 +79,8 @@ def load_tokens(path: str | Path, tokenizer: Tokenizer | None = None,
     if not path.exists() or not meta.exists():
         raise TinyStoriesError(f"token file {path} (and its {meta.name}) not found: run `tinystories pretokenize`")
     try:
-        info = TokenFileInfo(**json.loads(meta.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
+        info = TokenFileInfo(**read_structured(meta, "token file description"))
+    except TypeError as exc:
         raise TinyStoriesError(f"{meta}: not a token file description ({exc})") from exc
     expected = info.tokens * np.dtype(DTYPE).itemsize
     if path.stat().st_size != expected:

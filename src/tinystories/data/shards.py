@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tinystories.utils import naming
+
 log = logging.getLogger(__name__)
 
 
@@ -58,12 +60,16 @@ class ShardWriter:
         self.lines += 1
 
     def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        with naming(self.path):
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            finally:
+                self.file.close()
 
 
 def append_line(file: Any, record: dict[str, Any]) -> None:
-    # One write of the whole line, flushed: a kill leaves at most a torn last line.
-    file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    file.flush()
+    # One write of the whole line, flushed: a kill (or a full disk) leaves at most a torn last line.
+    with naming(file.name):
+        file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        file.flush()

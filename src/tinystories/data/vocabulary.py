@@ -8,13 +8,11 @@ YAML/JSON file: `{"words": {"verb": [...], "noun": [...], "adjective": [...]}, "
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from tinystories.config import read_structured
 from tinystories.errors import TinyStoriesError
 from tinystories.utils import resource_path
 
@@ -73,10 +71,7 @@ def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
     path = Path(path) if path else resource_path(DEFAULT_VOCABULARY)
     if not path.exists():
         raise TinyStoriesError(f"vocabulary file not found: {path}")
-    try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise TinyStoriesError(f"{path}: not valid YAML/JSON: {exc}") from exc
+    data = read_structured(path, "vocabulary file")
     words = data.get("words") if isinstance(data, dict) else None
     if not isinstance(words, dict) or not words:
         raise TinyStoriesError(

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from tinystories.errors import TinyStoriesError
 from tinystories.llm_client import ClientConfig, LLMClient
-from tinystories.utils import resource_path
+from tinystories.utils import naming, resource_path
 
 log = logging.getLogger(__name__)
 CompleteFn = Callable[[str], Awaitable[str]]
@@ -198,7 +198,7 @@ class JudgmentCache:
         self.entries[key] = item
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
+            with naming(self.path), self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(item, ensure_ascii=False) + "\n")
 
 

@@ -348,7 +348,9 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
     """Run `app` with uvicorn in a background thread (port 0 = a free one); yields its base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    from tinystories.infer.http_framing import OpenAIErrorH11Protocol
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", http=OpenAIErrorH11Protocol))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -372,4 +374,7 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, grace_s: floa
     # The engine thread and the event loop share the GIL; a short switch interval keeps the
     # engine from waiting up to 5 ms for it each time a torch op hands it back.
     sys.setswitchinterval(0.0005)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=math.ceil(grace_s))
+    from tinystories.infer.http_framing import OpenAIErrorH11Protocol
+
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=math.ceil(grace_s),
+                http=OpenAIErrorH11Protocol)  # malformed requests get OpenAI's error JSON too

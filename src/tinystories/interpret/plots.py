@@ -15,6 +15,7 @@ from matplotlib.colors import PowerNorm
 
 from tinystories.interpret.heads import CLASSES, HeadStats
 from tinystories.interpret.neurons import Example
+from tinystories.utils import naming
 
 CLASS_COLORS = dict(zip(CLASSES, ("tab:blue", "tab:orange", "tab:gray", "tab:red", "tab:green"), strict=True))
 
@@ -38,7 +39,8 @@ def plot_head(pattern: np.ndarray, tokens: list[str], title: str, path: Path) ->
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="attention probability")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with naming(path):  # a full disk's error names the file
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -66,7 +68,8 @@ def plot_head_grid(patterns: np.ndarray, stats: HeadStats, tokens: list[str], pa
     fig.suptitle("Attention of every head on the text (rows: queries, columns: keys; square-root colour scale)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with naming(path):  # a full disk's error names the file
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -95,7 +98,8 @@ def plot_head_scatter(stats: HeadStats, path: Path) -> Path:
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with naming(path):  # a full disk's error names the file
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -129,6 +133,7 @@ def plot_examples(units: dict[int, list[Example]], title: str, unit_name: str, p
                 x += text.get_window_extent(renderer).width / fig.bbox.width
             fig.text(0.99, y, f"{ex.value:.3g}", fontsize=7, ha="right", va="center", color="0.4")
             y -= step
-    fig.savefig(path, dpi=100)
+    with naming(path):  # a full disk's error names the file
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

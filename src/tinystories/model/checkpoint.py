@@ -11,7 +11,6 @@ save never destroys the previous good checkpoint.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from tinystories import __version__
-from tinystories.config import from_dict
+from tinystories.config import from_dict, read_structured
 from tinystories.errors import TinyStoriesError
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.tokenizer import Tokenizer
@@ -135,7 +134,7 @@ def read_config_raw(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_NAME
     if not path.exists():
         raise TinyStoriesError(f"{folder} is not a model folder: {CONFIG_NAME} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TinyStoriesError(f"{path}: corrupt JSON ({exc})") from exc
+    data = read_structured(path, "model config")
+    if not isinstance(data, dict):
+        raise TinyStoriesError(f"{path}: expected a JSON object")
+    return data

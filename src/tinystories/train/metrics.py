@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.errors import TinyStoriesError
-from tinystories.utils import atomic_write
+from tinystories.utils import atomic_write, naming
 
 COLUMNS = ["step", "tokens", "kind", "loss", "lr", "tokens_per_s", "val_loss", "val_bpb"]
 
@@ -123,9 +123,9 @@ class MetricsLog:
         if not self.enabled:
             return
         self.rows.append(row)
-        with self.jsonl.open("a") as f:
+        with naming(self.jsonl), self.jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        with self.csv.open("a", newline="") as f:
+        with naming(self.csv), self.csv.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=COLUMNS).writerow(row)
         if self.trackers is not None:
             values = {f"{row['kind']}/{k}": v for k, v in row.items() if k not in ("step", "kind")}
@@ -143,7 +143,7 @@ class MetricsLog:
         """Stories sampled at an evaluation: the quickest way to see a story model learn."""
         if not self.enabled or not stories:
             return
-        with self.samples.open("a", encoding="utf-8") as f:
+        with naming(self.samples), self.samples.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "stories": stories}, ensure_ascii=False) + "\n")
         if self.trackers is not None:
             self.trackers.stories(step, stories)
@@ -176,5 +176,6 @@ class MetricsLog:
         ax[0, 0].grid(alpha=0.3)
         ax[0, 0].legend()
         fig.tight_layout()
-        fig.savefig(self.png, dpi=110)
+        with naming(self.png):
+            fig.savefig(self.png, dpi=110)
         plt.close(fig)

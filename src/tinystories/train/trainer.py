@@ -9,8 +9,8 @@ continues with exactly the losses an uninterrupted one would have had.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from tinystories.config import read_structured
 from tinystories.data.pretokenize import TokenFileInfo, load_tokens
 from tinystories.errors import TinyStoriesError
 from tinystories.model.checkpoint import (
@@ -210,7 +211,7 @@ class Trainer:
         if loaded.tokenizer.fingerprint != self.tokenizer.fingerprint:
             raise TinyStoriesError(f"{folder} was trained with another tokenizer than {self.cfg.data_dir}'s")
         self.model.load_state_dict(model_state(loaded.model), strict=False)
-        state = json.loads((folder / STATE_NAME).read_text())
+        state = read_structured(folder / STATE_NAME, "training state", fmt="json")
         tensors = load_tensors(folder / OPTIMIZER_NAME)
         try:
             load_optimizers(self.optimizers, tensors, state.get("optimizers") or [state["param_groups"]])
@@ -238,18 +239,23 @@ class Trainer:
         final = self.out / CHECKPOINT_DIR
         if not self.dist.main:
             return final
+        self._check_finite()
         tmp = self.out / (CHECKPOINT_DIR + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(tmp, self.model, self.tokenizer, extra={"training": {
-            "step": self.step, "tokens": self.step * self.cfg.tokens_per_step * self.dist.world}})
-        tensors, groups = optimizer_tensors(self.optimizers)
-        tensors.update({f"rng.torch.{r}": s for r, s in enumerate(rng)})
-        tensors.update({f"rng.cuda.{r}": s for r, s in enumerate(cuda_rng) if s is not None})
-        save_tensors(tensors, tmp / OPTIMIZER_NAME)
-        with atomic_write(tmp / "config.yaml") as f:
-            f.write(dump_config(self.cfg))
-        write_json(tmp / STATE_NAME, {"step": self.step, "train_seconds": self.train_seconds,
-                                      "data_states": data_states, "optimizers": groups})
+        try:
+            save_model(tmp, self.model, self.tokenizer, extra={"training": {
+                "step": self.step, "tokens": self.step * self.cfg.tokens_per_step * self.dist.world}})
+            tensors, groups = optimizer_tensors(self.optimizers)
+            tensors.update({f"rng.torch.{r}": s for r, s in enumerate(rng)})
+            tensors.update({f"rng.cuda.{r}": s for r, s in enumerate(cuda_rng) if s is not None})
+            save_tensors(tensors, tmp / OPTIMIZER_NAME)
+            with atomic_write(tmp / "config.yaml") as f:
+                f.write(dump_config(self.cfg))
+            write_json(tmp / STATE_NAME, {"step": self.step, "train_seconds": self.train_seconds,
+                                          "data_states": data_states, "optimizers": groups})
+        except BaseException:  # a full disk, a kill: the old checkpoint stays; give back the space
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         # Swap in the new checkpoint; at every instant one complete checkpoint exists.
         old = self.out / (CHECKPOINT_DIR + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -258,6 +264,19 @@ class Trainer:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _check_finite(self, loss: float = 0.0) -> None:
+        """Stop before a diverged model is saved over the last good checkpoint: a NaN or an
+        infinity in the loss or in the weights ends the run with one line, and the checkpoint on
+        disk (the last one whose weights were finite) stays for a resume with a lower LR."""
+        if math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            return
+        ckpt = checkpoint_dir(self.out)
+        kept = f"the last finite checkpoint ({ckpt}) is kept" if ckpt else "no checkpoint was written"
+        what = f"the training loss is {loss}" if not math.isfinite(loss) else "the weights hold NaN or inf"
+        raise TinyStoriesError(f"step {self.step}: {what}, so training stopped and nothing was saved; {kept}. "
+                               "Lower optim.lr or raise optim.warmup_steps (or set optim.grad_clip) and run the "
+                               "same command again to resume from it")
 
     # ---- evaluation --------------------------------------------------------------------
 
@@ -370,6 +389,8 @@ class Trainer:
             t0 = time.perf_counter()
             loss = self.train_step()
             self.step += 1
+            if not math.isfinite(loss):
+                self._check_finite(loss)
             self.train_seconds += time.perf_counter() - t0
             if cfg.max_minutes:  # a time budget: all processes must agree on the LR and the last step
                 self.train_seconds = self.dist.max(self.train_seconds, self.device)

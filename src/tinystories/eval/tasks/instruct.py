@@ -5,12 +5,12 @@ required word appears in the story (allowing simple inflections: jump -> jumped,
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tinystories.config import read_structured
 from tinystories.data.vocabulary import Vocabulary, load_vocabulary
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
@@ -29,10 +29,7 @@ _WORD = re.compile(r"[a-z]+")
 def load_instructions(path: str | Path | None = None) -> list[str]:
     """Instruction headers, each ending with 'Story: ' (the format of TinyStories-Instruct)."""
     path = Path(path) if path else resource_path("instruct_valid_first50_headers.json")
-    try:
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TinyStoriesError(f"cannot read instructions from {path}: {exc}") from exc
+    items = read_structured(path, "instructions", fmt="json")
     if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
         raise TinyStoriesError(f"{path}: expected a JSON list of instruction strings")
     # the model continues after 'Story: ', so every header must end with it
