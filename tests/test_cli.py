@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,11 @@ from tinystories.cli import build_parser
 
 
 def tinystories(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """The CLI in a real process; by default in a scratch folder, so default output folders
+    (`reports/...`, `runs/...`) never land in the repository."""
     return subprocess.run([sys.executable, "-m", "tinystories.cli", *args], check=False, capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=timeout, cwd=cwd or tempfile.mkdtemp(prefix="tinystories-cli-"),
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
