@@ -127,7 +127,7 @@ def setup_export_gguf(p: argparse.ArgumentParser) -> None:
                      "byte-level BPE tokenizer) for llama.cpp and Ollama, with an Ollama Modelfile beside it "
                      "(OUT with .Modelfile). Prompts are plain story beginnings: llama.cpp puts <|endoftext|> "
                      "in front.\n\nExample:\n  tinystories export-gguf runs/demo demo.gguf --dtype q8_0 && "
-                     "llama-cli -m demo.gguf -p 'Once upon a time' -n 200")
+                     "llama-completion -m demo.gguf -no-cnv -p 'Once upon a time'")
     add_field(p, GGUFConfig, "source", positional=True, metavar="MODEL")
     add_field(p, GGUFConfig, "out", positional=True, metavar="OUT.gguf")
     add_field(p, GGUFConfig, "dtype")
@@ -144,7 +144,7 @@ def run_export_gguf(args: argparse.Namespace) -> int:
     out = export_gguf(loaded, cfg.out, cfg.dtype)
     modelfile = write_modelfile(out, loaded.model.cfg.context_length)
     print(f"wrote {out} ({cfg.dtype}, {out.stat().st_size / 1e6:.1f} MB) and {modelfile}\n"
-          f"  llama.cpp: llama-cli -m {out} -p 'Once upon a time' -n 200\n"
+          f"  llama.cpp: llama-completion -m {out} -no-cnv -p 'Once upon a time' -n 200\n"
           f"  Ollama:    ollama create {out.stem} -f {modelfile}")
     return 0
 
