@@ -3,7 +3,9 @@
 1. Single stream at llama2.c's stories15M shape (d 288, 6 layers, 6 heads, vocab 32K, context
    256), random weights, one prompt token, 255 new tokens; greedy and top-p 0.9. Peer: llama2.c's
    run.c (../shared/peers/llama2c, built here with ``gcc -Ofast -march=native``, 1 thread; with
-   ``-fopenmp`` too, 2 threads) on the very same weights, exported with `export_llama2c`.
+   ``-fopenmp`` too, 2 threads) on the very same weights, exported with `export_llama2c`; and
+   llama.cpp through llama-cpp-python (1 and 2 threads) on the same weights exported with
+   `export_gguf` (f32, like the others), when llama_cpp is importable (``pip install -e '.[gguf]'``).
 2. Batched at the paper's 1M shape (GPT-Neo, d 64, 8 layers, 16 heads, vocab 10K), batches of
    1, 8 and 64, 200 new tokens; greedy and top-p 0.95. Peer: Hugging Face `generate` on the same
    weights (`to_transformers`).
@@ -72,6 +74,41 @@ def run_c_tok_s(exe: Path, model: Path, temperature: float, top_p: float, thread
     return float(re.search(r"achieved tok/s: ([\d.]+)", p.stderr).group(1))  # type: ignore[union-attr]
 
 
+def gguf_peer(model: GPT, tmp: Path) -> Path | None:
+    """The model as an f32 GGUF for llama.cpp (a small tokenizer: only token ids matter here)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama_cpp is not importable (pip install -e '.[gguf]'): the llama.cpp peer is skipped")
+        return None
+    from tinystories.data.corpus import read_stories
+    from tinystories.model.checkpoint import LoadedModel
+    from tinystories.model.gguf import export_gguf
+    from tinystories.tokenizer import train_bpe
+
+    tok = train_bpe(read_stories("bundled:train")[0][:200], vocab_size=300)
+    return export_gguf(LoadedModel(model, tok, {}, tmp, "m15"), tmp / "m15.gguf", "f32")
+
+
+def llama_cpp_tok_s(path: Path, temperature: float, top_p: float, threads: int) -> float:
+    """255 new tokens after token id 1, as ours; llama.cpp's own sampler chain, nothing cut but top-p."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False,
+                seed=1)
+    kwargs = {"temp": temperature, "top_k": 0, "top_p": top_p, "min_p": 0.0, "repeat_penalty": 1.0}
+    for n, _ in enumerate(llm.generate([1], **kwargs)):  # warm-up
+        if n == 7:
+            break
+    start = time.perf_counter()
+    for n, _ in enumerate(llm.generate([1], **kwargs), 1):  # never stops by itself (EOS included)
+        if n == 255:
+            break
+    seconds = time.perf_counter() - start
+    llm.close()
+    return 255 / seconds
+
+
 def spread(values: list[float]) -> str:
     return f"{min(values):,.0f}" if len(values) == 1 else f"{min(values):,.0f}-{max(values):,.0f}"
 
@@ -83,6 +120,7 @@ def single_stream(rounds: int, tmp: Path) -> dict[str, list[float]]:
     model = GPT(SHAPE_15M).eval()
     export_llama2c(model, tmp / "m15.bin", eos_id=1)  # llama2.c's own tokenizer: its BOS is id 1
     peers = build_run_c(tmp)
+    gguf = gguf_peer(model, tmp)
     results: dict[str, list[float]] = defaultdict(list)
     modes = {"greedy": (0.0, 1.0), "top-p 0.9": (1.0, 0.9)}
     for _ in range(rounds):
@@ -96,6 +134,9 @@ def single_stream(rounds: int, tmp: Path) -> dict[str, list[float]]:
                 for threads in ((1,) if "1 thread" in name else (2,)):
                     results[f"{mode} | {name}, {threads} thread(s)"].append(
                         run_c_tok_s(exe, tmp / "m15.bin", t, p, threads))
+            for threads in (1, 2) if gguf is not None else ():
+                results[f"{mode} | llama.cpp (llama-cpp-python, f32), {threads} thread(s)"].append(
+                    llama_cpp_tok_s(gguf, t, p, threads))
     return results
 
 

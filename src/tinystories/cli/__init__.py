@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-hf": ("models", "export a model folder as a Hugging Face transformers model"),
     "import-hf": ("models", "convert a transformers GPT-Neo/Llama model into a model folder"),
     "export-llama2c": ("models", "export a modern model for llama2.c's run.c (checkpoint and tokenizer)"),
+    "export-gguf": ("models", "export a modern model as one GGUF file for llama.cpp and Ollama"),
     "eval": ("eval", "evaluate models: GPT-Eval, probes, diversity, bits per byte, reports"),
     "interpret": ("interpret", "report on a model's attention heads and MLP neurons (HTML + PNG)"),
     "demo": ("demo", "the whole pipeline on the bundled stories: train on the CPU, then sample"),

@@ -1,9 +1,11 @@
-"""`tinystories presets`, `export-hf` and `import-hf`: the model zoo, and models to and from `transformers`."""
+"""`tinystories presets`, `export-hf`, `import-hf`, `export-llama2c` and `export-gguf`: the model zoo, and
+models to and from `transformers`, llama2.c and llama.cpp."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Literal
 
 from tinystories.cli.options import add_config_flags, add_field, build_from_args
 from tinystories.config import Config, setting
@@ -110,5 +112,42 @@ def run_export_llama2c(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class GGUFConfig(Config):
+    source: str = setting("", "a model folder (ours or transformers), or a Hub id in the local cache")
+    out: str = setting("", "the GGUF file to write (an Ollama Modelfile is written beside it)")
+    dtype: Literal["f32", "f16", "q8_0"] = setting(
+        "f16", "weight format: f32 (exact), f16, or q8_0 (8-bit, llama.cpp's near-lossless quantisation)")
+
+    where = "gguf"
+
+
+def setup_export_gguf(p: argparse.ArgumentParser) -> None:
+    p.description = ("Write a modern model and its tokenizer as one GGUF file (llama.cpp's llama architecture, "
+                     "byte-level BPE tokenizer) for llama.cpp and Ollama, with an Ollama Modelfile beside it "
+                     "(OUT with .Modelfile). Prompts are plain story beginnings: llama.cpp puts <|endoftext|> "
+                     "in front.\n\nExample:\n  tinystories export-gguf runs/demo demo.gguf --dtype q8_0 && "
+                     "llama-completion -m demo.gguf -no-cnv -p 'Once upon a time'")
+    add_field(p, GGUFConfig, "source", positional=True, metavar="MODEL")
+    add_field(p, GGUFConfig, "out", positional=True, metavar="OUT.gguf")
+    add_field(p, GGUFConfig, "dtype")
+    add_config_flags(p)
+    p.set_defaults(func=run_export_gguf)
+
+
+def run_export_gguf(args: argparse.Namespace) -> int:
+    from tinystories.model.gguf import export_gguf, write_modelfile
+    from tinystories.model.loader import load_any
+
+    cfg = build_from_args(GGUFConfig, args)
+    loaded = load_any(cfg.source)
+    out = export_gguf(loaded, cfg.out, cfg.dtype)
+    modelfile = write_modelfile(out, loaded.model.cfg.context_length)
+    print(f"wrote {out} ({cfg.dtype}, {out.stat().st_size / 1e6:.1f} MB) and {modelfile}\n"
+          f"  llama.cpp: llama-completion -m {out} -no-cnv -p 'Once upon a time' -n 200\n"
+          f"  Ollama:    ollama create {out.stem} -f {modelfile}")
+    return 0
+
+
 SETUP = {"presets": setup_presets, "export-hf": setup_export, "import-hf": setup_import,
-         "export-llama2c": setup_export_llama2c}
+         "export-llama2c": setup_export_llama2c, "export-gguf": setup_export_gguf}
