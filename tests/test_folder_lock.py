@@ -46,6 +46,18 @@ def test_every_resuming_command_refuses_a_held_folder(command: str, tmp_path: Pa
         pass
 
 
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "generate"])  # (generate's 0 stories succeed)
+def test_a_command_that_fails_at_once_leaves_no_new_folder(command: str, tmp_path: Path) -> None:
+    """A typo (here: inputs that do not exist) must not leave an empty output folder behind,
+    while a folder that was there before keeps its lock file (removing it could race)."""
+    out = tmp_path / "new"
+    argv = [a.replace("{out}", str(out)) for a in COMMANDS[command]]
+    assert main(argv) in (1, 2) and not out.exists()
+    out.mkdir()
+    main(argv)
+    assert (out / LOCK_NAME).exists()
+
+
 def test_a_second_process_refuses_and_a_killed_holder_is_taken_over(tmp_path: Path) -> None:
     """The issue's report: the same `generate` started twice wrote 2,660 stories twice."""
     server = ServerProcess(delay=0.05, api_key="k")

@@ -58,6 +58,7 @@ def hold_folder(folder: str | Path, enabled: bool = True) -> Iterator[None]:
         return
     folder = Path(folder)
     path = folder / LOCK_NAME
+    created = not folder.exists()
     with naming(path):
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -73,6 +74,14 @@ def hold_folder(folder: str | Path, enabled: bool = True) -> Iterator[None]:
         with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, unnamed
             os.ftruncate(fd, 0)
             os.pwrite(fd, text.encode() + b"\n", 0)
-        yield
+        try:
+            yield
+        except BaseException:
+            if created:  # a command that failed before writing anything (a typo, a missing key) leaves no folder
+                with contextlib.suppress(OSError):
+                    if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                        path.unlink()  # (still held: no other process can have taken it)
+                        folder.rmdir()
+            raise
     finally:
         os.close(fd)  # releases the lock
