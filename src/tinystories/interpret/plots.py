@@ -20,6 +20,14 @@ from tinystories.utils import naming
 CLASS_COLORS = dict(zip(CLASSES, ("tab:blue", "tab:orange", "tab:gray", "tab:red", "tab:green"), strict=True))
 
 
+def save(fig: plt.Figure, path: Path) -> Path:
+    """Write `fig` to `path` and free it; a full disk's error names the file (`naming`)."""
+    with naming(path):
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def display_token(tok: str) -> str:
     """A token as a readable label: the end-of-text marker shortened, newlines and tabs visible."""
     return tok.replace("<|endoftext|>", "<eos>").replace("\n", "\\n").replace("\t", "\\t").replace("$", r"\$")
@@ -39,10 +47,7 @@ def plot_head(pattern: np.ndarray, tokens: list[str], title: str, path: Path) ->
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="attention probability")
     fig.tight_layout()
-    with naming(path):  # a full disk's error names the file
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_head_grid(patterns: np.ndarray, stats: HeadStats, tokens: list[str], path: Path) -> Path:
@@ -68,10 +73,7 @@ def plot_head_grid(patterns: np.ndarray, stats: HeadStats, tokens: list[str], pa
     fig.suptitle("Attention of every head on the text (rows: queries, columns: keys; square-root colour scale)",
                  fontsize=10)
     fig.tight_layout()
-    with naming(path):  # a full disk's error names the file
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_head_scatter(stats: HeadStats, path: Path) -> Path:
@@ -98,10 +100,7 @@ def plot_head_scatter(stats: HeadStats, path: Path) -> Path:
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with naming(path):  # a full disk's error names the file
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def activation_color(value: float, scale: float) -> tuple[float, float, float, float]:
@@ -133,7 +132,4 @@ def plot_examples(units: dict[int, list[Example]], title: str, unit_name: str, p
                 x += text.get_window_extent(renderer).width / fig.bbox.width
             fig.text(0.99, y, f"{ex.value:.3g}", fontsize=7, ha="right", va="center", color="0.4")
             y -= step
-    with naming(path):  # a full disk's error names the file
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
