@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
+from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampling import generate
 from tinystories.model.gpt import GPT, GPTConfig
 
 PEER = Path(__file__).parents[2] / "shared" / "peers" / "llama2c"
@@ -48,7 +48,7 @@ SHAPE_1M = GPTConfig(vocab_size=10_000, context_length=512, n_layer=8, n_head=16
 
 def ours_tok_s(model: GPT, prompts: list[list[int]], params: SamplingParams) -> float:
     start = time.perf_counter()
-    out = generate(model, prompts, params, eos_id=0)
+    out = generate(model, TokenIds(0), prompts, params)  # the engine, offline
     seconds = time.perf_counter() - start
     assert all(len(o) == params.max_new_tokens for o in out)
     return sum(map(len, out)) / seconds

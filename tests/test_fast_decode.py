@@ -1,16 +1,17 @@
-"""The fused decode step (infer/fast.py) against the reference, GPT.forward with a KV cache."""
+"""The decode step (`GPT.decode_step`) against its reference, `GPT.forward` with a KV cache."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
 
-from tinystories.infer import sampling
-from tinystories.infer.fast import FastDecoder, decoder_for
+from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampling import generate
 from tinystories.interpret.hooks import ablate_heads, patched
-from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.model import native
+from tinystories.model.gpt import GPT, DecodeStep, GPTConfig
 
 ARCHS = {"neo": {"arch": "neo"}, "neo-local": {"arch": "neo", "local_window": 5}, "modern": {"arch": "modern"},
          "modern-relu2-qknorm-untied": {"arch": "modern", "mlp": "relu2", "qk_norm": True, "tie_embeddings": False}}
@@ -25,10 +26,20 @@ def model(**kw: object) -> GPT:
     return m
 
 
+def step_of(m: GPT, in_c: bool) -> DecodeStep:
+    """The step in C (model/decode_step.c) or as PyTorch operations."""
+    step = DecodeStep(m, native=in_c)
+    if in_c and step.native is None:
+        pytest.skip(f"the C step is unavailable here: {native.why_not()}")
+    assert in_c == (step.native is not None)
+    return step
+
+
+@pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_step_logits_equal_the_forward_pass(arch: str) -> None:
+def test_step_logits_equal_the_forward_pass(arch: str, in_c: bool) -> None:
     m = model(**ARCHS[arch])
-    fast = FastDecoder(m)
+    fast = step_of(m, in_c)
     idx = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(1))
     pad = torch.tensor([0, 2, 5])  # left padding, as batched prompts have
     ref, mine = m.new_cache(3, 40, pad.clone()), m.new_cache(3, 40, pad.clone())
@@ -36,12 +47,38 @@ def test_step_logits_equal_the_forward_pass(arch: str) -> None:
         m(idx, cache=ref)
         m(idx, cache=mine)
         token = torch.tensor([3, 7, 11])
-        for _ in range(30):  # past the local window, to the end of the context
+        for _ in range(34):  # past the local window, to the end of the context
             expected = m(token[:, None], cache=ref)[0][:, -1]
             got = fast.step(token, mine)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
             token = expected.argmax(-1)
     torch.testing.assert_close(mine.k[:, :, :, :ref.length], ref.k[:, :, :, :ref.length])
+
+
+@pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
+@pytest.mark.parametrize("arch", ["neo", "modern"])
+def test_additions_equal_hooks_on_the_forward_pass(arch: str, in_c: bool) -> None:
+    """Steering on the fast step (a vector per row at residual hook points) = hooks adding it in `forward`."""
+    m = model(**ARCHS[arch])
+    g = torch.Generator().manual_seed(2)
+    adds = {name: torch.randn(2, 32, generator=g) for name in
+            ("hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid",
+             "blocks.2.hook_mlp_out", "blocks.2.hook_resid_pre")}
+    adds["blocks.1.hook_attn_out"][1] = 0  # a row without that addition
+    idx = torch.tensor([[0, 5, 6], [0, 9, 4]])
+    ref, mine = m.new_cache(2, 40), m.new_cache(2, 40)
+    fast = step_of(m, in_c)
+    with torch.no_grad():
+        m(idx, cache=ref)
+        m(idx, cache=mine)
+        token = torch.tensor([3, 7])
+        hooks = {name: (lambda x, a=a: x + a[:, None]) for name, a in adds.items()}
+        for _ in range(5):
+            with m.hooked(hooks):
+                expected = m(token[:, None], cache=ref)[0][:, -1]
+            got = fast.step(token, mine, adds)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            token = expected.argmax(-1)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -51,35 +88,49 @@ def test_generation_is_token_for_token_the_same(arch: str, params: SamplingParam
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     m = model(**ARCHS[arch])
     prompts = [[0, 5, 6], [0, 9], [0, 1, 2, 3, 4]]
-    fast = generate(m, prompts, params, eos_id=0)
-    monkeypatch.setattr(sampling, "decoder_for", lambda model: None)  # the plain forward pass
-    assert fast == generate(m, prompts, params, eos_id=0)
+    fast = generate(m, TokenIds(0), prompts, params)
+    with m.hooked({"hook_final": lambda x: None}):  # a listener on this thread: the plain forward pass
+        assert m.decode_step() is None
+        assert fast == generate(m, TokenIds(0), prompts, params)
+    monkeypatch.setenv("TINYSTORIES_NATIVE", "0")  # the step as PyTorch operations
+    native.library.cache_clear()
+    try:
+        m.lm_head.weight.data = m.lm_head.weight.data.clone()  # new weights: the step is made anew
+        assert m.decode_step().native is None  # type: ignore[union-attr]
+        assert fast == generate(m, TokenIds(0), prompts, params)
+    finally:
+        native.library.cache_clear()
 
 
-def test_hooks_and_training_mode_get_the_plain_forward_pass() -> None:
+def test_the_step_is_per_thread_and_follows_the_weights() -> None:
     m = model()
-    assert decoder_for(m) is not None
+    assert m.decode_step() is not None
     with patched(m, ablate_heads([(0, 1)])):
-        assert decoder_for(m) is None  # a patch must change what is generated
+        assert m.decode_step() is None  # this thread's patch must change what it generates
+        seen: list[object] = []
+        other = threading.Thread(target=lambda: seen.append(m.decode_step()))
+        other.start()
+        other.join()
+        assert seen[0] is not None  # another thread's listener does not slow anyone else down
     m.train()
-    assert decoder_for(m) is None
+    assert m.decode_step() is None
     m.eval()
-    first = decoder_for(m)
+    first = m.decode_step()
     with torch.no_grad():
-        m.lm_head.weight.add_(1.0)  # new weights: a new decoder, not stale copies
-    assert decoder_for(m) is not first
-    second = decoder_for(m)
+        m.lm_head.weight.add_(1.0)  # new weights: a new step, not stale copies
+    assert m.decode_step() is not first
+    second = m.decode_step()
     m.double()  # new storage, same versions
-    third = decoder_for(m)
+    third = m.decode_step()
     assert third is not second and third is not None and third.head.dtype == torch.float64
 
 
-def test_the_decoder_cache_lets_models_go() -> None:
+def test_the_step_cache_lets_models_go() -> None:
     import gc
     import weakref
 
     m = model()
-    assert decoder_for(m) is not None
+    assert m.decode_step() is not None
     gone = weakref.ref(m)
     del m
     gc.collect()

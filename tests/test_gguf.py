@@ -15,8 +15,8 @@ import torch
 from tinystories.cli import main
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.bpb import evaluate_bpb
+from tinystories.infer.offline import generate
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampling import generate
 from tinystories.model.checkpoint import LoadedModel, save_model
 from tinystories.model.gguf import export_gguf
 from tinystories.model.gpt import GPT, GPTConfig
@@ -132,8 +132,8 @@ def test_llama_cpp_writes_our_greedy_story(trained: Path, tokenizer: Tokenizer, 
                 p.mul_(3)
         folder = save_model(tmp_path / "untied", model, tokenizer)
     eos = tokenizer.eos_id
-    ids = generate(load_any(folder).model, [tokenizer.encode_story(PROMPT)],
-                   SamplingParams(max_new_tokens=60, temperature=0), eos_id=eos)[0]
+    ids = generate(load_any(folder).model, tokenizer, [tokenizer.encode_story(PROMPT)],
+                   SamplingParams(max_new_tokens=60, temperature=0))[0]
     llm = llama(export(folder, "f32"), exact=True)
     prompt = llm.tokenize(PROMPT.encode())  # llama.cpp puts <|endoftext|> in front itself
     assert prompt == tokenizer.encode_story(PROMPT)

@@ -9,8 +9,8 @@ import torch
 
 from tinystories.cli import main
 from tinystories.errors import TinyStoriesError
+from tinystories.infer.offline import generate
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampling import generate
 from tinystories.model.checkpoint import load_model, save_model
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.model.hf import export_hf, load_hf_model
@@ -85,7 +85,7 @@ def test_import_transformers_model(tmp_path: Path, tokenizer: Tokenizer, build: 
         torch.testing.assert_close(loaded.model(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
     prompt = [tokenizer.eos_id, *tokenizer.encode("Once upon a time")]
     assert tokenizer.eos_id == 0
-    ours = generate(loaded.model, [prompt], SamplingParams(max_new_tokens=15, temperature=0), 0)[0]
+    ours = generate(loaded.model, loaded.tokenizer, [prompt], SamplingParams(max_new_tokens=15, temperature=0))[0]
     theirs = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=15,
                          pad_token_id=0)[0, len(prompt):].tolist()
     assert ours == (theirs[:theirs.index(0)] if 0 in theirs else theirs)

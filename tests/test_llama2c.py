@@ -13,8 +13,8 @@ import torch
 
 from tinystories.cli import main
 from tinystories.errors import TinyStoriesError
+from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampling import generate
 from tinystories.model.checkpoint import save_model
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.model.llama2c import export_llama2c, run_c_id
@@ -60,7 +60,7 @@ def test_run_c_writes_our_greedy_story(tokenizer: Tokenizer, tmp_path: Path) -> 
     out = subprocess.run([str(tmp_path / "run"), str(tmp_path / "m.bin"), "-z", str(tmp_path / "m.tok.bin"),
                           "-t", "0", "-n", "40", "-i", ""], capture_output=True, check=True).stdout
     eos = tokenizer.eos_id
-    ids = generate(m, [[eos]], SamplingParams(max_new_tokens=40, temperature=0), eos_id=eos)[0]
+    ids = generate(m, TokenIds(eos), [[eos]], SamplingParams(max_new_tokens=40, temperature=0))[0]
     pieces = read_tokenizer(tmp_path / "m.tok.bin")
     assert pieces[1] == b"\n" and pieces[eos] == tokenizer.decode([1]).encode()  # the swap
     expected = b""

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
+from tinystories.infer.offline import run
+from tinystories.infer.params import preset
 from tinystories.infer.server import create_app, load_models, running
 from tinystories.interpret import attention_api
 
@@ -50,7 +53,10 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     wait = WebDriverWait(browser, 20)
-    app = create_app(load_models([str(tiny_model_dir)]), extensions=[attention_api.install])
+    models = load_models([str(tiny_model_dir)])
+    (name, loaded), = models.items()
+    direction = ("blocks.1.hook_resid_post", torch.eye(loaded.model.cfg.d_model)[3])
+    app = create_app(models, extensions=[attention_api.install], directions={name: {"three": direction}})
     with running(app) as url:
         browser.get(url + "/")
         wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value"))
@@ -73,6 +79,14 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         probs = [float(t.get_attribute("data-prob")) for t in tokens]
         assert all(0 < p <= 1 for p in probs)
         assert "60 tokens" in browser.find_element(By.ID, "stats").text
+        # The story `tinystories sample` writes with the same seed: the sliders start at its preset.
+        text = "Once upon a time, Tom found a shiny \U0001F41A"
+        tok = loaded.tokenizer
+
+        def offline(**adds: torch.Tensor) -> list[int]:
+            return run(loaded.model, tok, tok.encode_stories([text]), preset("story", max_new_tokens=60, seed=3),
+                       adds={direction[0]: adds["add"]} if adds else None)[0].ids
+        assert browser.execute_script("return state.ids") == offline()
 
         tokens[5].click()  # the attention of a generated token
         wait.until(lambda d: d.find_elements(By.CLASS_NAME, "att-tok"))
@@ -83,6 +97,14 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         Select(browser.find_element(By.ID, "head")).select_by_visible_text("H2")
         wait.until(ec.text_to_be_present_in_element((By.ID, "att-top"), "%"))
         assert browser.find_element(By.CSS_SELECTOR, ".att-tok.query")
+
+        # Steering: a direction the server was started with, at the strength on the slider (4).
+        Select(browser.find_element(By.ID, "steer")).select_by_value("three")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: "tokens in" in d.find_element(By.ID, "stats").text)
+        steered = browser.execute_script("return state.ids")
+        assert steered == offline(add=4.0 * direction[1]) != offline()
+        Select(browser.find_element(By.ID, "steer")).select_by_value("")
 
         # Max tokens is capped by what the prompt leaves of the context (128 here).
         story = out.text

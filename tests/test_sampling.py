@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tinystories.errors import TinyStoriesError
+from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import (
     FAST_CANDIDATES,
@@ -13,7 +14,7 @@ from tinystories.infer.sampler import (
     reference_probs,
     sample,
 )
-from tinystories.infer.sampling import generate, generate_reference
+from tinystories.infer.sampling import generate_reference
 from tinystories.model.gpt import GPT, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
@@ -32,20 +33,20 @@ def model(request: pytest.FixtureRequest) -> GPT:
     SamplingParams(max_new_tokens=25, temperature=1.5, seed=3),
 ])
 def test_kv_cache_sampling_equals_no_cache_sampling(model: GPT, cfg: SamplingParams) -> None:
-    assert generate(model, PROMPTS, cfg, eos_id=0) == generate_reference(model, PROMPTS, cfg, eos_id=0)
+    assert generate(model, TokenIds(0), PROMPTS, cfg) == generate_reference(model, PROMPTS, cfg, eos_id=0)
 
 
 def test_batched_greedy_equals_one_at_a_time(model: GPT) -> None:
     cfg = SamplingParams(max_new_tokens=20, temperature=0, stop_at_eos=False)
-    batched = generate(model, PROMPTS, cfg, eos_id=0)
-    assert batched == [generate(model, [p], cfg, eos_id=0)[0] for p in PROMPTS]
+    batched = generate(model, TokenIds(0), PROMPTS, cfg)
+    assert batched == [generate(model, TokenIds(0), [p], cfg)[0] for p in PROMPTS]
 
 
 def test_seed_reproduces_and_stops_at_context_end(model: GPT) -> None:
     cfg = SamplingParams(max_new_tokens=500, temperature=1.0, seed=11, stop_at_eos=False)
-    a, b = generate(model, PROMPTS, cfg, 0), generate(model, PROMPTS, cfg, 0)
+    a, b = generate(model, TokenIds(0), PROMPTS, cfg), generate(model, TokenIds(0), PROMPTS, cfg)
     assert a == b
-    assert [len(p) + len(o) for p, o in zip(PROMPTS, a)] == [48 - 9 + len(p) for p in PROMPTS]
+    assert [len(p) + len(o) for p, o in zip(PROMPTS, a)] == [48] * len(PROMPTS)  # each row fills the context
 
 
 def test_stops_at_end_of_story() -> None:
@@ -56,7 +57,7 @@ def test_stops_at_end_of_story() -> None:
         model.lm_head.weight[3, 0] = 50.0  # after any token, EOS (3) is near certain
         model.norm.bias.zero_()
         model.norm.bias[0] = 1.0
-    out = generate(model, [[1, 2]], SamplingParams(max_new_tokens=10, temperature=1.0, seed=0), eos_id=3)
+    out = generate(model, TokenIds(3), [[1, 2]], SamplingParams(max_new_tokens=10, temperature=1.0, seed=0))
     assert out == [[]]
 
 
@@ -84,8 +85,8 @@ def test_bad_sampling_settings(kwargs: dict, needle: str) -> None:
 
 
 def test_prompt_longer_than_context(model: GPT) -> None:
-    with pytest.raises(TinyStoriesError, match="longer than the model's context of 48"):
-        generate(model, [list(range(1, 60))], SamplingParams(), 0)
+    with pytest.raises(TinyStoriesError, match="a prompt of 59 tokens: it needs 1 to 48"):
+        generate(model, TokenIds(0), [list(range(1, 60))], SamplingParams())
 
 
 CASES = [

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tinystories.cli import main
+from tinystories.infer.offline import generate
 from tinystories.infer.openai_api import chat_prompt
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampling import generate
 from tinystories.infer.server import create_app, load_models, running
 from tinystories.interpret import attention_api
 from tinystories.model.checkpoint import LoadedModel
@@ -46,7 +46,7 @@ def client(server: tuple[str, object]) -> openai.OpenAI:
 def greedy(loaded: LoadedModel, text: str, n: int) -> list[int]:
     tok = loaded.tokenizer
     cfg = SamplingParams(max_new_tokens=n, temperature=0)
-    return generate(loaded.model, [[tok.eos_id, *tok.encode(text)]], cfg, tok.eos_id)[0]
+    return generate(loaded.model, tok, [[tok.eos_id, *tok.encode(text)]], cfg)[0]
 
 
 def test_completions_match_local_generation(client: openai.OpenAI, loaded: LoadedModel) -> None:

@@ -198,7 +198,7 @@ def test_a_client_that_hangs_up_stops_its_rows(tiny_model_dir: Path, caplog: pyt
                 httpx.post(url + "/v1/completions", timeout=0.3,
                            json={"model": "m", "prompt": "Once", "n": 4, "max_tokens": 120, "temperature": 1.0})
             left = time.monotonic()
-            while engine.rows or engine.waiting:
+            while engine.rows or engine.scheduler.waiting:
                 assert time.monotonic() - left < 1.5, "rows kept running after the client left"
                 time.sleep(0.02)
             time.sleep(0.3)  # (the endpoint notices within 0.25 s)
@@ -213,17 +213,17 @@ def test_a_big_request_cannot_starve_a_small_one(tiny_model_dir: Path) -> None:
     eos = loaded.tokenizer.eos_id
     waits = []
     for big_rows in (16, 64):
-        engine = Engine(loaded, max_batch=16, start=False, reserved=2)
+        engine = Engine(loaded.model, loaded.tokenizer, max_batch=16, start=False, reserved=2)
         big = [engine.submit([eos, 5], SamplingParams(max_new_tokens=100, temperature=1.0, seed=i,
                                                       stop_at_eos=False), lambda ev: None, job="big")
                for i in range(big_rows)]
         for _ in range(3):
-            engine.step(engine.pick())
+            engine.step(engine.scheduler.pick(engine.rows))
         done: list[Event] = []
         engine.submit([eos, 7], SamplingParams(max_new_tokens=5, temperature=0), done.append, job="small")
         start = engine.steps
         while not (done and done[-1].finish_reason):
-            engine.step(engine.pick())
+            engine.step(engine.scheduler.pick(engine.rows))
         waits.append(engine.steps - start)
         assert sum(not r.finished for r in big) > 0  # the big one is still running
     assert waits[0] == waits[1] <= 5 + 1  # its own five tokens (the first comes with the admission)

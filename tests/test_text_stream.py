@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from tinystories.infer.engine import Engine, Event, Row
+from tinystories.infer.engine import Engine, Event, Sequence
+from tinystories.infer.offline import complete
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampling import complete
 from tinystories.infer.text_stream import TextStream
-from tinystories.model.checkpoint import LoadedModel
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.tokenizer import Tokenizer
 
@@ -44,7 +41,6 @@ def test_complete_and_the_server_engine_cut_at_the_same_place(tokenizer: Tokeniz
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=64, n_layer=1, n_head=2,
                           d_model=32)).eval()
-    loaded = LoadedModel(model, tokenizer, {}, Path("."))
     free = complete(model, tokenizer, ["Once"], SamplingParams(max_new_tokens=40, temperature=0))[0]
     stop = free[len(free) // 2:len(free) // 2 + 3]
     assert len(stop) == 3
@@ -52,8 +48,8 @@ def test_complete_and_the_server_engine_cut_at_the_same_place(tokenizer: Tokeniz
     cut = complete(model, tokenizer, ["Once"], params)[0]
     assert cut == free[:free.index(stop)]
     events: list[Event] = []
-    engine = Engine(loaded, start=False)
-    row = Row(tokenizer.encode_story("Once"), params, events.append)
+    engine = Engine(model, tokenizer, start=False)
+    row = Sequence(tokenizer.encode_story("Once"), params, events.append)
     engine.step([row])
     while not row.finished:
         engine.step([])
@@ -62,10 +58,9 @@ def test_complete_and_the_server_engine_cut_at_the_same_place(tokenizer: Tokeniz
 
 def test_the_engine_can_write_past_the_end_of_story(tokenizer: Tokenizer) -> None:
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=64, n_layer=1, n_head=2, d_model=16))
-    engine = Engine(LoadedModel(model, tokenizer, {}, Path(".")), start=False)
     eos, word = tokenizer.eos_id, tokenizer.encode(" cat")[0]
     for stop_at_eos, finished in ((True, True), (False, False)):
-        row = Row([eos], SamplingParams(max_new_tokens=10, stop_at_eos=stop_at_eos), lambda ev: None)
-        engine._advance(row, word, 0.0, {})
-        engine._advance(row, eos, 0.0, {})
+        row = Sequence([eos], SamplingParams(max_new_tokens=10, stop_at_eos=stop_at_eos), lambda ev: None)
+        row.advance(word, 0.0, {}, eos, model.cfg.context_length, tokenizer.decode)
+        row.advance(eos, 0.0, {}, eos, model.cfg.context_length, tokenizer.decode)
         assert row.finished == finished and row.ids == ([word] if finished else [word, eos])

@@ -45,8 +45,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from tinystories.data.corpus import read_stories
     from tinystories.data.prepare import PrepareConfig, prepare
     from tinystories.eval.bpb import evaluate_bpb
-    from tinystories.infer.params import SamplingParams
-    from tinystories.infer.sampling import complete
+    from tinystories.infer.offline import complete
+    from tinystories.infer.params import preset
     from tinystories.model.loader import load_any
     from tinystories.train.budget import measure_throughput, plan_for
     from tinystories.train.config import build_train_config
@@ -80,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"validation loss {score.loss:.3f} nats/token = {score.bpb:.3f} bits per byte "
           f"(loss curves: {out / 'loss.png'})")
     print("== 4/4 stories written by the model")
-    sampling = SamplingParams(max_new_tokens=180, temperature=0.7, top_p=0.9, seed=cfg.seed)
+    sampling = preset("story", max_new_tokens=180, seed=cfg.seed)
     for prompt, story in zip(DEMO_PROMPTS, complete(loaded.model, loaded.tokenizer, DEMO_PROMPTS, sampling)):
         print(f"\n--- {prompt or '(no prompt)'}\n{prompt}{story}")
     print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} minutes. Model: {out / 'checkpoint'} "

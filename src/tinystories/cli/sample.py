@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
 from tinystories.config import Config, setting
-from tinystories.infer.params import SamplingParams
+from tinystories.infer.params import SamplingParams, preset
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,7 @@ class SampleConfig(Config):
     prompts: list[str] = setting(help="story beginning (repeatable); empty = a story from scratch",
                                  factory=lambda: [""], flag="prompt")
     samples: int = setting(1, "stories per prompt", ge=1, le=10_000)
-    sampling: SamplingParams = setting(help="how stories are sampled", factory=lambda: SamplingParams(
-        temperature=0.8, top_p=0.95, seed=0))
+    sampling: SamplingParams = setting(help="how stories are sampled", factory=lambda: preset("story", seed=0))
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
     threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
 
@@ -40,10 +39,8 @@ def setup_sample(p: argparse.ArgumentParser) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from tinystories.infer.sampling import complete, generate
-    from tinystories.infer.text_stream import TextStream
+    from tinystories.infer.engine import Event
+    from tinystories.infer.offline import complete
     from tinystories.model.loader import load_any
     from tinystories.utils import pick_device, set_threads
 
@@ -54,15 +51,13 @@ def run_sample(args: argparse.Namespace) -> int:
     texts = [p for p in cfg.prompts for _ in range(cfg.samples)]
     if len(texts) == 1:  # stream token by token
         sys.stdout.write(texts[0])
-        stream = TextStream(cfg.sampling.stop)
 
-        def on_tokens(nxt: torch.Tensor, alive: torch.Tensor) -> None:
-            if bool(alive[0]):
-                sys.stdout.write(stream.push([int(nxt[0])], tok.decode))
-                sys.stdout.flush()
+        def show(_row: int, ev: Event) -> None:
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
 
-        generate(loaded.model, tok.encode_stories(texts), cfg.sampling, tok.eos_id, on_tokens)
-        print(stream.push([], tok.decode, final=True))
+        complete(loaded.model, tok, texts, cfg.sampling, emit=show)
+        print()
         return 0
     for text, story in zip(texts, complete(loaded.model, tok, texts, cfg.sampling)):
         print(text + story)

@@ -47,11 +47,11 @@ BEGINNINGS = ["Once upon a time,", "", "Tom and his dog", "One day, Lily found"]
 
 def sample_stories(model: GPT, tokenizer: Tokenizer, n: int) -> list[str]:
     """A few stories (the same beginnings and seed at every evaluation), to watch the model learn."""
-    from tinystories.infer.params import SamplingParams
-    from tinystories.infer.sampling import complete
+    from tinystories.infer.offline import complete
+    from tinystories.infer.params import preset
 
     texts = [BEGINNINGS[i % len(BEGINNINGS)] for i in range(n)]
-    params = SamplingParams(max_new_tokens=100, temperature=0.8, top_p=0.95, seed=0)
+    params = preset("story", max_new_tokens=100, seed=0)
     return [t + s for t, s in zip(texts, complete(model, tokenizer, texts, params))]
 
 

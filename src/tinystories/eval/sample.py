@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from tinystories.infer.offline import generate
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampling import generate
 from tinystories.model.checkpoint import LoadedModel
 
 
@@ -28,7 +28,7 @@ def sample_completions(loaded: LoadedModel, texts: Sequence[str], n: int, params
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         rows = [params.for_row(start + j) for j in range(len(chunk))]
-        for (i, k), ids in zip(chunk, generate(model, [prompts[i] for i, _ in chunk], rows, tok.eos_id)):
+        for (i, k), ids in zip(chunk, generate(model, tok, [prompts[i] for i, _ in chunk], rows)):
             out[i][k] = tok.decode(ids)
         bar.update(len(chunk))
     bar.close()

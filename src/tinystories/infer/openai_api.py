@@ -11,15 +11,20 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
+import torch
 from fastapi.responses import JSONResponse
 
 from tinystories.errors import TinyStoriesError
-from tinystories.infer.engine import Event
-from tinystories.infer.params import MAX_LOGPROBS, MAX_STOPS, SamplingParams
+from tinystories.infer.params import MAX_LOGPROBS, MAX_STOPS, PRESETS, SamplingParams
+from tinystories.infer.runner import check_adds
+from tinystories.infer.sequence import Event
 from tinystories.infer.server_config import Limits
+from tinystories.model.gpt import GPT
 from tinystories.tokenizer import Tokenizer
 
 MAX_N = 16
@@ -133,6 +138,9 @@ def completion_texts(body: dict[str, Any], limits: Limits) -> list[str]:
     return texts
 
 
+API = PRESETS["api"]  # what a request that says nothing gets
+
+
 @dataclass
 class Job:
     """A validated request: `n` rows per prompt, row i with params[i]."""
@@ -142,6 +150,7 @@ class Job:
     params: list[SamplingParams]
     stream: bool
     include_usage: bool
+    adds: dict[str, torch.Tensor] = dataclass_field(default_factory=dict)  # steering, for these rows only
 
 
 def sampling_params(body: dict[str, Any], max_new_tokens: int, logprobs: int) -> SamplingParams:
@@ -149,10 +158,10 @@ def sampling_params(body: dict[str, Any], max_new_tokens: int, logprobs: int) ->
     try:
         return SamplingParams(
             max_new_tokens=max_new_tokens,
-            temperature=field(body, "temperature", (int, float), 1.0),
-            top_p=field(body, "top_p", (int, float), 1.0),
-            top_k=field(body, "top_k", int, 0),
-            seed=field(body, "seed", int, None),
+            temperature=field(body, "temperature", (int, float), API.temperature),
+            top_p=field(body, "top_p", (int, float), API.top_p),
+            top_k=field(body, "top_k", int, API.top_k),
+            seed=field(body, "seed", int, API.seed),
             stop=stops(body), logprobs=logprobs)
     except TinyStoriesError as exc:
         name = re.match(r"sampling\.(\w+)", str(exc))
@@ -186,6 +195,48 @@ def make_job(model: str, body: dict[str, Any], texts: list[str], logprobs: int, 
     options = body.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
     return Job(model, prompts, n, rows, stream, include_usage)
+
+
+MAX_STEER = 8
+
+
+def steering(body: dict[str, Any], directions: Mapping[str, tuple[str, torch.Tensor]], model: GPT
+             ) -> dict[str, torch.Tensor]:
+    """The request's ``steer`` field (an extension) as vectors to add at hook points, for its rows only.
+
+    ``"steer": [{"direction": NAME, "alpha": 4.0}, {"hook": "blocks.1.hook_resid_post",
+    "vector": [...], "alpha": -2}]``: a direction the server was started with (``serve
+    --direction``, listed in ``/v1/models``) or a vector of the hook point's width, times alpha
+    (default 1). Entries at the same hook point add up.
+    """
+    items = body.get("steer")
+    if items is None:
+        return {}
+    if not isinstance(items, list) or len(items) > MAX_STEER or not all(isinstance(i, dict) for i in items):
+        raise ApiError(400, f"'steer' must be a list of at most {MAX_STEER} objects", "steer", "invalid_value")
+    adds: dict[str, torch.Tensor] = {}
+    for item in items:
+        alpha = field(item, "alpha", (int, float), 1.0, -1e4, 1e4)
+        if "direction" in item:
+            name = item["direction"]
+            if not isinstance(name, str) or name not in directions:
+                raise ApiError(400, f"'steer': no direction named {name!r}; this model has "
+                                    f"{sorted(directions) or 'none (start the server with --direction)'}",
+                               "steer", "invalid_value")
+            hook, vector = directions[name]
+        else:
+            hook, vector = item.get("hook"), item.get("vector")
+            if not isinstance(hook, str) or not isinstance(vector, list) or len(vector) > 1 << 16 or \
+                    not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vector):
+                raise ApiError(400, "'steer' entries need 'direction' (a name), or 'hook' (a hook point) and "
+                                    "'vector' (numbers)", "steer", "invalid_value")
+            vector = torch.tensor(vector, dtype=torch.float32)
+        adds[hook] = adds[hook] + alpha * vector if hook in adds else alpha * vector
+    try:
+        check_adds(model, adds)
+    except ValueError as exc:
+        raise ApiError(400, f"'steer': {exc}", "steer", "invalid_value") from exc
+    return adds
 
 
 def completion_logprobs(body: dict[str, Any]) -> int:

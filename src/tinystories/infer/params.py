@@ -1,9 +1,16 @@
-"""`SamplingParams`: how to write one story, the one type every caller uses.
+"""`SamplingParams`: how to write one story, the one type every caller uses, and its presets.
 
-`tinystories sample`, `eval`, the batching engine and the OpenAI-compatible server all
-describe a row of generation with it, and all validate through it (on construction), so
-one range check covers every path. With the same seed and settings every path writes the
-same story: each row draws from its own random generator, seeded with `row_seed`.
+`tinystories sample`, `eval`, the engine and the OpenAI-compatible server all describe a row
+of generation with it, and all validate through it (on construction), so one range check
+covers every path. With the same seed and settings every path writes the same story: each
+row draws from its own random generator, seeded with `row_seed`.
+
+The defaults live here and nowhere else. The field defaults are OpenAI's (the whole
+distribution at temperature 1): what the server's API answers when a request says nothing,
+and what evaluation samples, so a model is judged on its own distribution. `PRESETS` adds
+the one other set callers need, ``story``: stories written to be read (`tinystories sample`,
+the demo, the trainer's samples, and the playground, which reads it from the server's
+``/v1/models``), slightly sharpened, as the paper's samples were.
 """
 
 from __future__ import annotations
@@ -55,3 +62,14 @@ class SamplingParams(Config):
     def row_seed(self) -> int | None:
         """The seed of this row's generator (a 64-bit value), or None for a random one."""
         return None if self.seed is None else self.seed % 2**64
+
+
+PRESETS: dict[str, SamplingParams] = {
+    "api": SamplingParams(),  # OpenAI's defaults: the server's API, evaluation
+    "story": SamplingParams(temperature=0.8, top_p=0.95),  # stories to read: sample, demo, trainer, playground
+}
+
+
+def preset(name: str, **changes: object) -> SamplingParams:
+    """Preset `name` with some fields changed: ``preset("story", max_new_tokens=100, seed=0)``."""
+    return dataclasses.replace(PRESETS[name], **changes)  # type: ignore[arg-type]

@@ -29,10 +29,11 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -42,6 +43,7 @@ from tinystories.errors import TinyStoriesError
 from tinystories.infer import openai_api
 from tinystories.infer.engine import Engine, Event
 from tinystories.infer.openai_api import ApiError, Format, Job
+from tinystories.infer.params import PRESETS
 from tinystories.infer.server_config import Limits
 from tinystories.model.checkpoint import LoadedModel
 from tinystories.model.loader import load_any
@@ -50,12 +52,16 @@ STATIC = Path(__file__).parent / "static"
 Extension = Callable[[FastAPI], None]  # adds routes to the app
 
 
+Direction = tuple[str, torch.Tensor]  # a hook point and a vector to add there (steering)
+
+
 @dataclass
 class Served:
     name: str
     loaded: LoadedModel
     engine: Engine
     created: int
+    directions: dict[str, Direction] = field(default_factory=dict)  # requests steer by these names
 
 
 class Mailbox:
@@ -94,16 +100,19 @@ class Mailbox:
 
 # ---------------------------------------------------------------- the app
 def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limits: Limits | None = None,
-               extensions: Sequence[Extension] = ()) -> FastAPI:
+               extensions: Sequence[Extension] = (), directions: dict[str, dict[str, Direction]] | None = None
+               ) -> FastAPI:
     """The app serving `models` (name -> model); `extensions` add more routes (see module doc).
+    `directions[model][name]`: what requests to that model may steer with (the ``steer`` field).
 
     Routes added by extensions find the models in ``app.state.served`` and check the API key
     with ``app.state.check(request)``; `body_of` and `model_of` below are theirs to use too.
     """
     limits = limits or Limits()
     mailbox = Mailbox()
-    served = {name: Served(name, lm, Engine(lm, limits.max_batch, after_step=mailbox.flush,
-                                            reserved=limits.reserved_slots), int(time.time()))
+    served = {name: Served(name, lm, Engine(lm.model, lm.tokenizer, limits.max_batch,
+                                            after_step=mailbox.flush, reserved=limits.reserved_slots), int(time.time()),
+                             (directions or {}).get(name, {}))
               for name, lm in models.items()}
 
     @asynccontextmanager
@@ -158,6 +167,7 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limit
         j = await asyncio.to_thread(  # tokenizing is CPU work: off the event loop
             openai_api.make_job, s.name, body, texts, openai_api.completion_logprobs(body), s.loaded.tokenizer,
             s.loaded.model.cfg.context_length, limits)
+        j.adds = openai_api.steering(body, s.directions, s.loaded.model)
         fmt = openai_api.CompletionFormat(j, s.loaded.tokenizer, "logprobs" in body and body["logprobs"] is not None)
         return await respond(request, s, j, fmt, mailbox)
 
@@ -168,6 +178,7 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limit
         text = openai_api.chat_prompt(body.get("messages"), limits)
         j = await asyncio.to_thread(openai_api.make_job, s.name, body, [text], openai_api.chat_logprobs(body),
                                     s.loaded.tokenizer, s.loaded.model.cfg.context_length, limits)
+        j.adds = openai_api.steering(body, s.directions, s.loaded.model)
         fmt = openai_api.ChatFormat(j, s.loaded.tokenizer, bool(body.get("logprobs")))
         return await respond(request, s, j, fmt, mailbox)
 
@@ -236,7 +247,11 @@ def model_card(s: Served) -> dict[str, Any]:
     cfg = s.loaded.model.cfg
     return {"id": s.name, "object": "model", "created": s.created, "owned_by": "tinystories",
             "context_length": cfg.context_length, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-            "arch": cfg.arch, "parameters": s.loaded.model.num_params()}
+            "arch": cfg.arch, "parameters": s.loaded.model.num_params(),
+            # the playground's starting settings: stories to read (infer/params.py's one set of defaults)
+            "sampling": {k: getattr(PRESETS["story"], k) for k in ("temperature", "top_p", "top_k")},
+            # what requests may steer with ("steer": [{"direction": name, "alpha": 4}])
+            "directions": {name: hook for name, (hook, _) in sorted(s.directions.items())}}
 
 
 # ---------------------------------------------------------------- running a job
@@ -254,7 +269,7 @@ async def run_rows(s: Served, j: Job, mailbox: Mailbox) -> AsyncGenerator[list[t
     for i, params in enumerate(j.params):
         def emit(ev: Event, i: int = i) -> None:
             post(queue, (i, ev))
-        rows.append(s.engine.submit(j.prompts[i // j.n], params, emit, job))
+        rows.append(s.engine.submit(j.prompts[i // j.n], params, emit, job, j.adds))
     left = len(rows)
     try:
         while left:

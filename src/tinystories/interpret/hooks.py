@@ -32,7 +32,6 @@ final      [B, T, d]             the final-normed stream            ``hook_final
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -95,29 +94,15 @@ class ActivationCache:
         return torch.stack([self[name, layer] for layer in range(self.n_layer)])
 
 
-@contextlib.contextmanager
-def patched(model: GPT, hooks: Mapping[str, HookFn]) -> Iterator[None]:
+def patched(model: GPT, hooks: Mapping[str, HookFn]) -> contextlib.AbstractContextManager[None]:
     """Within the block, `hooks[name](activation)` runs at each named hook point of every forward
     pass this thread makes; a returned tensor replaces the activation (None leaves it as it is).
 
-    Hooks only act on this thread's forward passes: a server's engine thread may run the same
-    model at the same time, and must neither be recorded nor patched.
+    Hooks only act on this thread's forward passes (`GPT.hooked`): a server's engine thread may
+    run the same model at the same time, and must neither be recorded nor patched. Generation
+    on this thread (`infer.engine.generate`) runs `forward` while they are in place.
     """
-    points = model.hook_points()
-    unknown = sorted(set(hooks) - set(points))
-    if unknown:
-        raise KeyError(f"no hook point named {unknown}; e.g. {list(points)[:4]}")
-    me = threading.get_ident()
-
-    def wrap(fn: HookFn) -> Callable[..., torch.Tensor | None]:
-        return lambda _module, _inputs, out: fn(out) if threading.get_ident() == me else None
-
-    handles = [points[name].register_forward_hook(wrap(fn)) for name, fn in hooks.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    return model.hooked(hooks)
 
 
 @torch.no_grad()

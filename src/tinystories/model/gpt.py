@@ -21,12 +21,22 @@ the fused kernel; the tests check both give the same output.
 
 Generation uses a key/value cache (`KVCache`). Prompts of different lengths are
 left-padded; `pad` gives each row's number of padding slots, which attention masks out
-and positions skip, so a padded row computes exactly what it would alone.
+and positions skip, so a padded row computes exactly what it would alone. `DecodeStep` (at
+the end) is this model specialised to one new token per row, made of the same modules and
+functions, and run in C where it can be (`decode_step.c`, built by `native.py`); the tests pin
+both to `forward`. Whoever changes the model here changes `decode_step.c` too, and the tests
+say so if not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +45,16 @@ from torch import nn
 from tinystories.model.config import GPTConfig
 from tinystories.model.losses import linear_cross_entropy
 
-__all__ = ["GPT", "GPTConfig", "HookPoint", "KVCache"]
+__all__ = ["GPT", "DecodeStep", "GPTConfig", "HookPoint", "KVCache"]
 
 
 class KVCache:
     """Preallocated keys and values of every layer for a batch being generated.
 
     Slots 0..length-1 are filled in every row; row r's first `pad[r]` slots are padding
-    (its prompt was shorter), which attention never reads. The methods below are the
-    batch surgery a continuous-batching engine needs: rows join, leave and are compacted
-    without any other code touching the tensors.
+    (its prompt was shorter), which attention never reads. The model only appends to it;
+    the batch surgery a continuous-batching engine needs (rows joining, leaving, compaction)
+    is the engine's cache manager's (`tinystories.infer.cache_manager`).
     """
 
     def __init__(self, cfg: GPTConfig, batch: int, max_len: int, device: torch.device,
@@ -65,70 +75,30 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def _pad(self) -> torch.Tensor:
-        if self.pad is None:
-            self.pad = torch.zeros(self.batch, dtype=torch.long, device=self.k.device)
-        return self.pad
-
-    def free_row(self, row: int) -> None:
-        """Row `row` no longer matters: from now on it only sees itself (cheap, and never NaN)."""
-        self._pad()[row] = self.length
-
-    def add_rows(self, n: int) -> None:
-        """Grow the batch by `n` free rows."""
-        shape = (self.k.shape[0], n, *self.k.shape[2:])
-        self.k = torch.cat([self.k, self.k.new_zeros(shape)], 1)
-        self.v = torch.cat([self.v, self.v.new_zeros(shape)], 1)
-        self.pad = torch.cat([self._pad(), self._pad().new_full((n,), self.length)])
-
-    def write_rows(self, rows: torch.Tensor, other: KVCache) -> None:
-        """Put `other`'s rows into rows `rows`, right-aligned with this batch (other is no longer)."""
-        assert other.length <= self.length, "a longer cache must be merged, not written"
-        start = self.length - other.length
-        self.k[:, rows, :, start:self.length] = other.k[:, :, :, :other.length]
-        self.v[:, rows, :, start:self.length] = other.v[:, :, :, :other.length]
-        self._pad()[rows] = other._pad() + start
-
-    def select(self, rows: torch.Tensor) -> KVCache:
-        """A new cache of only `rows`, without the leading slots that are padding in all of them."""
-        return self._rebuild(self.k[:, rows, :, :self.length], self.v[:, rows, :, :self.length],
-                             self._pad()[rows])
-
-    def merge(self, other: KVCache) -> KVCache:
-        """A new cache with `other`'s rows after these, both right-aligned (either may be longer)."""
-        length = max(self.length, other.length)
-
-        def right_aligned(c: KVCache, t: torch.Tensor) -> torch.Tensor:
-            t = t[:, :, :, :c.length]
-            return torch.cat([t.new_zeros(*t.shape[:3], length - c.length, t.shape[-1]), t], 3)
-
-        return self._rebuild(torch.cat([right_aligned(self, self.k), right_aligned(other, other.k)], 1),
-                             torch.cat([right_aligned(self, self.v), right_aligned(other, other.v)], 1),
-                             torch.cat([self._pad() + length - self.length, other._pad() + length - other.length]))
-
-    def _rebuild(self, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> KVCache:
-        lead = int(pad.min())  # slots that are padding in every row: drop them
-        k, v, pad = k[:, :, :, lead:], v[:, :, :, lead:], pad - lead
-        cache = KVCache.__new__(KVCache)
-        max_len = self.k.shape[3]
-        cache.k = k.new_zeros(*k.shape[:3], max_len, k.shape[-1])
-        cache.v = v.new_zeros(*v.shape[:3], max_len, v.shape[-1])
-        cache.k[:, :, :, :k.shape[3]] = k
-        cache.v[:, :, :, :v.shape[3]] = v
-        cache.length, cache.pad = k.shape[3], pad
-        return cache
 
 
 class HookPoint(nn.Module):
-    """The identity, at a named place in the forward pass, for hooks to read or replace."""
+    """The identity, at a named place in the forward pass, for hooks to read or replace.
+
+    Hooks added with `GPT.hooked` act only on the forward passes of the thread that added
+    them (`scoped` counts them per thread): a server runs one model for many clients, and
+    one client's recording or steering must neither see nor change another's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scoped: Counter[int] = Counter()  # thread id -> hooks `GPT.hooked` added for that thread
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     @property
     def active(self) -> bool:
-        """Whether a hook listens here (the attention pattern is only computed then)."""
-        return bool(self._forward_hooks or self._forward_pre_hooks)
+        """Whether a hook listens here on this thread (the attention pattern is only computed then)."""
+        hooks = len(self._forward_hooks) + len(self._forward_pre_hooks)
+        if not hooks:
+            return False
+        return hooks > self.scoped.total() or self.scoped[threading.get_ident()] > 0
 
 
 def attention_mask(start: int, q_len: int, k_len: int, pad: torch.Tensor | None,
@@ -243,12 +213,20 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation == "swiglu":
-            hidden = F.silu(self.gate(x)) * self.up(x)
-        elif self.activation == "relu2":
-            hidden = F.relu(self.fc(x)).square()
+            hidden = activation("swiglu", self.gate(x), self.up(x))
         else:
-            hidden = F.gelu(self.fc(x), approximate="tanh")
+            hidden = activation(self.activation, self.fc(x))
         return self.proj(self.hook_post(hidden))
+
+
+def activation(kind: str, h: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+    """The MLP's nonlinearity: SwiGLU silu(gate) * up, ReLU², or GPT-Neo's tanh-approximated GELU."""
+    if kind == "swiglu":
+        assert up is not None
+        return F.silu(h) * up
+    if kind == "relu2":
+        return F.relu(h).square()
+    return F.gelu(h, approximate="tanh")
 
 
 def make_norm(cfg: GPTConfig) -> nn.Module:
@@ -313,7 +291,14 @@ class GPT(nn.Module):
 
     def hook_points(self) -> dict[str, HookPoint]:
         """Every hook point by name, in forward order (``hook_embed``, ``blocks.0.hook_resid_pre``, ...)."""
-        return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
+        return dict(self._points())
+
+    def _points(self) -> list[tuple[str, HookPoint]]:
+        found = self.__dict__.get("_hook_point_list")  # the modules never change after __init__
+        if found is None:
+            found = [(name, m) for name, m in self.named_modules() if isinstance(m, HookPoint)]
+            self.__dict__["_hook_point_list"] = found
+        return found
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -362,10 +347,15 @@ class GPT(nn.Module):
         return self.hook_final(self.norm(x))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, pad: torch.Tensor | None = None
+                cache: KVCache | None = None, pad: torch.Tensor | None = None, last: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, vocab] and, given `targets` [B, T] (-1 = ignore), the mean cross-entropy."""
-        logits = self.lm_head(self.hidden_states(idx, cache, pad))
+        """Logits [B, T, vocab] and, given `targets` [B, T] (-1 = ignore), the mean cross-entropy.
+
+        `last`: logits of the last position only ([B, 1, vocab]): a prompt's prefill needs no
+        more, and at a 32K vocabulary the output layer is most of a short prompt's work.
+        """
+        hidden = self.hidden_states(idx, cache, pad)
+        logits = self.lm_head(hidden[:, -1:] if last else hidden)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
@@ -387,3 +377,208 @@ class GPT(nn.Module):
     def new_cache(self, batch: int, max_len: int | None = None, pad: torch.Tensor | None = None) -> KVCache:
         p = self.tok_emb.weight
         return KVCache(self.cfg, batch, max_len or self.cfg.context_length, p.device, p.dtype, pad)
+
+    # ------------------------------------------------------------ hooks, per thread
+    @contextlib.contextmanager
+    def hooked(self, hooks: Mapping[str, Callable[[torch.Tensor], torch.Tensor | None]]) -> Iterator[None]:
+        """Within the block, `hooks[name](activation)` runs at hook point `name` in every forward
+        pass this thread makes; a returned tensor replaces the activation (None keeps it).
+
+        Only this thread's passes: a server's engine thread runs the same model at the same time
+        for other clients, and must be neither recorded nor changed.
+        """
+        points = self.hook_points()
+        unknown = sorted(set(hooks) - set(points))
+        if unknown:
+            raise KeyError(f"no hook point named {unknown}; e.g. {list(points)[:4]}")
+        me = threading.get_ident()
+
+        def wrap(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable[..., torch.Tensor | None]:
+            return lambda _module, _inputs, out: fn(out) if threading.get_ident() == me else None
+
+        handles = []
+        try:
+            for name, fn in hooks.items():
+                handles.append(points[name].register_forward_hook(wrap(fn)))
+                points[name].scoped[me] += 1
+            yield
+        finally:
+            for name, h in zip(hooks, handles):
+                h.remove()
+                points[name].scoped[me] -= 1
+                if not points[name].scoped[me]:
+                    del points[name].scoped[me]
+
+    def listened(self) -> bool:
+        """Whether any hook acts on this thread's forward passes (then only `forward` computes them):
+        one `hooked` added on this thread, or one registered on any module directly (for every thread)."""
+        for m in self.modules():
+            if isinstance(m, HookPoint):
+                if m.active:
+                    return True
+            elif m._forward_hooks or m._forward_pre_hooks:
+                return True
+        return False
+
+    def decode_step(self) -> DecodeStep | None:
+        """This model's decode step (made once, remade when its weights change), or None when only
+        `forward` computes what the model would: in training mode, or with hooks on this thread."""
+        if self.training or self.listened():
+            return None
+        # in-place changes bump _version; .to(), .double() and load_state_dict(assign=True) move the data
+        weights = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        known = _DECODE_STEPS.get(self)
+        if known is None or known[0] != weights:
+            known = (weights, DecodeStep(self))
+            _DECODE_STEPS[self] = known
+        return known[1]
+
+
+# ---------------------------------------------------------------- the decode step
+# model -> (what its weights were when its step was made, the step). A step holds the model's
+# modules and weights but never the model, so this does not keep models alive.
+_DECODE_STEPS: weakref.WeakKeyDictionary[GPT, tuple[tuple[object, ...], DecodeStep]] = weakref.WeakKeyDictionary()
+
+# Hook points where the decode step can add a vector per row ([B, d], e.g. a steering direction):
+# the residual-width activations, which it holds as [B, d] tensors. Others need `forward`.
+ADDABLE = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+
+
+def addable(name: str) -> bool:
+    """Whether the decode step can add a vector at hook point `name` (see `DecodeStep.step`)."""
+    return name == "hook_embed" or (name.startswith("blocks.") and name.split(".")[-1] in ADDABLE
+                                    and name.count(".") == 2)
+
+
+@dataclass
+class _Layer:
+    """One block's modules and weights, laid out for `x @ w` (w is [in, out])."""
+    block: Block
+    qkv: torch.Tensor
+    out: torch.Tensor
+    fc: torch.Tensor  # gate and up side by side for SwiGLU
+    fc_b: torch.Tensor | None
+    proj: torch.Tensor
+
+
+class DecodeStep:
+    """`step(tokens, cache)` = ``model(tokens[:, None], cache=cache)[0][:, -1]``: the same model
+    specialised to generation's common case, one new token per row.
+
+    Not a second model: it runs the modules and functions above (the norms, `rope_tables`,
+    `apply_rope`, `attention_probs`, `activation`) on weights derived from the model's own, and
+    `tests/test_fast_decode.py` checks its logits against `forward` to 1e-5 for every
+    architecture. What makes it faster on a CPU (measured at the 15M shape, bench/README.md):
+
+    * weights transposed once to [in, out] and multiplied as ``x @ w``: for one row, ``F.linear``
+      on the stored [out, in] layout costs up to 3x as much (32K-vocabulary output layer);
+    * SwiGLU's gate and up matrices side by side: one multiplication;
+    * RoPE angles for every position computed once (`rope_tables`);
+    * attention of one query over the cache as two small matmuls, with no mask built for rows
+      without padding, and no module calls, hook points or masks dictionary per step.
+
+    For float32 on the CPU the step runs in C where a compiler is at hand (`model/native.py`,
+    `decode_step.c`: the same operations on the same weights, with no per-operation dispatch),
+    else as the PyTorch operations below (``native=False`` forces them). Both are pinned to
+    `forward` by the tests.
+
+    Hooks are not run here: `GPT.decode_step` gives None when some listen on this thread. A
+    vector per row can still be added at the residual hook points (`ADDABLE`), which is what
+    steering needs, without leaving this path.
+    """
+
+    def __init__(self, model: GPT, native: bool = True) -> None:
+        cfg = self.cfg = model.cfg
+        self.model_norm, self.tok_emb, self.pos_emb = model.norm, model.tok_emb, model.pos_emb
+        device = model.tok_emb.weight.device
+        self.rope = None
+        if self.pos_emb is None:  # [ctx, head_dim] each
+            cos, sin = rope_tables(torch.arange(cfg.context_length, device=device)[None], cfg.head_dim,
+                                   cfg.rope_theta)
+            self.rope = (cos[0, 0], sin[0, 0])
+        self.native = None  # the same step in C (model/native.py), for float32 on the CPU where it builds
+        if native and model.tok_emb.weight.dtype == torch.float32 and device.type == "cpu":
+            from tinystories.model import native as c
+
+            lib = c.library()
+            if lib is not None:
+                self.native = c.NativeStep(model, lib, self.rope)
+        self.layers = []
+        if self.native is not None:
+            return
+        with torch.no_grad():
+            for block in model.layers():
+                a, m = block.attn, block.mlp
+                fc = torch.cat([m.gate.weight, m.up.weight]) if m.activation == "swiglu" else m.fc.weight
+                self.layers.append(_Layer(
+                    block=block, qkv=a.qkv.weight.t().contiguous(), out=a.out.weight.t().contiguous(),
+                    fc=fc.t().contiguous(), fc_b=None if m.activation == "swiglu" else m.fc.bias,
+                    proj=m.proj.weight.t().contiguous()))
+            self.head = model.lm_head.weight.t().contiguous()
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None
+             ) -> torch.Tensor:
+        """Logits [B, V] of the next token after `tokens` [B] (one per row), appended to `cache`.
+
+        `adds[name]` [B, d]: added to the activation at hook point `name` (``hook_embed`` or one of
+        `ADDABLE`, as ``blocks.L.hook_resid_post``), as a hook returning ``x + add`` would in `forward`.
+        """
+        cfg, adds = self.cfg, adds or {}
+        B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
+        slot = cache.length
+        if slot >= cfg.context_length:
+            raise ValueError(f"sequence of {slot + 1} tokens is longer than the model's context of "
+                             f"{cfg.context_length}")
+        pad = cache.pad
+        if self.native is not None:
+            logits = self.native.step(tokens, cache.k, cache.v, slot, pad, dict(adds))
+            cache.length += 1
+            return logits
+        pos = torch.full((B,), slot, device=tokens.device) if pad is None else (slot - pad).clamp(min=0)
+        x = self.tok_emb(tokens)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)
+        else:
+            assert self.rope is not None
+            rope = (self.rope[0][pos][:, None], self.rope[1][pos][:, None])  # [B, 1, head_dim]
+        keys = torch.arange(slot + 1, device=tokens.device)
+        visible = None if pad is None else keys[None, :] >= pad[:, None]  # [B, slot+1]
+
+        def add(name: str, t: torch.Tensor) -> torch.Tensor:
+            return t + adds[name] if name in adds else t
+
+        x = add("hook_embed", x)
+        for i, layer in enumerate(self.layers):
+            blk, at = layer.block, f"blocks.{i}."
+            x = add(at + "hook_resid_pre", x)
+            q, k, v = (blk.norm1(x) @ layer.qkv).view(B, 3, H, D).unbind(1)  # each [B, H, D]
+            if blk.attn.q_norm is not None and blk.attn.k_norm is not None:
+                q, k = blk.attn.q_norm(q), blk.attn.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            cache.k[i, :, :, slot] = k
+            cache.v[i, :, :, slot] = v
+            mask = visible
+            if blk.attn.window and slot + 1 > blk.attn.window:
+                recent = (keys > slot - blk.attn.window)[None]
+                mask = recent if mask is None else mask & recent
+            probs = attention_probs(q[:, :, None], cache.k[i, :, :, :slot + 1],
+                                    None if mask is None else mask[:, None, None], blk.attn.scale)
+            z = (probs @ cache.v[i, :, :, :slot + 1]).reshape(B, -1)  # [B, H * D]
+            attn = z @ layer.out
+            if blk.attn.out.bias is not None:
+                attn = attn + blk.attn.out.bias
+            x = add(at + "hook_resid_mid", x + add(at + "hook_attn_out", attn))
+            h = blk.norm2(x) @ layer.fc
+            if layer.fc_b is not None:
+                h = h + layer.fc_b
+            hidden = activation("swiglu", *h.chunk(2, -1)) if blk.mlp.activation == "swiglu" \
+                else activation(blk.mlp.activation, h)
+            out = hidden @ layer.proj
+            if blk.mlp.proj.bias is not None:
+                out = out + blk.mlp.proj.bias
+            x = add(at + "hook_resid_post", x + add(at + "hook_mlp_out", out))
+        cache.length += 1
+        return self.model_norm(x) @ self.head

@@ -38,6 +38,11 @@ async function loadModels() {
       state.models[m.id] = m;
       $("model").add(new Option(m.id, m.id));
     }
+    // The sampling sliders start at the server's story preset (infer/params.py), as `sample` does.
+    for (const [id, value] of Object.entries((data.data[0] || {}).sampling || {})) {
+      $(id).value = value;
+      $(id + "-val").textContent = value;
+    }
     showModelInfo();
   } catch (e) { setStatus("Could not list models: " + e.message); }
 }
@@ -48,6 +53,10 @@ function showModelInfo() {
   $("model-info").textContent = `${m.arch} · ${(m.parameters / 1e6).toFixed(2)}M params · ` +
     `${m.n_layer} layers × ${m.n_head} heads · context ${m.context_length}`;
   $("max_tokens").max = m.context_length - 1;
+  const steer = $("steer");
+  steer.innerHTML = "";
+  steer.add(new Option("none", ""));
+  for (const [name, hook] of Object.entries(m.directions || {})) steer.add(new Option(`${name} (${hook})`, name));
   fillSelect($("layer"), m.n_layer, (i) => "L" + i);
   fillSelect($("head"), m.n_head, (i) => "H" + i, true);
   updateRoom();
@@ -157,6 +166,7 @@ async function generate() {
     max_tokens: +$("max_tokens").value, stream_options: { include_usage: true },
   };
   if ($("seed").value !== "") body.seed = parseInt($("seed").value, 10);
+  if ($("steer").value) body.steer = [{ direction: $("steer").value, alpha: +$("steer_alpha").value }];
   state.controller = new AbortController();
   $("generate").disabled = true;
   $("stop").disabled = false;
@@ -253,7 +263,8 @@ function renderAttention() {
     `<li><b>${show(j === 0 ? "[start]" : a.tokens[j])}</b> ${(100 * x).toFixed(1)}%</li>`).join("");
 }
 
-for (const id of ["temperature", "top_p", "top_k", "max_tokens"]) {
+$("steer_alpha-val").textContent = $("steer_alpha").value;
+for (const id of ["temperature", "top_p", "top_k", "max_tokens", "steer_alpha"]) {
   $(id).addEventListener("input", () => { $(id + "-val").textContent = $(id).value; });
 }
 $("model").addEventListener("change", showModelInfo);

@@ -1,0 +1,95 @@
+"""Runs the model for the engine: a prefill of new prompts, and a decode step of the batch.
+
+The decode step is the model's own (`GPT.decode_step`, derived from `model/gpt.py` and pinned
+to `forward` by the tests), unless this thread has hooks on the model (an intervention being
+sampled with, `interpret.hooks.patched`) or the model is training: then `forward` runs, so the
+hooks see and change what is generated. Hooks of other threads (the playground's attention
+view, another client) never act here, so they never slow this batch down.
+
+Per-row additions at hook points (steering, `Sequence.adds`) stay on the fast step when they
+are at a residual-stream point the step holds as [B, d] (`gpt.addable`); elsewhere, and in the
+prefill, they run as hooks on `forward` that add each row's vector to its row only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from tinystories.infer.sampling import left_pad
+from tinystories.infer.sequence import Sequence
+from tinystories.model.gpt import GPT, DecodeStep, KVCache, addable
+
+Adds = Mapping[str, torch.Tensor]  # hook point -> [B, d] one vector per batch row (zeros: none)
+
+
+def batch_adds(rows: list[Sequence | None], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The rows' additions as one [B, d] tensor per hook point (free slots and rows without: zero)."""
+    names = {name for s in rows if s is not None for name in s.adds}
+    out = {}
+    for name in names:
+        vecs = [s.adds.get(name) if s is not None else None for s in rows]
+        d = next(v for v in vecs if v is not None).shape[-1]
+        out[name] = torch.stack([v.to(device, dtype) if v is not None else torch.zeros(d, device=device, dtype=dtype)
+                                 for v in vecs])
+    return out
+
+
+class Runner:
+    def __init__(self, model: GPT) -> None:
+        self.model = model
+        self.context = model.cfg.context_length
+        self.device = model.tok_emb.weight.device
+        self.dtype = model.tok_emb.weight.dtype
+        self.step: DecodeStep | None = None
+
+    @contextlib.contextmanager
+    def _adding(self, adds: Adds) -> Iterator[None]:
+        """`forward` with adds[name][row] added at every position of each row."""
+        def hook(add: torch.Tensor):  # type: ignore[no-untyped-def]
+            return lambda x: x + add[:, None].to(x.dtype)
+        with self.model.hooked({name: hook(add) for name, add in adds.items()}):
+            yield
+
+    def prefill(self, seqs: list[Sequence], pad_id: int) -> tuple[torch.Tensor, KVCache]:
+        """Prompts of `seqs` into a new cache; the logits of each one's next token [n, V]."""
+        idx, pad = left_pad([s.prompt for s in seqs], pad_id, self.device)
+        if idx.shape[1] > self.context:
+            raise ValueError(f"prompt of {idx.shape[1]} tokens is longer than the model's context of "
+                             f"{self.context}")
+        cache = self.model.new_cache(len(seqs), self.context, pad)
+        self.step = self.model.decode_step()  # looked up once per admission, not at every step
+        adds = batch_adds(list(seqs), self.device, self.dtype)
+        with self._adding(adds) if adds else contextlib.nullcontext():
+            logits, _ = self.model(idx, cache=cache, last=True)
+        return logits[:, -1], cache
+
+    def decode(self, tokens: torch.Tensor, cache: KVCache, slots: list[Sequence | None]) -> torch.Tensor:
+        """Logits [B, V] of the next token of every slot after `tokens` [B], appended to `cache`."""
+        adds = batch_adds(slots, self.device, self.dtype) if any(s is not None and s.adds for s in slots) else {}
+        step = self.step
+        if step is not None and all(addable(name) for name in adds):
+            return step.step(tokens, cache, adds)
+        with self._adding(adds) if adds else contextlib.nullcontext():
+            return self.model(tokens[:, None], cache=cache)[0][:, -1]
+
+
+def check_adds(model: GPT, adds: Mapping[str, torch.Tensor]) -> None:
+    """Raise ValueError unless each addition is a vector as wide as its hook point's last dimension:
+    the residual stream's points (``hook_embed``, ``blocks.L.hook_resid_post``, ...; d_model wide) and
+    the MLP's neurons (``blocks.L.mlp.hook_post``; ffn wide). Checked once, where a request comes in."""
+    points = model.hook_points()
+    for name, vec in adds.items():
+        if name not in points:
+            raise ValueError(f"no hook point named {name!r}; e.g. blocks.0.hook_resid_post")
+        width = model.cfg.ffn_dim if name.endswith("mlp.hook_post") else model.cfg.d_model
+        if not (addable(name) or name.endswith("mlp.hook_post")):
+            raise ValueError(f"cannot add a vector at {name!r}: choose a residual-stream point "
+                             "(hook_embed, blocks.L.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out) "
+                             "or blocks.L.mlp.hook_post")
+        if vec.dim() != 1 or vec.shape[0] != width:
+            raise ValueError(f"the vector for {name} has shape {list(vec.shape)}; it needs [{width}]")
+        if not bool(torch.isfinite(vec).all()):
+            raise ValueError(f"the vector for {name} has NaN or infinite values")
