@@ -1,7 +1,9 @@
 """Inference speed on the CPU, each case against its peer in the same run.
 
 1. Single stream at llama2.c's stories15M shape (d 288, 6 layers, 6 heads, vocab 32K, context
-   256), random weights, one prompt token, 255 new tokens; greedy and top-p 0.9. Peer: llama2.c's
+   256), random weights, one prompt token, 255 new tokens; greedy and top-p 0.9; ours with the
+   decode step in C (the default where it builds) and, greedy, as PyTorch operations
+   (``TINYSTORIES_NATIVE=0``), for contrast. Peer: llama2.c's
    run.c (../shared/peers/llama2c, built here with ``gcc -Ofast -march=native``, 1 thread; with
    ``-fopenmp`` too, 2 threads) on the very same weights, exported with `export_llama2c`; and
    llama.cpp through llama-cpp-python (1 and 2 threads) on the same weights exported with
@@ -9,6 +11,7 @@
 2. Batched at the paper's 1M shape (GPT-Neo, d 64, 8 layers, 16 heads, vocab 10K), batches of
    1, 8 and 64, 200 new tokens; greedy and top-p 0.95. Peer: Hugging Face `generate` on the same
    weights (`to_transformers`).
+   ``--only demo``: cases 1 and 2 at the demo preset's shape (modern, d 128, 4 layers, vocab 4K).
 3. Under load: case 1 greedy while two other processes keep both cores busy, against the quiet
    figure; ours with the default thread policy (one thread per core other work leaves idle),
    and with 2 threads always, with OpenMP's default waits and with sleeping ones, for contrast.
@@ -19,7 +22,7 @@ then sort the whole vocabulary (both sides do). Rounds are interleaved (``--roun
 machine noise hits every contender alike; each figure is reported as the range over rounds, with
 the load average.
 
-    python bench/bench_inference.py [--rounds 3] [--only single,batched,load,startup]
+    python bench/bench_inference.py [--rounds 3] [--only single,batched,demo,load,startup]
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from tinystories.model.gpt import GPT, GPTConfig
 PEER = Path(__file__).parents[2] / "shared" / "peers" / "llama2c"
 SHAPE_15M = GPTConfig(vocab_size=32_000, context_length=256, n_layer=6, n_head=6, d_model=288, arch="modern")
 SHAPE_1M = GPTConfig(vocab_size=10_000, context_length=512, n_layer=8, n_head=16, d_model=64)
+SHAPE_DEMO = GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, d_model=128, arch="modern")
 
 
 def ours_tok_s(model: GPT, prompts: list[list[int]], params: SamplingParams) -> float:
@@ -113,11 +117,26 @@ def spread(values: list[float]) -> str:
     return f"{min(values):,.0f}" if len(values) == 1 else f"{min(values):,.0f}-{max(values):,.0f}"
 
 
-def single_stream(rounds: int, tmp: Path) -> dict[str, list[float]]:
+def pytorch_step_tok_s(model: GPT, params: SamplingParams) -> float:
+    """`ours_tok_s` with the decode step as PyTorch operations (the C step turned off meanwhile)."""
+    from tinystories.model import gpt, native
+
+    os.environ["TINYSTORIES_NATIVE"] = "0"
+    native.library.cache_clear()
+    gpt._DECODE_STEPS.pop(model, None)
+    try:
+        return ours_tok_s(model, [[1]], params)
+    finally:
+        del os.environ["TINYSTORIES_NATIVE"]
+        native.library.cache_clear()
+        gpt._DECODE_STEPS.pop(model, None)
+
+
+def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M) -> dict[str, list[float]]:
     from tinystories.model.llama2c import export_llama2c
 
     torch.manual_seed(0)
-    model = GPT(SHAPE_15M).eval()
+    model = GPT(shape).eval()
     export_llama2c(model, tmp / "m15.bin", eos_id=1)  # llama2.c's own tokenizer: its BOS is id 1
     peers = build_run_c(tmp)
     gguf = gguf_peer(model, tmp)
@@ -130,6 +149,9 @@ def single_stream(rounds: int, tmp: Path) -> dict[str, list[float]]:
                 torch.set_num_threads(threads)
                 ours_tok_s(model, [[1]], SamplingParams(max_new_tokens=8, temperature=0, stop_at_eos=False))
                 results[f"{mode} | tinystories, {threads} thread(s)"].append(ours_tok_s(model, [[1]], params))
+                if t == 0:
+                    results[f"{mode} | tinystories, PyTorch step, {threads} thread(s)"].append(
+                        pytorch_step_tok_s(model, params))
             for name, exe in peers.items():
                 for threads in ((1,) if "1 thread" in name else (2,)):
                     results[f"{mode} | {name}, {threads} thread(s)"].append(
@@ -140,12 +162,12 @@ def single_stream(rounds: int, tmp: Path) -> dict[str, list[float]]:
     return results
 
 
-def batched(rounds: int) -> dict[str, list[float]]:
+def batched(rounds: int, shape: GPTConfig = SHAPE_1M) -> dict[str, list[float]]:
     from tinystories.model.hf import to_transformers
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = GPT(SHAPE_1M).eval()
+    model = GPT(shape).eval()
     hf = to_transformers(model)
     results: dict[str, list[float]] = defaultdict(list)
 
@@ -164,7 +186,7 @@ def batched(rounds: int) -> dict[str, list[float]]:
     gen = torch.Generator().manual_seed(1)
     for _ in range(rounds):
         for batch in (1, 8, 64):
-            prompts = torch.randint(1, SHAPE_1M.vocab_size, (batch, 16), generator=gen).tolist()
+            prompts = torch.randint(1, shape.vocab_size, (batch, 16), generator=gen).tolist()
             for mode, sample in (("greedy", False), ("top-p 0.95", True)):
                 params = SamplingParams(max_new_tokens=200, temperature=1.0 if sample else 0.0, top_p=0.95, seed=0,
                                         stop_at_eos=False)
@@ -242,6 +264,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.only.split(","):
             results = {"single": lambda: single_stream(args.rounds, Path(tmp)), "batched": lambda: batched(args.rounds),
+                       "demo": lambda: {**single_stream(args.rounds, Path(tmp), SHAPE_DEMO),
+                                        **batched(args.rounds, SHAPE_DEMO)},
                        "load": lambda: under_load(args.rounds), "startup": lambda: startup(args.rounds, Path(tmp))
                        }[part]()
             unit = "seconds" if part == "startup" else "tokens/s"

@@ -11,6 +11,7 @@
    Layouts (row-major, float32): a linear layer's weight is [out, in] as nn.Linear stores it,
    so y[i] = dot(W[i], x); the KV cache is [layer, batch, head, max_len, head_dim]. */
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -52,18 +53,28 @@ static void norm(float *out, const float *x, const float *w, const float *b, int
     }
 }
 
-/* y[b, i] = W[i] . x[b] (+ bias[i]) for B rows: each weight row is read once for every row. */
+/* y[b, i] = W[i] . x[b] (+ bias[i]) for B rows. Four weight rows at a time: each is read from
+   memory once for all B rows, and each x[b][j] loaded once feeds four multiply-adds. */
 static void matvec(float *y, const float *x, const float *W, const float *bias, int B, int n_in, int n_out,
                    int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)n_in * n_out > 65536)
-    for (int i = 0; i < n_out; i++) {
-        const float *w = W + (size_t)i * n_in;
+    const int blocks = (n_out + 3) / 4;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)n_in * n_out * B > 65536)
+    for (int blk = 0; blk < blocks; blk++) {
+        const int i = 4 * blk, rows = n_out - i < 4 ? n_out - i : 4;
+        const float *w0 = W + (size_t)i * n_in;
+        const float *w1 = rows > 1 ? w0 + n_in : w0, *w2 = rows > 2 ? w0 + 2 * (size_t)n_in : w0;
+        const float *w3 = rows > 3 ? w0 + 3 * (size_t)n_in : w0;
         for (int b = 0; b < B; b++) {
             const float *xb = x + (size_t)b * n_in;
-            float s = 0.f;
-            #pragma omp simd reduction(+:s)
-            for (int j = 0; j < n_in; j++) s += w[j] * xb[j];
-            y[(size_t)b * n_out + i] = s + (bias ? bias[i] : 0.f);
+            float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+            #pragma omp simd reduction(+:s0, s1, s2, s3)
+            for (int j = 0; j < n_in; j++) {
+                const float v = xb[j];
+                s0 += w0[j] * v; s1 += w1[j] * v; s2 += w2[j] * v; s3 += w3[j] * v;
+            }
+            float *yb = y + (size_t)b * n_out + i;
+            const float s[4] = {s0, s1, s2, s3};
+            for (int r = 0; r < rows; r++) yb[r] = s[r] + (bias ? bias[i + r] : 0.f);
         }
     }
 }
@@ -82,6 +93,51 @@ static void add(float *x, const float *const *adds, int point, int b, int d) {
     if (adds && adds[point]) {
         const float *a = adds[point] + (size_t)b * d;
         for (int i = 0; i < d; i++) x[i] += a[i];
+    }
+}
+
+/* One query's attention over keys first..n-1: z = softmax(q . K[t] * scale) @ V. Long head
+   vectors (llama2.c's 48) vectorise along the head dimension; short ones (the paper's 1M model
+   has 4) along the keys, where the former would run four-wide loops at full cost. */
+static void attend(float *z, const float *q, const float *K, const float *V, float *a, int first, int n, int D,
+                   float scale) {
+    float mx = -FLT_MAX, sum = 0.f;
+    if (D >= 16) {
+        for (int t = first; t < n; t++) {
+            const float *kt = K + (size_t)t * D;
+            float s = 0.f;
+            #pragma omp simd reduction(+:s)
+            for (int i = 0; i < D; i++) s += q[i] * kt[i];
+            a[t] = s * scale;
+        }
+    } else {
+        #pragma omp simd
+        for (int t = first; t < n; t++) {
+            const float *kt = K + (size_t)t * D;
+            float s = 0.f;
+            for (int i = 0; i < D; i++) s += q[i] * kt[i];
+            a[t] = s * scale;
+        }
+    }
+    #pragma omp simd reduction(max:mx)
+    for (int t = first; t < n; t++) mx = a[t] > mx ? a[t] : mx;
+    #pragma omp simd reduction(+:sum)
+    for (int t = first; t < n; t++) { a[t] = expf(a[t] - mx); sum += a[t]; }
+    const float inv = 1.f / sum;
+    if (D >= 16) {
+        for (int i = 0; i < D; i++) z[i] = 0.f;
+        for (int t = first; t < n; t++) {
+            const float p = a[t] * inv, *vt = V + (size_t)t * D;
+            #pragma omp simd
+            for (int i = 0; i < D; i++) z[i] += p * vt[i];
+        }
+    } else {
+        for (int i = 0; i < D; i++) {
+            float acc = 0.f;
+            #pragma omp simd reduction(+:acc)
+            for (int t = first; t < n; t++) acc += a[t] * V[(size_t)t * D + i];
+            z[i] = acc * inv;
+        }
     }
 }
 
@@ -131,24 +187,8 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
                 for (int i = 0; i < D; i++) { K[(size_t)slot * D + i] = k[i]; V[(size_t)slot * D + i] = v[i]; }
                 int first = pad ? (int)pad[b] : 0;
                 if (L->window && slot - L->window + 1 > first) first = slot - L->window + 1;
-                float *a = att + ((size_t)b * H + hd) * n, mx = -INFINITY, sum = 0.f;
-                for (int t = first; t < n; t++) {
-                    float s = 0.f;
-                    const float *kt = K + (size_t)t * D;
-                    #pragma omp simd reduction(+:s)
-                    for (int i = 0; i < D; i++) s += q[i] * kt[i];
-                    a[t] = s * L->scale;
-                    if (a[t] > mx) mx = a[t];
-                }
-                for (int t = first; t < n; t++) { a[t] = expf(a[t] - mx); sum += a[t]; }
-                float *zz = z + (size_t)b * d + hd * D;
-                for (int i = 0; i < D; i++) zz[i] = 0.f;
-                for (int t = first; t < n; t++) {
-                    float p = a[t] / sum;
-                    const float *vt = V + (size_t)t * D;
-                    #pragma omp simd
-                    for (int i = 0; i < D; i++) zz[i] += p * vt[i];
-                }
+                float *a = att + ((size_t)b * H + hd) * n, *zz = z + (size_t)b * d + hd * D;
+                attend(zz, q, K, V, a, first, n, D, L->scale);
             }
         }
         matvec(o, z, L->out, L->out_b, B, d, d, nt);
@@ -161,6 +201,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
         matvec(h, xn, L->fc, L->fc_b, B, d, fc_out, nt);
         for (int b = 0; b < B; b++) {  /* the activation, in place into the first F of each row */
             float *hb = h + (size_t)b * fc_out, *hz = h + (size_t)b * F;
+            #pragma omp simd
             for (int i = 0; i < F; i++) {
                 float g = hb[i];
                 if (m->act == SWIGLU) hz[i] = g / (1.f + expf(-g)) * hb[F + i];
