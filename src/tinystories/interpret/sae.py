@@ -160,6 +160,9 @@ def train_sae(loaded: LoadedModel, cfg: SAEConfig, out: Path, device: torch.devi
         hook = stream_hook(cfg.hook or f"blocks.{model.cfg.n_layer // 2}.resid_post", model.cfg.n_layer)
     except ValueError as exc:
         raise TinyStoriesError(str(exc)) from None
+    if hook == "hook_final":  # no TransformerLens twin: SAELens could neither splice nor score it
+        raise TinyStoriesError("an SAE on hook_final is not supported (TransformerLens has no twin of it); "
+                               f"use blocks.{model.cfg.n_layer - 1}.resid_post, the stream just before the final norm")
     d_in = hook_width(model, hook)
     length = min(cfg.context, model.cfg.context_length)
     tokens = corpus_tokens(cfg.corpus, tok, cfg.encoding_errors)
@@ -181,13 +184,16 @@ def train_sae(loaded: LoadedModel, cfg: SAEConfig, out: Path, device: torch.devi
     sae_cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.expansion * d_in, k=min(cfg.k, cfg.expansion * d_in),
                                     device=str(device), dtype="float32")
     meta = sae_cfg.metadata
-    meta.model_name, meta.hook_name, meta.context_size, meta.prepend_bos = loaded.name, tl_hook_name(hook), length, True
+    meta.model_name, meta.hook_name = loaded.name, tl_hook_name(hook)
+    meta.context_size, meta.prepend_bos = length, True
     meta.tinystories_hook, meta.tinystories_model = hook, str(loaded.path)
     meta.tinystories_exclude_tokens = [tok.eos_id]
     sae = TopKTrainingSAE(sae_cfg)
+    # SAELens's windows are in steps and sized for runs of millions of steps' worth of tokens; scaled
+    # to the run here, so AuxK revives dead features (and sparsity is logged) within short CPU runs.
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * cfg.batch_size, train_batch_size_samples=cfg.batch_size, lr=cfg.lr, lr_end=cfg.lr / 10,
-        lr_decay_steps=steps // 5, device=str(device), checkpoint_path=str(checkpoints),
+        total_training_samples=steps * cfg.batch_size, train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
+        lr_end=cfg.lr / 10, lr_decay_steps=steps // 5, device=str(device), checkpoint_path=str(checkpoints),
         n_checkpoints=cfg.checkpoints, dead_feature_window=max(1, min(1000, steps // 10)),
         feature_sampling_window=max(1, min(2000, steps // 4)))
     per_batch = max(1, cfg.batch_size // length)
