@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-llama2c": ("models", "export a modern model for llama2.c's run.c (checkpoint and tokenizer)"),
     "export-gguf": ("models", "export a modern model as one GGUF file for llama.cpp and Ollama"),
     "eval": ("eval", "evaluate models: GPT-Eval, probes, diversity, bits per byte, reports"),
-    "interpret": ("interpret", "report on a model's attention heads and MLP neurons (HTML + PNG)"),
+    "interpret": ("interpret", "heads and neurons as pictures; `interpret sae` / `features`: SAEs"),
     "demo": ("demo", "the whole pipeline on the bundled stories: train on the CPU, then sample"),
 }
 
@@ -57,7 +57,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == chosen:
-            importlib.import_module(f"tinystories.cli.{module}").SETUP[name](p)
+            setups = importlib.import_module(f"tinystories.cli.{module}").SETUP
+            # A command's other forms ("interpret sae MODEL") are SETUP keys of two words.
+            rest = argv[argv.index(name) + 1:]
+            word = next((a for a in rest if not a.startswith("-")), None)
+            setups.get(f"{name} {word}", setups[name])(p)
     return parser
 
 

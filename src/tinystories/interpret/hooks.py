@@ -100,7 +100,7 @@ def patched(model: GPT, hooks: Mapping[str, HookFn]) -> contextlib.AbstractConte
 
     Hooks only act on this thread's forward passes (`GPT.hooked`): a server's engine thread may
     run the same model at the same time, and must neither be recorded nor patched. Generation
-    on this thread (`infer.engine.generate`) runs `forward` while they are in place.
+    on this thread (`infer.offline.generate`) runs `forward` while they are in place.
     """
     return model.hooked(hooks)
 
@@ -162,3 +162,26 @@ def set_neurons(layer: int, values: Mapping[int, float]) -> dict[str, HookFn]:
         return acts
 
     return {hook_name("mlp_post", layer): fn}
+
+
+# Short names whose activations are one vector per token ([B, T, width]): what an SAE or a steering
+# direction can work on (q, k, v, z and the pattern are per head).
+STREAM_NAMES = ("embed", "resid_pre", "attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post", "final")
+
+
+def stream_hook(spec: str, n_layer: int) -> str:
+    """The hook point named by `spec`, one vector per token: a full name (``blocks.2.hook_resid_post``),
+    the same without ``hook_`` (``blocks.2.resid_post``), or ``embed`` / ``final``."""
+    parts = spec.strip().split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].lstrip("-").isdigit():
+        layer, short = int(parts[1]), parts[2].removeprefix("hook_")
+    elif len(parts) == 4 and parts[0] == "blocks" and parts[1].isdigit() and parts[2:] == ["mlp", "hook_post"]:
+        layer, short = int(parts[1]), "mlp_post"
+    elif len(parts) == 1 and parts[0].removeprefix("hook_") in MODEL_HOOKS:
+        return hook_name(parts[0].removeprefix("hook_"))
+    else:
+        layer, short = -1, ""
+    if short not in STREAM_NAMES or short in MODEL_HOOKS or not 0 <= layer < n_layer:
+        raise ValueError(f"hook {spec!r}: expected blocks.L.NAME with L in 0..{n_layer - 1} and NAME one of "
+                         f"{', '.join(n for n in STREAM_NAMES if n not in MODEL_HOOKS)} (or embed, final)")
+    return hook_name(short, layer)

@@ -10,7 +10,7 @@ their top tokens look more coherent (and `distinct_tokens` is lower).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,20 +100,30 @@ def top_rows(merged: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return values, best
 
 
+ActsFn = Callable[[torch.Tensor], torch.Tensor]  # token ids [B, T] -> unit activations [B, T, units]
+
+
 @torch.no_grad()
 def top_activations(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                     layer: int, k: int = 10, directions: torch.Tensor | None = None,
                     progress: tqdm | None = None) -> TopK:
     """Stream `batches` (from `corpus_batches`) and keep each unit's `k` highest activations."""
-    device = next(model.parameters()).device
     n_units = directions.shape[1] if directions is not None else model.cfg.ffn_dim
+    return stream_top_k(lambda idx: unit_activations(model, idx, layer, directions), batches, n_units,
+                        next(model.parameters()).device, k, progress)
+
+
+@torch.no_grad()
+def stream_top_k(acts_fn: ActsFn, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                 n_units: int, device: torch.device, k: int = 10, progress: tqdm | None = None) -> TopK:
+    """`top_activations` for any units: `acts_fn` gives their activations (neurons, SAE features, ...)."""
     values = torch.full((k, n_units), float("-inf"))
     seq = torch.full((k, n_units), -1, dtype=torch.long)
     pos = torch.full((k, n_units), -1, dtype=torch.long)
     token = torch.full((k, n_units), -1, dtype=torch.long)
     for idx, lengths, seq_ids in batches:
         B, T = idx.shape
-        acts = unit_activations(model, idx.to(device), layer, directions).cpu()  # [B, T, U]
+        acts = acts_fn(idx.to(device)).float().cpu()  # [B, T, U]
         valid = torch.arange(T)[None, :] < lengths[:, None]
         acts = acts.masked_fill(~valid[..., None], float("-inf")).reshape(B * T, n_units)
         cand_seq = seq_ids[:, None].expand(B, T).reshape(-1)
@@ -147,12 +157,20 @@ def unit_examples(model: GPT, tokenizer: Tokenizer, stories: Sequence[str], top:
                   units: list[int], directions: torch.Tensor | None = None, before: int = 12,
                   after: int = 4) -> dict[int, list[Example]]:
     """For each of `units`, its top activations with `before`/`after` tokens of context."""
-    device = next(model.parameters()).device
+    return context_examples(lambda idx: unit_activations(model, idx, layer, directions), tokenizer, stories, top,
+                            units, model.cfg.context_length, next(model.parameters()).device, before, after)
+
+
+@torch.no_grad()
+def context_examples(acts_fn: ActsFn, tokenizer: Tokenizer, stories: Sequence[str], top: TopK, units: list[int],
+                     max_len: int, device: torch.device, before: int = 12, after: int = 4
+                     ) -> dict[int, list[Example]]:
+    """`unit_examples` for any units: `acts_fn` gives their activations."""
     needed = sorted({int(s) for u in units for s in top.seq[:, u] if s >= 0})
     acts_by_story: dict[int, tuple[list[int], torch.Tensor]] = {}
     for s in needed:
-        ids = story_ids(tokenizer, stories[s], model.cfg.context_length)
-        acts = unit_activations(model, torch.tensor([ids], device=device), layer, directions)[0].cpu()
+        ids = story_ids(tokenizer, stories[s], max_len)
+        acts = acts_fn(torch.tensor([ids], device=device))[0].float().cpu()
         acts_by_story[s] = (ids, acts)
     out: dict[int, list[Example]] = {}
     for u in units:

@@ -133,3 +133,16 @@ def plot_examples(units: dict[int, list[Example]], title: str, unit_name: str, p
             fig.text(0.99, y, f"{ex.value:.3g}", fontsize=7, ha="right", va="center", color="0.4")
             y -= step
     return save(fig, path)
+
+
+def plot_histogram(values: np.ndarray, title: str, path: Path) -> Path:
+    """A small histogram of one feature's nonzero activations (log counts: the long tail stays visible)."""
+    fig, ax = plt.subplots(figsize=(4.2, 1.9))
+    if len(values):
+        ax.hist(values, bins=40, color="#6c4ee3", log=True)
+    ax.set_xlabel("activation (where active)", fontsize=8)
+    ax.set_ylabel("tokens", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)

@@ -39,26 +39,30 @@ from tinystories.model.checkpoint import LoadedModel
 from tinystories.utils import atomic_write, write_json
 
 
-def _img(path: Path, alt: str) -> str:
+def img_html(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def snippets_html(examples: list[Example]) -> str:
+    """Top activations as an ordered list of highlighted snippets (red = positive, blue = negative; the
+    top token bold and underlined; hover a token for its activation)."""
+    scale = max((max(abs(a) for a in ex.acts) for ex in examples), default=0.0)
+    items = []
+    for ex in examples:
+        spans = []
+        for i, (tok, act) in enumerate(zip(ex.tokens, ex.acts, strict=True)):
+            r, g, b, a = activation_color(act, scale)
+            style = f"background:rgba({int(r * 255)},{int(g * 255)},{int(b * 255)},{a:.2f})"
+            cls = ' class="focus"' if i == ex.focus else ""
+            spans.append(f'<span{cls} style="{style}" title="{act:.4g}">{html.escape(display_token(tok))}</span>')
+        items.append(f'<li><span class="ctx">{"".join(spans)}</span> <small>{ex.value:.4g}</small></li>')
+    return "<ol>" + "\n".join(items) + "</ol>"
+
+
 def _examples_html(units: dict[int, list[Example]], unit_name: str, distinct: torch.Tensor) -> str:
-    parts = []
-    for u, examples in units.items():
-        scale = max((max(abs(a) for a in ex.acts) for ex in examples), default=0.0)
-        parts.append(f"<h4>{unit_name} {u} <small>(distinct top tokens: {float(distinct[u]):.2f})</small></h4><ol>")
-        for ex in examples:
-            spans = []
-            for i, (tok, act) in enumerate(zip(ex.tokens, ex.acts, strict=True)):
-                r, g, b, a = activation_color(act, scale)
-                style = f"background:rgba({int(r * 255)},{int(g * 255)},{int(b * 255)},{a:.2f})"
-                cls = ' class="focus"' if i == ex.focus else ""
-                spans.append(f'<span{cls} style="{style}" title="{act:.4g}">{html.escape(display_token(tok))}</span>')
-            parts.append(f'<li><span class="ctx">{"".join(spans)}</span> <small>{ex.value:.4g}</small></li>')
-        parts.append("</ol>")
-    return "\n".join(parts)
+    return "\n".join(f"<h4>{unit_name} {u} <small>(distinct top tokens: {float(distinct[u]):.2f})</small></h4>"
+                     + snippets_html(examples) for u, examples in units.items())
 
 
 def _head_table(stats: HeadStats) -> str:
@@ -171,15 +175,15 @@ t-1 &ge; {stats.thresholds.previous}; semantic: weight on related earlier words 
 name, same token) &ge; {stats.thresholds.semantic} and &ge; {stats.thresholds.semantic_lift}&times;
 uniform; positional-local: mean distance &le; {stats.thresholds.local_distance} tokens; else diffuse.</p>
 <p class="text">{html.escape(cfg.text)}</p>
-<figure>{_img(images["grid"], "all heads")}<figcaption>Every head on the text: row = the attending token,
+<figure>{img_html(images["grid"], "all heads")}<figcaption>Every head on the text: row = the attending token,
 column = the token attended to (labels on the outer axes). A bright sub-diagonal is a previous-token head, a bright
 first column an attention sink; a faint even spread is a diffuse head.</figcaption></figure>
-<figure>{_img(images["scatter"], "distance vs entropy")}<figcaption>Each head's mean attention distance against
+<figure>{img_html(images["scatter"], "distance vs entropy")}<figcaption>Each head's mean attention distance against
 its normalised entropy (1 = uniform over everything visible). Specialised heads sit low (sharp); diffuse heads sit
 near 1 whatever their distance.</figcaption></figure>
 {_head_table(stats)}
 <h2>2. The clearest head of each kind</h2>
-{"".join(f"<h3>{html.escape(t)}</h3><p>{html.escape(head_sentence(stats, layer, head))}</p>{_img(p, t)}"
+{"".join(f"<h3>{html.escape(t)}</h3><p>{html.escape(head_sentence(stats, layer, head))}</p>{img_html(p, t)}"
          for (layer, head, t), p in heatmaps)}
 <h2>3. Are MLP neurons more meaningful than random directions? (layer {cfg.layer})</h2>
 <p class="finding">{html.escape(neurons_finding(summary))}</p>
