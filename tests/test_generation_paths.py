@@ -107,3 +107,22 @@ def test_bad_steering_is_a_clear_400(served: tuple, steer: object, needle: str) 
     r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": "Tom", "max_tokens": 5, "steer": steer})
     assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
     assert r.json()["error"]["param"] in ("steer", "alpha")
+
+
+def test_sample_steers_with_a_saved_direction(served: tuple, tiny_model_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from tinystories.interpret.steering import save_direction
+
+    _, _, loaded, directions = served
+    hook, vector = directions["three"]
+    save_direction(tmp_path / "three.pt", hook, vector)
+    args = ["sample", str(tiny_model_dir), "--prompt", PROMPT, "--temperature", "0", "--max-new-tokens", "30"]
+    assert main([*args, "--steer", str(tmp_path / "three.pt"), "--alpha", "8"]) == 0
+    steered = capsys.readouterr().out.rstrip("\n")
+    expected = complete(loaded.model, loaded.tokenizer, [PROMPT], SamplingParams(max_new_tokens=30, temperature=0),
+                        adds={hook: 8.0 * vector})[0]
+    assert steered == PROMPT + expected
+    assert main(args) == 0
+    assert capsys.readouterr().out.rstrip("\n") != steered
+    assert main([*args, "--steer", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err

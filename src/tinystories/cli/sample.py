@@ -18,6 +18,9 @@ class SampleConfig(Config):
                                  factory=lambda: [""], flag="prompt")
     samples: int = setting(1, "stories per prompt", ge=1, le=10_000)
     sampling: SamplingParams = setting(help="how stories are sampled", factory=lambda: preset("story", seed=0))
+    steer: list[str] = setting(help="add a direction while writing (repeatable): SAE_FOLDER:FEATURE (unit length), "
+                                    "FILE.pt, or FILE.npy@HOOK", factory=list)
+    alpha: float = setting(4.0, "how much of each --steer direction to add", ge=-1e4, le=1e4)
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
     threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
 
@@ -32,15 +35,21 @@ def setup_sample(p: argparse.ArgumentParser) -> None:
     add_field(p, SampleConfig, "prompts", repeat=True)
     add_field(p, SampleConfig, "samples", short="-n")
     add_field(p, SampleConfig, "sampling.stop", repeat=True)
+    add_field(p, SampleConfig, "steer", repeat=True)
     add_fields(p, SampleConfig, ["sampling.max_new_tokens", "sampling.temperature", "sampling.top_k",
-                                 "sampling.top_p", "sampling.seed", "device", "threads"])
+                                 "sampling.top_p", "sampling.seed", "alpha", "device", "threads"])
     add_config_flags(p)
     p.set_defaults(func=run_sample)
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from tinystories.errors import TinyStoriesError
     from tinystories.infer.engine import Event
     from tinystories.infer.offline import complete
+    from tinystories.infer.runner import check_adds
+    from tinystories.interpret.steering import steering_direction
     from tinystories.model.loader import load_any
     from tinystories.utils import pick_device, set_threads
 
@@ -48,6 +57,14 @@ def run_sample(args: argparse.Namespace) -> int:
     set_threads(cfg.threads)
     loaded = load_any(cfg.model, pick_device(cfg.device))
     tok = loaded.tokenizer
+    adds: dict[str, torch.Tensor] = {}
+    for spec in cfg.steer:  # directions at one hook point add up
+        hook, vector = steering_direction(spec)
+        adds[hook] = adds.get(hook, torch.zeros_like(vector)) + cfg.alpha * vector
+    try:
+        check_adds(loaded.model, adds)
+    except ValueError as exc:
+        raise TinyStoriesError(f"--steer: {exc}") from exc
     texts = [p for p in cfg.prompts for _ in range(cfg.samples)]
     if len(texts) == 1:  # stream token by token
         sys.stdout.write(texts[0])
@@ -56,10 +73,10 @@ def run_sample(args: argparse.Namespace) -> int:
             sys.stdout.write(ev.text)
             sys.stdout.flush()
 
-        complete(loaded.model, tok, texts, cfg.sampling, emit=show)
+        complete(loaded.model, tok, texts, cfg.sampling, emit=show, adds=adds)
         print()
         return 0
-    for text, story in zip(texts, complete(loaded.model, tok, texts, cfg.sampling)):
+    for text, story in zip(texts, complete(loaded.model, tok, texts, cfg.sampling, adds=adds)):
         print(text + story)
         print("-" * 40)
     return 0

@@ -17,6 +17,7 @@ def setup_serve(p: argparse.ArgumentParser) -> None:
                      "  tinystories serve runs/demo/checkpoint --port 8000")
     add_field(p, ServeConfig, "models", positional=True, metavar="MODEL")
     add_fields(p, ServeConfig, ["host", "port", "api_key_env", "device", "threads"])
+    add_field(p, ServeConfig, "directions", repeat=True)
     add_fields(p.add_argument_group("limits"), ServeConfig,
                ["limits.max_batch", "limits.reserved_slots", "limits.max_prompts", "limits.max_rows",
                 "limits.max_prompt_bytes", "limits.max_body_bytes", "limits.shutdown_grace_s"])
@@ -25,8 +26,10 @@ def setup_serve(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from tinystories.infer.runner import check_adds
     from tinystories.infer.server import create_app, load_models, serve
     from tinystories.interpret import attention_api
+    from tinystories.interpret.steering import steering_direction
     from tinystories.utils import set_threads
 
     cfg = build_from_args(ServeConfig, args)
@@ -36,7 +39,20 @@ def run_serve(args: argparse.Namespace) -> int:
         if not key:
             raise TinyStoriesError(f"--api-key-env {cfg.api_key_env}: that environment variable is empty or unset")
     set_threads(cfg.threads)
-    app = create_app(load_models(cfg.models, cfg.device), key, cfg.limits, extensions=[attention_api.install])
+    models = load_models(cfg.models, cfg.device)
+    directions = {}
+    for item in cfg.directions:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or len(models) != 1:
+            raise TinyStoriesError(f"--direction {item!r}: expected NAME=SPEC, with one MODEL served")
+        directions[name] = steering_direction(spec)
+        (loaded,) = models.values()
+        try:
+            check_adds(loaded.model, {directions[name][0]: directions[name][1]})
+        except ValueError as exc:
+            raise TinyStoriesError(f"--direction {name}: {exc}") from exc
+    app = create_app(models, key, cfg.limits, extensions=[attention_api.install],
+                     directions={name: directions for name in models})
     print(f"playground: http://{cfg.host}:{cfg.port}/   API: http://{cfg.host}:{cfg.port}/v1", flush=True)
     serve(app, cfg.host, cfg.port, cfg.limits.shutdown_grace_s)
     return 0

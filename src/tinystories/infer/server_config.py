@@ -34,6 +34,9 @@ class ServeConfig(Config):
                                    "variable's value")
     device: str = setting("cpu", "torch device for the models")
     threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
+    directions: list[str] = setting(help="NAME=SPEC (repeatable): a direction requests may steer with, by name "
+                                         "(SPEC: SAE_FOLDER:FEATURE, FILE.pt or FILE.npy@HOOK); one model only",
+                                    factory=list, flag="direction")
     limits: Limits = setting(help="per-request limits and batch sharing", factory=Limits)
 
     where = "serve"
