@@ -62,3 +62,11 @@ def fill(disk: Path, leave: int) -> Path:
     with filler.open("wb") as f:
         f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
     return filler
+
+
+@pytest.fixture(autouse=True)
+def gradients_stay_on() -> Iterator[None]:
+    """No code may leave autograd off for whatever runs next (a generator suspended inside
+    `torch.no_grad()` once did: training after an SAE run then failed)."""
+    yield
+    assert torch.is_grad_enabled(), "a test left torch's gradient mode off"

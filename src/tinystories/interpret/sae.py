@@ -112,7 +112,10 @@ class ActivationSource:
             rows = np.stack([self.tokens[w * self.length:(w + 1) * self.length] for w in order])
             self.windows_read += len(order)
             with torch.no_grad():
-                yield hook_activations(self.model, self.hook, torch.from_numpy(rows).to(device), self.eos_id)
+                acts = hook_activations(self.model, self.hook, torch.from_numpy(rows).to(device), self.eos_id)
+            # (yielded outside `no_grad`: a generator suspended inside it would leave gradients off for
+            # whoever runs next, and restore a stale mode whenever it is garbage-collected)
+            yield acts
 
 
 class TokenBatches:
