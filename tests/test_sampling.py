@@ -9,6 +9,7 @@ from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import (
     FAST_CANDIDATES,
     _kept,
+    _kept_in_order,
     draw,
     new_generator,
     reference_probs,
@@ -71,6 +72,18 @@ def test_top_k_and_top_p_masks() -> None:
     assert kept(top_p=0.8) == [True, True, False, False]
     assert kept(top_p=0.81) == [True, True, True, False]
     assert kept(top_p=0.01) == [True, False, False, False]
+
+
+def test_tokens_tied_with_the_last_kept_one_stay_on_every_path() -> None:
+    """The cut is a value: tokens tied with the last one kept all stay, whatever order a sort
+    leaves them in (the fast look at the top candidates, the whole-vocabulary path, the reference)."""
+    x = torch.log(torch.tensor([[0.2, 0.4, 0.2, 0.1, 0.2, 0.1]]))
+    expected = [True, True, True, False, True, False]
+    assert (reference_probs(x, [SamplingParams(top_p=0.5)])[0] > 0).tolist() == expected
+    top_k, top_p = torch.tensor([6]), torch.tensor([0.5])
+    assert (_kept_in_order(x, top_k, top_p)[0] > 0).tolist() == expected
+    probs, ids = _kept(x, top_k, top_p, 6)
+    assert (torch.zeros(6).scatter(-1, ids[0], probs[0]) > 0).tolist() == expected
 
 
 @pytest.mark.parametrize("kwargs,needle", [
