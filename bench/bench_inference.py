@@ -9,8 +9,8 @@
    llama.cpp through llama-cpp-python (1 and 2 threads) on the same weights exported with
    `export_gguf` (f32, like the others), when llama_cpp is importable (``pip install -e '.[gguf]'``).
 2. Batched at the paper's 1M shape (GPT-Neo, d 64, 8 layers, 16 heads, vocab 10K), batches of
-   1, 8 and 64, 200 new tokens; greedy and top-p 0.95. Peer: Hugging Face `generate` on the same
-   weights (`to_transformers`).
+   1, 8 and 64, 200 new tokens; greedy and top-p 0.95, 2 threads (``--batched-threads``). Peer:
+   Hugging Face `generate` on the same weights (`to_transformers`).
    ``--only demo``: cases 1 and 2 at the demo preset's shape (modern, d 128, 4 layers, vocab 4K).
 3. Under load: case 1 greedy while two other processes keep both cores busy, against the quiet
    figure; ours with the default thread policy (one thread per core other work leaves idle),
@@ -176,10 +176,10 @@ def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M) -> dict[
     return results
 
 
-def batched(rounds: int, shape: GPTConfig = SHAPE_1M) -> dict[str, list[float]]:
+def batched(rounds: int, shape: GPTConfig = SHAPE_1M, threads: int = 2) -> dict[str, list[float]]:
     from tinystories.model.hf import to_transformers
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = GPT(shape).eval()
     hf = to_transformers(model)
@@ -273,13 +273,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="single,batched,load,startup")
+    ap.add_argument("--batched-threads", type=int, default=2,
+                    help="threads of the batched cases, both sides (1 where other work holds a core)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.only.split(","):
-            results = {"single": lambda: single_stream(args.rounds, Path(tmp)), "batched": lambda: batched(args.rounds),
+            results = {"single": lambda: single_stream(args.rounds, Path(tmp)), "batched": lambda: batched(args.rounds, threads=args.batched_threads),
                        "demo": lambda: {**single_stream(args.rounds, Path(tmp), SHAPE_DEMO),
-                                        **batched(args.rounds, SHAPE_DEMO)},
+                                        **batched(args.rounds, SHAPE_DEMO, args.batched_threads)},
                        "load": lambda: under_load(args.rounds), "startup": lambda: startup(args.rounds, Path(tmp))
                        }[part]()
             unit = "seconds" if part == "startup" else "tokens/s"
