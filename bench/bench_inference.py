@@ -147,7 +147,8 @@ def peer_safe_model(shape: GPTConfig) -> GPT:
     raise RuntimeError(f"no seed below 100 gives a greedy run without token 1 at {shape}")
 
 
-def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M) -> dict[str, list[float]]:
+def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M, thread_counts: tuple[int, ...] = (1, 2)
+                  ) -> dict[str, list[float]]:
     from tinystories.model.llama2c import export_llama2c
 
     model = peer_safe_model(shape)
@@ -159,7 +160,7 @@ def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M) -> dict[
     for _ in range(rounds):
         for mode, (t, p) in modes.items():
             params = SamplingParams(max_new_tokens=255, temperature=t, top_p=p, seed=1, stop_at_eos=False)
-            for threads in (1, 2):
+            for threads in thread_counts:
                 torch.set_num_threads(threads)
                 ours_tok_s(model, [[1]], SamplingParams(max_new_tokens=8, temperature=0, stop_at_eos=False))
                 results[f"{mode} | tinystories, {threads} thread(s)"].append(ours_tok_s(model, [[1]], params))
@@ -167,10 +168,10 @@ def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M) -> dict[
                     results[f"{mode} | tinystories, PyTorch step, {threads} thread(s)"].append(
                         pytorch_step_tok_s(model, params))
             for name, exe in peers.items():
-                for threads in ((1,) if "1 thread" in name else (2,)):
+                for threads in {1} & set(thread_counts) if "1 thread" in name else {2} & set(thread_counts):
                     results[f"{mode} | {name}, {threads} thread(s)"].append(
                         run_c_tok_s(exe, tmp / "m15.bin", t, p, threads))
-            for threads in (1, 2) if gguf is not None else ():
+            for threads in thread_counts if gguf is not None else ():
                 results[f"{mode} | llama.cpp (llama-cpp-python, f32), {threads} thread(s)"].append(
                     llama_cpp_tok_s(gguf, t, p, threads))
     return results
@@ -275,12 +276,15 @@ def main() -> int:
     ap.add_argument("--only", default="single,batched,load,startup")
     ap.add_argument("--batched-threads", type=int, default=2,
                     help="threads of the batched cases, both sides (1 where other work holds a core)")
+    ap.add_argument("--single-threads", default="1,2", help="thread counts of the single-stream cases")
     args = ap.parse_args()
     print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
+    counts = tuple(int(n) for n in args.single_threads.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.only.split(","):
-            results = {"single": lambda: single_stream(args.rounds, Path(tmp)), "batched": lambda: batched(args.rounds, threads=args.batched_threads),
-                       "demo": lambda: {**single_stream(args.rounds, Path(tmp), SHAPE_DEMO),
+            results = {"single": lambda: single_stream(args.rounds, Path(tmp), SHAPE_15M, counts),
+                       "batched": lambda: batched(args.rounds, threads=args.batched_threads),
+                       "demo": lambda: {**single_stream(args.rounds, Path(tmp), SHAPE_DEMO, counts),
                                         **batched(args.rounds, SHAPE_DEMO, args.batched_threads)},
                        "load": lambda: under_load(args.rounds), "startup": lambda: startup(args.rounds, Path(tmp))
                        }[part]()

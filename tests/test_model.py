@@ -114,3 +114,20 @@ def test_checkpoint_round_trip_and_bad_input(tmp_path: Path, tokenizer: Tokenize
         load_model(folder)
     with pytest.raises(TinyStoriesError, match="model folder not found"):
         load_model(tmp_path / "missing")
+
+
+def test_loading_a_model_does_not_import_the_compiler(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    """Building on the meta device without init (`shapes_only`) keeps torch._dynamo out of a
+    fresh process (1.2-1.5 s of start-up), and leaves torch.nn.init as it was."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    folder = save_model(tmp_path / "m", GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layer=1,
+                                                      n_head=2, d_model=16)), tokenizer)
+    code = ("import sys, torch; from tinystories.model.checkpoint import load_model; fill = torch.nn.init.normal_; "
+            f"m = load_model({str(folder)!r}).model; assert 'torch._dynamo' not in sys.modules, 'dynamo imported'; "
+            "assert torch.nn.init.normal_ is fill; print(float(m.tok_emb.weight.detach().abs().sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(out) == pytest.approx(float(load_model(folder).model.tok_emb.weight.detach().abs().sum()))
+    assert float(out) > 0

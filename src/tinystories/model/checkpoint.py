@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save
 from tinystories import __version__
 from tinystories.config import from_dict, read_structured
 from tinystories.errors import TinyStoriesError
-from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.model.gpt import GPT, GPTConfig, shapes_only
 from tinystories.tokenizer import Tokenizer
 from tinystories.utils import atomic_write, write_json
 
@@ -115,8 +115,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu",
     if tokenizer.vocab_size > cfg.vocab_size:
         raise TinyStoriesError(f"tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
                                f"vocabulary of {cfg.vocab_size}")
-    with torch.device("meta"):
-        model = GPT(cfg)
+    model = shapes_only(cfg)
     state = load_tensors(folder / WEIGHTS_NAME)
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state.get("tok_emb.weight", torch.empty(0))
