@@ -56,9 +56,10 @@ static void norm(float *out, const float *x, const float *w, const float *b, int
 /* y[b, i] = W[i] . x[b] (+ bias[i]) for B rows; each weight row is read once for all B rows.
    `rows` weight rows at a time, 1 or 4. Four rows read side by side let each x[b][j] loaded once
    feed four multiply-adds, which wins where the weights sit in the cache and the arithmetic is the
-   bound (batches of the 1M and demo shapes: 10-12K vs 8-9K tokens/s at batch 8 on the AMD EPYC).
-   Where the step streams its weights from memory (the 15M shape: 60 MB) one row at a time, as
-   run.c does, was twice as fast (its matrices in 2.6 vs 6.1 ms; 226 vs 495 tokens/s at batch 2). */
+   bound (the demo shape at batch 8: 10-12K tokens/s against 8-9K one row at a time, on a Zen 4
+   AMD EPYC). Where the step streams its weights from memory (the 15M shape: 60 MB), one row at
+   a time, as run.c does, was twice as fast (its matrices in 2.6 ms against 6.1, with AVX-512 or
+   AVX2 code alike; 495 tokens/s against 226 at batch 2). */
 static void matvec(float *y, const float *x, const float *W, const float *bias, int B, int n_in, int n_out,
                    int threads, int rows_per) {
     const int blocks = (n_out + rows_per - 1) / rows_per;

@@ -262,7 +262,7 @@ def shapes_only(cfg: GPTConfig) -> GPT:
     """The model on the meta device, its parameters never initialised: for counting them, or for
     loading weights in with `load_state_dict(assign=True)`. torch.nn.init's fills are skipped
     meanwhile because on meta tensors they run Python decompositions that import torch._dynamo,
-    1.2-1.5 s of `tinystories sample`'s 3 s start-up (AMD EPYC). The fills are swapped
+    1.2-1.5 s of `tinystories sample`'s 3 s start-up (Zen 4 AMD EPYC). The fills are swapped
     process-wide meanwhile, so they skip meta tensors only: a model another thread builds on a
     real device at that moment is initialised as ever."""
     saved = {name: getattr(nn.init, name) for name in _INIT_FILLS}

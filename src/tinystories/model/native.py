@@ -6,7 +6,7 @@ a decode step at the 15M shape is ~60 MB of weights read once and a few hundred 
 operations, and each PyTorch operation costs microseconds of dispatch, which at one row was
 as much time as the arithmetic (bench/README.md).
 
-Building: ``cc -O3 -march=native -fopenmp -shared`` (about a second), into
+Building: ``cc -Ofast -march=native -fopenmp -shared`` (as run.c is built; about a second), into
 ``$XDG_CACHE_HOME/tinystories/native/`` (or ``~/.cache/...``) under a name that hashes the
 source, the compiler and the flags, so a new version or another machine builds its own.
 OpenMP comes from the ``libgomp`` PyTorch already loaded, so one thread pool serves both.
