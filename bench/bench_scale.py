@@ -32,6 +32,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -79,7 +80,7 @@ def run(cmd: list[str], kill_when: float | None = None, url: str = "", n_kill: i
                 for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
                     os.kill(int(child), signal.SIGKILL)
                 break
-            time.sleep(0.01)
+            time.sleep(0.01 if first_request else 0.2)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     status = proc.wait()
     out["wall_s"] = time.perf_counter() - start
@@ -150,6 +151,8 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/bench_scale", help="work folder (each size's folder is replaced)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     ap.add_argument("--concurrency", type=int, default=256)
+    ap.add_argument("--report", action="store_true", help="only print the table of OUT/results.jsonl "
+                                                            "(the latest row of each N)")
     args = ap.parse_args()
     os.environ.pop("OPENAI_API_KEY", None)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
@@ -164,14 +167,25 @@ def main() -> None:
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {model}: {cpu}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     table: dict[int, dict[str, dict[str, float]]] = {}
-    for n in sizes:
+    if args.report:
+        for line in (root / "results.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            table[row["n"]] = row
+        sizes = sorted(table)
+    for n in [] if args.report else sizes:
         table[n] = bench_size(n, root, stages, args.concurrency)
         with open(root / "results.jsonl", "a") as f:
             f.write(json.dumps({"n": n, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                 "load": os.getloadavg()[0], **table[n]}) + "\n")
+    print_table(table, sizes)
+
+
+def print_table(table: dict[int, Any], sizes: list[int]) -> None:
     names = [s for s in ["generate", "resume", "rerun", "corpus", "pretokenize", "memorisation", "train"]
              if all(s in table[n] for n in sizes)]
-    print(f"\n# load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"\n# load average at the end {os.getloadavg()[0]:.1f}; accepted/rejected stories: "
+          + ", ".join(f"{n:,}: {table[n]['counts']['accepted']:,}/{table[n]['counts']['rejected']:,}"
+                      for n in sizes if "counts" in table[n]))
     print("| stage | " + " | ".join(f"N={n:,}" for n in sizes) + " | time exponent | memory exponent |")
     print("|---|" + "---:|" * (len(sizes) + 2))
     for s in names:

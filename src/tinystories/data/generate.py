@@ -54,7 +54,6 @@ from tinystories.utils import atomic_write, naming, write_json
 
 log = logging.getLogger(__name__)
 MANIFEST_EVERY_S = 10.0
-CHECKPOINT_EVERY_S = 5.0  # OUT/index/ is saved this often: a restart re-reads at most this much JSONL
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,8 @@ class GenerateConfig(Config):
     instruct: bool = setting(False, "TinyStories-Instruct records (one more request per story, for its summary)")
     batch_api: bool = setting(False, "use the OpenAI Batch API (/v1/files + /v1/batches): cheaper, slower")
     shard_size: int = setting(100_000, "accepted stories per JSONL shard", ge=1)
+    index_every_s: float = setting(5.0, "seconds between saves of OUT/index/ (a restart re-reads the stories "
+                                        "written since the last one)", gt=0)
     parquet: bool = setting(False, "also write OUT/data.parquet at the end (needs pyarrow)")
     progress: bool = setting(True, "progress bar")
     teacher: ClientConfig = setting(help="the teacher LLM's endpoint", factory=ClientConfig)
@@ -202,7 +203,7 @@ class Run:
         self.bar.update(1)
         self.bar.set_postfix_str(self._postfix(), refresh=False)
         now = time.monotonic()
-        if now - self.last_checkpoint > CHECKPOINT_EVERY_S:
+        if now - self.last_checkpoint > self.cfg.index_every_s:
             self._checkpoint()
         if now - self.last_manifest > MANIFEST_EVERY_S:
             self.write_manifest("running")
