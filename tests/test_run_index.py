@@ -22,11 +22,11 @@ import pytest
 from datasketch import MinHashLSH
 
 from fault_server import ServerProcess
-from test_generation_pipeline import KEY, KEY_ENV, assert_exactly_once, make_config
+from test_generation_pipeline import KEY, KEY_ENV, assert_exactly_once, make_config, records
 from tinystories.data import keyset
 from tinystories.data.corpus import read_stories
 from tinystories.data.filters import FilterConfig, StoryFilter, normalise, words_of
-from tinystories.data.generate import Run, generate
+from tinystories.data.generate import Run, generate, write_parquet
 from tinystories.data.keyset import KeySet
 from tinystories.data.near_duplicates import BandIndex
 from tinystories.data.prompts import PromptBuilder
@@ -130,6 +130,13 @@ def test_finished_rerun_asks_nothing_and_the_index_matches_a_rebuild(server, tmp
     assert generate(cfg) == first  # returned at once, nothing rewritten
     assert time.perf_counter() - start < 1.0
     assert server.stats()["requests"] == asked + 1  # this stats call is the only request since
+
+    # --parquet streams the shards in row groups: the same records, in order.
+    pq = pytest.importorskip("pyarrow.parquet")
+    write_parquet(tmp_path, batch_size=7)
+    accepted, _ = records(tmp_path)
+    assert pq.read_table(tmp_path / "data.parquet").to_pylist() == accepted
+    (tmp_path / "data.parquet").unlink()
 
     # A rebuild from the JSONL (no index) counts the same as the index did.
     shutil.rmtree(tmp_path / "index")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from collections import Counter
@@ -46,7 +47,6 @@ from tinystories.data.shards import (
     ShardWriter,
     append_line,
     iter_jsonl_repairing,
-    read_jsonl_repairing,
 )
 from tinystories.errors import TinyStoriesError
 from tinystories.llm_client import ClientConfig, Completion, LLMClient, LLMError
@@ -384,14 +384,25 @@ full configuration.
         f.write("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body)
 
 
-def write_parquet(out: Path) -> None:
+def write_parquet(out: Path, batch_size: int = 10_000) -> None:
+    """OUT/data.parquet from the shards, `batch_size` records at a time (one row group each),
+    so memory does not grow with the run; the schema is the first batch's."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise TinyStoriesError("--parquet needs pyarrow: pip install pyarrow") from exc
-    records = [r for shard in sorted((out / "data").glob("stories-*.jsonl")) for r in read_jsonl_repairing(shard)]
-    pq.write_table(pa.Table.from_pylist(records), out / "data.parquet")
+    records = (r for shard in sorted((out / "data").glob("stories-*.jsonl")) for r, _ in iter_jsonl_repairing(shard))
+    with atomic_write(out / "data.parquet", "wb") as f:
+        writer = None
+        while batch := list(itertools.islice(records, batch_size)):
+            table = pa.Table.from_pylist(batch, schema=writer.schema if writer else None)
+            writer = writer or pq.ParquetWriter(f, table.schema)
+            writer.write_table(table)
+        if writer:
+            writer.close()
+        else:
+            pq.write_table(pa.table({}), f)
 
 
 def generate(cfg: GenerateConfig) -> dict[str, Any]:
