@@ -314,6 +314,8 @@ class Run:
         finished = self.done.count_below(self.cfg.n) == self.cfg.n and not self._unindexed(offsets)
         if finished and manifest and manifest.get("status") == "complete" \
                 and manifest.get("counts", {}).get("requested") == self.cfg.n:
+            if self.cfg.parquet and not (self.out / "data.parquet").exists():
+                write_parquet(self.out)
             return manifest  # a rerun of a finished run: nothing to read, build or ask
         self._setup()
         if self.filter.near is not None:
