@@ -62,6 +62,40 @@ def write_story(prompt: str) -> str:
     return " ".join(sentences[:3]) + "\n\n" + " ".join(sentences[3:])
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_ASCII_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
+                               "\u2014": "-", "\u2026": "..."})
+
+
+def load_sentences(path: str) -> list[str]:
+    """The ASCII sentences (4-40 words) of a TinyStories text file (stories split by <|endoftext|>)."""
+    text = Path(path).read_text(encoding="utf-8").translate(_ASCII_QUOTES)
+    out = []
+    for story in text.split("<|endoftext|>"):
+        for sentence in _SENTENCE_END.split(" ".join(story.split())):
+            if sentence.isascii() and 4 <= len(sentence.split()) <= 40 and '"' not in sentence:
+                out.append(sentence)
+    return out
+
+
+def write_real_story(prompt: str, sentences: list[str]) -> str:
+    """A story of ~120 words: the prompt's words in its first two sentences, then real
+    TinyStories sentences drawn at random, so every answer differs (no cache: each prompt of a
+    large benchmark is new)."""
+    rng = random.Random(prompt)
+    m = WORDS_RE.search(prompt)
+    verb, noun, adjective = m.groups() if m else ("play", "toy", "nice")
+    name = rng.choice(NAMES)
+    first = [f"Once upon a time, {name} had a {adjective} {noun}.", f"{name} wanted to {verb} with it every day."]
+    rest: list[str] = []
+    words = 16
+    while words < 120:
+        rest.append(rng.choice(sentences))
+        words += len(rest[-1].split())
+    cut = len(rest) // 2
+    return " ".join(first + rest[:cut]) + "\n\n" + " ".join(rest[cut:])
+
+
 @dataclass
 class Script:
     delay: float = 0.0  # seconds before every answer
@@ -77,6 +111,7 @@ class Script:
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
     certfile: str | None = None  # with keyfile: serve https
     keyfile: str | None = None
+    sentences: str | None = None  # a TinyStories .txt file: stories of its real sentences (write_real_story)
 
 
 class FaultServer:
@@ -87,6 +122,7 @@ class FaultServer:
         self.files: dict[str, str] = {}
         self.file_meta: dict[str, dict] = {}  # id -> the file object the list endpoint shows
         self.batches: dict[str, dict] = {}
+        self.sentences = load_sentences(script.sentences) if script.sentences else []
 
     def fault_for(self, prompt: str) -> str | None:
         key = hashlib.sha256(prompt.encode()).hexdigest()
@@ -100,7 +136,8 @@ class FaultServer:
         """The JSON answer to a chat/completion body (no faults: used by the Batch API too)."""
         prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
         if text is None:
-            text = "Two friends had a fun day together." if prompt.startswith("Summarize") else write_story(prompt)
+            text = ("Two friends had a fun day together." if prompt.startswith("Summarize")
+                    else write_real_story(prompt, self.sentences) if self.sentences else write_story(prompt))
         choice = {"index": 0, "finish_reason": "stop",
                   **({"message": {"role": "assistant", "content": text}} if "chat" in path else {"text": text})}
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}

@@ -36,16 +36,23 @@ def setup_corpus(p: argparse.ArgumentParser) -> None:
 
 
 def run_corpus(args: argparse.Namespace) -> int:
-    from tinystories.data.corpus import read_stories
+    """Streams: each clean story goes to --out as it is read (memory does not grow with the
+    corpus beyond 8 bytes a story for the duplicate check)."""
+    from tinystories.data.corpus import CorpusStats, iter_stories
     from tinystories.utils import atomic_write
 
     cfg = build_from_args(CorpusConfig, args)
-    stories, stats = read_stories(cfg.sources, cfg.split, cfg.text_field, errors=cfg.encoding_errors)
-    print(stats.summary())
+    stats = CorpusStats()
+    stories = iter_stories(cfg.sources, cfg.split, cfg.text_field, errors=cfg.encoding_errors, stats=stats)
     if cfg.out:
         with atomic_write(cfg.out) as f:
             for s in stories:
                 f.write(json.dumps({"text": s}) + "\n")
+    else:
+        for _ in stories:
+            pass
+    print(stats.summary())
+    if cfg.out:
         print(f"wrote {cfg.out}")
     return 0
 
@@ -58,8 +65,8 @@ def setup_pretokenize(p: argparse.ArgumentParser) -> None:
                      "--out data/tokens")
     add_field(p, PrepareConfig, "train", nargs="+", metavar="SOURCE")
     add_field(p, PrepareConfig, "valid", metavar="SOURCE")
-    add_fields(p, PrepareConfig, ["out_dir", "tokenizer", "vocab_size", "gpt_neo_tokenizer", "text_field", "split",
-                                  "encoding_errors"])
+    add_fields(p, PrepareConfig, ["out_dir", "tokenizer", "vocab_size", "gpt_neo_tokenizer", "tokenizer_sample_mb",
+                                  "text_field", "split", "encoding_errors"])
     add_config_flags(p)
     p.set_defaults(func=run_pretokenize)
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from tinystories.config import read_structured
 from tinystories.data.prompts import Prompt, PromptBuilder
+from tinystories.data.run_index import DoneSet
 from tinystories.errors import TinyStoriesError
 from tinystories.llm_client import BatchEnded, Completion, LLMClient, LLMError
 from tinystories.utils import write_json
@@ -39,7 +40,7 @@ class Run(Protocol):
     cfg: Any  # GenerateConfig
     client: LLMClient
     builder: PromptBuilder
-    done: set[int]
+    done: DoneSet
     failed: dict[int, str]
 
     def judge(self, prompt: Prompt, completion: Completion) -> dict[str, Any]: ...

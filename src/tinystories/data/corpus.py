@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from tinystories.config import read_structured
+from tinystories.data.keyset import KeySet
 from tinystories.errors import TinyStoriesError
 from tinystories.tokenizer import EOS_TEXT
 from tinystories.utils import resource_path
@@ -88,8 +89,18 @@ def decode(data: bytes, where: str, errors: EncodingErrors, offset: int = 0) -> 
         return data.decode("utf-8", "surrogateescape")
 
 
-def _read_txt(path: Path, errors: EncodingErrors) -> Iterator[str]:
-    yield from decode(path.read_bytes(), str(path), errors).split(EOS_TEXT)
+def _read_txt(path: Path, errors: EncodingErrors, block: int = 1 << 22) -> Iterator[str]:
+    """The file's stories, read in blocks (the released train file is 1.9 GB); the separator
+    is ASCII, so cutting the bytes at it never splits a character."""
+    sep = EOS_TEXT.encode()
+    offset, rest = 0, b""
+    with path.open("rb") as f:
+        while data := f.read(block):
+            *stories, rest = (rest + data).split(sep)
+            for story in stories:
+                yield decode(story, str(path), errors, offset)
+                offset += len(story) + len(sep)
+    yield decode(rest, str(path), errors, offset)
 
 
 def _read_json_records(path: Path, text_field: str, errors: EncodingErrors) -> Iterator[str]:
@@ -190,7 +201,7 @@ def clean_stories(raw: Iterable[str], stats: CorpusStats | None = None, dedupe: 
     """Repair mojibake, strip, drop empty stories and exact duplicates, counting each; text that
     is not valid Unicode (invalid bytes, lone surrogates from JSON escapes) follows `errors`."""
     stats = stats if stats is not None else CorpusStats()
-    seen: set[int] = set()
+    seen = KeySet()  # 64-bit hashes of the stories kept, 8 bytes each
     for story in raw:
         stats.read += 1
         if bad := _SURROGATE.search(story):
@@ -208,33 +219,43 @@ def clean_stories(raw: Iterable[str], stats: CorpusStats | None = None, dedupe: 
             stats.empty += 1
             continue
         if dedupe:
-            h = hash(fixed)
+            h = hash(fixed) & 0xFFFF_FFFF_FFFF_FFFF
             if h in seen:
                 stats.duplicates += 1
                 continue
-            seen.add(h)
+            seen.add([h])
         stats.kept += 1
         yield fixed
 
 
-def read_stories(sources: str | list[str], split: str = "train", text_field: str = "text",
-                 dedupe: bool = True, errors: EncodingErrors = "strict") -> tuple[list[str], CorpusStats]:
-    """All clean stories of one or several sources, with counts of what was repaired or dropped.
+def iter_stories(sources: str | list[str], split: str = "train", text_field: str = "text",
+                 dedupe: bool = True, errors: EncodingErrors = "strict",
+                 stats: CorpusStats | None = None) -> Iterator[str]:
+    """The clean stories of one or several sources, streamed (memory: 8 bytes per story for
+    the duplicate check); `stats` counts what was repaired or dropped as they pass.
 
     A folder written by `tinystories generate` gives its accepted stories only (its
     rejected.jsonl is left out, and the summary says so).
     """
     sources = [sources] if isinstance(sources, str) else sources
-    stats = CorpusStats(sources=list(sources))
+    stats = stats if stats is not None else CorpusStats()
+    stats.sources = list(sources)
     for src in sources:
         rejected = Path(src) / "rejected.jsonl"
         if not src.startswith(("hf:", "bundled:")) and rejected.is_file():
             with rejected.open("rb") as f:
                 lines = sum(1 for line in f if line.strip())
             stats.notes.append(f"{src}: accepted stories only; {lines} rejected ones in rejected.jsonl left out")
-    stories: list[str] = []
     for src in sources:
-        stories.extend(clean_stories(iter_raw_stories(src, split, text_field, errors), stats, dedupe, errors, src))
-    if not stories:
+        yield from clean_stories(iter_raw_stories(src, split, text_field, errors), stats, dedupe, errors, src)
+    if not stats.kept:
         raise TinyStoriesError(f"corpus {', '.join(sources)} holds no stories ({stats.summary()})")
+
+
+def read_stories(sources: str | list[str], split: str = "train", text_field: str = "text",
+                 dedupe: bool = True, errors: EncodingErrors = "strict") -> tuple[list[str], CorpusStats]:
+    """All clean stories of one or several sources (`iter_stories`) in a list, with counts of
+    what was repaired or dropped."""
+    stats = CorpusStats()
+    stories = list(iter_stories(sources, split, text_field, dedupe, errors, stats))
     return stories, stats

@@ -2,7 +2,9 @@
 
 Checks, cheapest first: refusal, non-ASCII / non-English, length, missing required words,
 overlap with the evaluation prompts (decontamination), near-duplicate of an accepted story
-(MinHash LSH). The near-duplicate index only grows with accepted stories.
+(MinHash LSH band keys, `near_duplicates.BandIndex`: the same decisions as datasketch's
+MinHashLSH in 40 bytes per accepted story). The near-duplicate index only grows with accepted
+stories.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from datasketch import MinHash, MinHashLSH
+import numpy as np
+from datasketch import MinHash
 
 from tinystories.config import Config, setting
 from tinystories.data.beginnings import load_beginnings
+from tinystories.data.near_duplicates import BandIndex
 from tinystories.data.vocabulary import Vocabulary
 from tinystories.errors import TinyStoriesError
 
@@ -72,8 +76,10 @@ class StoryFilter:
         self.vocabulary = vocabulary
         self.stopwords = set(cfg.stopwords)
         self.refusal = re.compile("|".join(cfg.refusal_patterns), re.IGNORECASE)
-        self.lsh = MinHashLSH(threshold=cfg.near_duplicate_threshold, num_perm=cfg.minhash_perm) \
+        self.near = BandIndex(cfg.near_duplicate_threshold, cfg.minhash_perm) \
             if cfg.near_duplicate_threshold < 1 else None
+        # Band keys of stories accepted by `check` and not yet written by the run (`bands_of`).
+        self._accepted_keys: dict[str, np.ndarray] = {}
         # Drawing the random permutations is most of a MinHash's cost: draw them once.
         self._minhash_template = MinHash(num_perm=cfg.minhash_perm, seed=1)
         self._contamination = self._eval_index()
@@ -111,17 +117,31 @@ class StoryFilter:
                 story_grams[n] = ngrams(ws, n)
             if len(grams & story_grams[n]) >= self.cfg.decontam_threshold * len(grams):
                 return "eval_contamination"
-        if self.lsh is not None:
-            minhash = self._minhash(ws)
-            if self.lsh.query(minhash):
+        if self.near is not None:
+            keys = self.near.keys(self._minhash(ws).hashvalues)
+            if self.near.contains_any(keys):
                 return "near_duplicate"
-            self.lsh.insert(key, minhash)
+            self.near.add(keys)
+            self._accepted_keys[key] = keys
         return None
 
-    def remember(self, story: str, key: str) -> None:
-        """Add an already accepted story (from an earlier session) to the near-duplicate index."""
-        if self.lsh is not None and key not in self.lsh:
-            self.lsh.insert(key, self._minhash(words_of(story)))
+    def band_keys(self, story: str) -> np.ndarray | None:
+        """The near-duplicate index keys of a (normalised) story; None when the check is off."""
+        return None if self.near is None else self.near.keys(self._minhash(words_of(story)).hashvalues)
+
+    def bands_of(self, key: str, story: str) -> np.ndarray | None:
+        """The keys `check` indexed for the accepted story `key` (recomputed if it was checked
+        in an earlier session), for the run's on-disk index; forgotten once asked for."""
+        keys = self._accepted_keys.pop(key, None)
+        return keys if keys is not None else self.band_keys(story)
+
+    def remember(self, story: str, key: str) -> np.ndarray | None:
+        """Add an already accepted story (from an earlier session) to the near-duplicate index;
+        returns its keys."""
+        keys = self.band_keys(story)
+        if self.near is not None and keys is not None:
+            self.near.add(keys)
+        return keys
 
     def _minhash(self, ws: list[str]) -> MinHash:
         t = self._minhash_template

@@ -6,11 +6,17 @@ there (cutting a line torn by a kill), skips those indices and does the rest. So
 killed at any moment and rerun with the same command until it completes. Indices whose
 requests failed for good are simply not written, and the next rerun retries them.
 
+A start does not re-read every line: `OUT/index/` (`run_index`) keeps the ended indices, the
+near-duplicate band keys and the counters as of a checkpoint (every few seconds and at the
+end), and only JSONL lines written after it are read again. A rerun of a finished run
+returns its manifest at once.
+
 Layout of the output folder:
     data/stories-00000.jsonl   accepted stories (a `datasets` "json" dataset)
     rejected.jsonl             rejected stories, each with its `reason`
     manifest.json              config, seed, counts, usage, cost, coverage (written atomically)
     README.md                  dataset card
+    index/                     done indices, near-duplicate keys, counters: a cache of the JSONL
     batch_state.json           only while an OpenAI Batch API batch is being submitted or is in flight
 """
 
@@ -18,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,8 +40,14 @@ from tqdm import tqdm
 from tinystories.config import Config, read_structured, setting, to_dict
 from tinystories.data.batch_run import run_batches
 from tinystories.data.filters import FilterConfig, StoryFilter, normalise, reason_kind, words_of
+from tinystories.data.near_duplicates import lsh_bands
 from tinystories.data.prompts import Prompt, PromptBuilder, PromptConfig, instruct_text
-from tinystories.data.shards import ShardWriter, append_line, read_jsonl_repairing
+from tinystories.data.run_index import DoneSet, RunIndex, jsonl_files, line_end
+from tinystories.data.shards import (
+    ShardWriter,
+    append_line,
+    iter_jsonl_repairing,
+)
 from tinystories.errors import TinyStoriesError
 from tinystories.llm_client import ClientConfig, Completion, LLMClient, LLMError
 from tinystories.utils import atomic_write, naming, write_json
@@ -51,6 +65,8 @@ class GenerateConfig(Config):
     instruct: bool = setting(False, "TinyStories-Instruct records (one more request per story, for its summary)")
     batch_api: bool = setting(False, "use the OpenAI Batch API (/v1/files + /v1/batches): cheaper, slower")
     shard_size: int = setting(100_000, "accepted stories per JSONL shard", ge=1)
+    index_every_s: float = setting(5.0, "seconds between saves of OUT/index/ (a restart re-reads the stories "
+                                        "written since the last one)", gt=0)
     parquet: bool = setting(False, "also write OUT/data.parquet at the end (needs pyarrow)")
     progress: bool = setting(True, "progress bar")
     teacher: ClientConfig = setting(help="the teacher LLM's endpoint", factory=ClientConfig)
@@ -79,10 +95,7 @@ class Run:
     def __init__(self, cfg: GenerateConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.builder = PromptBuilder(cfg.prompts, cfg.seed)
-        self.filter = StoryFilter(cfg.filters, self.builder.vocabulary)
-        self.form_index = self.builder.vocabulary.form_index()
-        self.done: set[int] = set()
+        self.done = DoneSet()
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
         self.failed: dict[int, str] = {}  # index -> last error, this session
@@ -90,11 +103,21 @@ class Run:
         self.prompt_words: set[str] = set()
         self.story_words: set[str] = set()
         self.started = time.monotonic()
-        self.last_manifest = 0.0
+        self.last_manifest = self.last_checkpoint = 0.0
+        near = cfg.filters.near_duplicate_threshold < 1
+        bands = lsh_bands(cfg.filters.near_duplicate_threshold, cfg.filters.minhash_perm)[0] if near else 0
+        self.index = RunIndex(self.out, bands, {"threshold": cfg.filters.near_duplicate_threshold,
+                                                "num_perm": cfg.filters.minhash_perm})
+
+    def _setup(self) -> None:
+        """What only a run with work to do needs: prompts, vocabulary, filters."""
+        self.builder = PromptBuilder(self.cfg.prompts, self.cfg.seed)
+        self.filter = StoryFilter(self.cfg.filters, self.builder.vocabulary)
+        self.form_index = self.builder.vocabulary.form_index()
 
     # --- state on disk ----------------------------------------------------------------
 
-    def _check_manifest(self) -> None:
+    def _check_manifest(self) -> dict[str, Any] | None:
         path = self.out / "manifest.json"
         if path.exists():
             manifest = read_structured(path, "manifest")
@@ -104,18 +127,56 @@ class Run:
                     f"{self.out} holds a run with another seed, prompt config or --instruct "
                     f"({old}); resume it with the same settings or choose a new --out"
                 )
+            return manifest if isinstance(manifest, dict) else None
+        return None
 
-    def _load(self) -> None:
-        for record in read_jsonl_repairing(self.out / "rejected.jsonl"):
-            if record["index"] not in self.done:
-                self.done.add(record["index"])
-                self.rejected[reason_kind(record["reason"])] += 1
-                self.record_tokens.update(record.get("usage", {}))
-        for shard in sorted((self.out / "data").glob("stories-*.jsonl")):
-            for record in read_jsonl_repairing(shard):
-                if record["index"] not in self.done:
+    def _restore(self) -> dict[str, int]:
+        """Counters and done indices from OUT/index/; the JSONL byte offsets it covers."""
+        ck = self.index.load()
+        if ck is None:
+            return {}
+        self.done.add_many(ck.done)
+        state = ck.state
+        self.accepted = state["accepted"]
+        self.rejected = Counter(state["rejected"])
+        self.record_tokens = Counter(state["record_tokens"])
+        self.prompt_words = set(state["prompt_words"])
+        self.story_words = set(state["story_words"])
+        return ck.offsets
+
+    def _state(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "rejected": dict(self.rejected), "record_tokens": dict(self.record_tokens),
+                "prompt_words": sorted(self.prompt_words), "story_words": sorted(self.story_words)}
+
+    def _checkpoint(self) -> None:
+        self.last_checkpoint = time.monotonic()
+        try:
+            self.index.save(self._state())
+        except OSError as exc:  # a cache: the next start rebuilds what is missing from the JSONL
+            log.warning("could not save the run index (%s)", exc)
+
+    def _unindexed(self, offsets: dict[str, int]) -> bool:
+        """Whether any JSONL file holds lines after what the index covers."""
+        return any(p.exists() and line_end(p) > offsets.get(str(p.relative_to(self.out)), 0)
+                   for p in jsonl_files(self.out))
+
+    def _load(self, offsets: dict[str, int]) -> None:
+        """Read the JSONL lines the index does not cover (all of them without an index),
+        cutting a line torn by a kill, and index them."""
+        for path in jsonl_files(self.out):
+            rejected = path.name == "rejected.jsonl"
+            for record, _ in iter_jsonl_repairing(path, offsets.get(str(path.relative_to(self.out)), 0)):
+                if record["index"] in self.done:
+                    continue
+                if rejected:
+                    self.done.add(record["index"])
+                    self.rejected[reason_kind(record["reason"])] += 1
+                    self.record_tokens.update(record.get("usage", {}))
+                    self.index.add(record["index"], None)
+                else:
                     self._count_accepted(record)
-                    self.filter.remember(record.get("story", record["text"]), record["id"])
+                    self.index.add(record["index"], self.filter.remember(record.get("story", record["text"]),
+                                                                         record["id"]))
 
     def _count_accepted(self, record: dict[str, Any]) -> None:
         self.done.add(record["index"])
@@ -133,12 +194,18 @@ class Run:
             self.done.add(record["index"])
             self.rejected[reason_kind(record["reason"])] += 1
             self.record_tokens.update(record["usage"])
+            self.index.add(record["index"], None)
         else:
             self.shards.append(record)
             self._count_accepted(record)
+            story = record.get("story", record["text"])
+            self.index.add(record["index"], self.filter.bands_of(story_id(story), story))
         self.bar.update(1)
         self.bar.set_postfix_str(self._postfix(), refresh=False)
-        if time.monotonic() - self.last_manifest > MANIFEST_EVERY_S:
+        now = time.monotonic()
+        if now - self.last_checkpoint > self.cfg.index_every_s:
+            self._checkpoint()
+        if now - self.last_manifest > MANIFEST_EVERY_S:
             self.write_manifest("running")
 
     def _postfix(self) -> str:
@@ -167,7 +234,7 @@ class Run:
             "counts": {
                 "requested": self.cfg.n, "accepted": self.accepted,
                 "rejected": sum(self.rejected.values()), "rejected_by_reason": dict(self.rejected),
-                "pending": self.cfg.n - len(self.done & set(range(self.cfg.n))),
+                "pending": self.cfg.n - self.done.count_below(self.cfg.n),
                 "failed_this_session": len(self.failed),
             },
             "usage": {
@@ -225,39 +292,51 @@ class Run:
 
     # --- drivers ------------------------------------------------------------------------
 
-    async def run_online(self, pending: list[int]) -> None:
+    async def run_online(self, pending: Iterator[int], n_pending: int) -> None:
         todo = iter(pending)  # shared by the workers: each index is handed out once
 
         async def worker() -> None:
             for index in todo:
                 await self.process(index)
 
-        await asyncio.gather(*(worker() for _ in range(min(self.cfg.teacher.concurrency, len(pending)) or 1)))
+        await asyncio.gather(*(worker() for _ in range(min(self.cfg.teacher.concurrency, n_pending) or 1)))
 
-    async def _drive(self, pending: list[int]) -> None:
+    async def _drive(self, pending: Iterator[int], n_pending: int) -> None:
         try:
-            await (run_batches(self, pending) if self.cfg.batch_api else self.run_online(pending))
+            await (run_batches(self, list(pending)) if self.cfg.batch_api else self.run_online(pending, n_pending))
         finally:
             await self.client.aclose()
 
     def run(self) -> dict[str, Any]:
-        self._check_manifest()
+        manifest = self._check_manifest()
         self.out.mkdir(parents=True, exist_ok=True)
-        self._load()
-        pending = [i for i in range(self.cfg.n) if i not in self.done]
+        offsets = self._restore()
+        finished = self.done.count_below(self.cfg.n) == self.cfg.n and not self._unindexed(offsets)
+        if finished and manifest and manifest.get("status") == "complete" \
+                and manifest.get("counts", {}).get("requested") == self.cfg.n:
+            if self.cfg.parquet and not (self.out / "data.parquet").exists():
+                write_parquet(self.out)
+            return manifest  # a rerun of a finished run: nothing to read, build or ask
+        self._setup()
+        if self.filter.near is not None:
+            self.filter.near.add_many(self.index.load_bands())
+        self._load(offsets)
+        self._checkpoint()
+        n_pending = self.cfg.n - self.done.count_below(self.cfg.n)
         self.client = LLMClient(self.cfg.teacher)
-        self.bar = tqdm(total=self.cfg.n, initial=self.cfg.n - len(pending), unit="story",
+        self.bar = tqdm(total=self.cfg.n, initial=self.cfg.n - n_pending, unit="story",
                         disable=not self.cfg.progress, dynamic_ncols=True)
         self.shards = ShardWriter(self.out / "data", self.cfg.shard_size)
         # (naming: the file's last flush, at close, is a write that can hit a full disk too)
         with naming(self.out / "rejected.jsonl"), open(self.out / "rejected.jsonl", "a") as self.rejected_file:
             self.write_manifest("running")
             try:
-                asyncio.run(self._drive(pending))
+                asyncio.run(self._drive(self.done.missing_below(self.cfg.n), n_pending))
             finally:
                 self.bar.close()
                 self.shards.close()
-                complete = len(self.done & set(range(self.cfg.n))) == self.cfg.n
+                self._checkpoint()
+                complete = self.done.count_below(self.cfg.n) == self.cfg.n
                 manifest = self.write_manifest("complete" if complete else "incomplete")
         write_dataset_card(self.out, manifest)
         if self.cfg.parquet:
@@ -307,14 +386,25 @@ full configuration.
         f.write("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body)
 
 
-def write_parquet(out: Path) -> None:
+def write_parquet(out: Path, batch_size: int = 10_000) -> None:
+    """OUT/data.parquet from the shards, `batch_size` records at a time (one row group each),
+    so memory does not grow with the run; the schema is the first batch's."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise TinyStoriesError("--parquet needs pyarrow: pip install pyarrow") from exc
-    records = [r for shard in sorted((out / "data").glob("stories-*.jsonl")) for r in read_jsonl_repairing(shard)]
-    pq.write_table(pa.Table.from_pylist(records), out / "data.parquet")
+    records = (r for shard in sorted((out / "data").glob("stories-*.jsonl")) for r, _ in iter_jsonl_repairing(shard))
+    with atomic_write(out / "data.parquet", "wb") as f:
+        writer = None
+        while batch := list(itertools.islice(records, batch_size)):
+            table = pa.Table.from_pylist(batch, schema=writer.schema if writer else None)
+            writer = writer or pq.ParquetWriter(f, table.schema)
+            writer.write_table(table)
+        if writer:
+            writer.close()
+        else:
+            pq.write_table(pa.table({}), f)
 
 
 def generate(cfg: GenerateConfig) -> dict[str, Any]:

@@ -12,8 +12,9 @@ models with different tokenizers.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,19 +42,22 @@ class TokenFileInfo:
         return self.tokens / max(self.bytes, 1)
 
 
-def pretokenize(stories: Sequence[str], tokenizer: Tokenizer, out_path: str | Path,
+def pretokenize(stories: Iterable[str], tokenizer: Tokenizer, out_path: str | Path,
                 batch_size: int = 2048, progress: bool = True) -> TokenFileInfo:
-    """Encode `stories` to `out_path` (.bin) and its .json description; returns the description."""
+    """Encode `stories` to `out_path` (.bin) and its .json description; returns the description.
+    The stories are streamed, `batch_size` at a time."""
     if tokenizer.vocab_size > np.iinfo(DTYPE).max + 1:
         raise TinyStoriesError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    n_tokens = n_bytes = 0
-    bar = tqdm(total=len(stories), unit="story", desc=f"tokenizing {out_path.name}", disable=not progress)
+    n_tokens = n_bytes = n_stories = 0
+    total = len(stories) if isinstance(stories, Sized) else None
+    bar = tqdm(total=total, unit="story", desc=f"tokenizing {out_path.name}", disable=not progress)
     start = time.perf_counter()
+    iterator = iter(stories)
     with atomic_write(out_path, "wb") as f:  # a crash never leaves a half-written token file
-        for i in range(0, len(stories), batch_size):
-            batch = list(stories[i:i + batch_size])
+        while batch := list(itertools.islice(iterator, batch_size)):
+            n_stories += len(batch)
             ids = tokenizer.encode_batch(batch)
             for seq in ids:
                 seq.append(tokenizer.eos_id)
@@ -64,7 +68,7 @@ def pretokenize(stories: Sequence[str], tokenizer: Tokenizer, out_path: str | Pa
             bar.update(len(batch))
             bar.set_postfix(MBps=f"{n_bytes / 1e6 / (time.perf_counter() - start + 1e-9):.1f}")
     bar.close()
-    info = TokenFileInfo(n_tokens, len(stories), n_bytes, tokenizer.fingerprint, tokenizer.vocab_size)
+    info = TokenFileInfo(n_tokens, n_stories, n_bytes, tokenizer.fingerprint, tokenizer.vocab_size)
     write_json(out_path.with_suffix(".json"), asdict(info))
     return info
 

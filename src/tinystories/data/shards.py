@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,55 @@ log = logging.getLogger(__name__)
 
 def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
     """Records of an append-only JSONL file; a torn last line (from a kill) is cut off."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("%s: cutting a torn last line (%d bytes) left by an interrupted run", path, len(data) - end)
-        with open(path, "r+b") as f:
+    return [record for record, _ in iter_jsonl_repairing(path)]
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Cut a torn last line (one without its newline) off `path`; returns the new size."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        end = size
+        while end > 0:  # find the last newline, reading backwards in blocks
+            start = max(0, end - (1 << 16))
+            f.seek(start)
+            block = f.read(end - start)
+            at = block.rfind(b"\n")
+            if at >= 0:
+                end = start + at + 1
+                break
+            end = start
+        if end < size:
+            log.warning("%s: cutting a torn last line (%d bytes) left by an interrupted run", path, size - end)
             f.truncate(end)
-    records = []
-    for line in data[:end].splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s: skipping an unreadable line", path)
-    return records
+    return end
+
+
+def iter_jsonl_repairing(path: Path, start: int = 0) -> Iterator[tuple[dict[str, Any], int]]:
+    """(record, byte offset after its line) of an append-only JSONL file from byte `start` (a
+    line boundary), streamed; a torn last line (from a kill) is cut off first."""
+    if not path.exists():
+        return
+    end = cut_torn_tail(path)
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset = start
+        while offset < end:
+            line = f.readline()
+            offset += len(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s: skipping an unreadable line", path)
+                continue
+            yield record, offset
+
+
+def count_lines(path: Path) -> int:
+    """Newlines in a file, read in blocks (a shard can be hundreds of MB)."""
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
 
 
 class ShardWriter:
@@ -44,7 +79,7 @@ class ShardWriter:
         self.folder, self.shard_size = folder, shard_size
         folder.mkdir(parents=True, exist_ok=True)
         self.shard = max((int(p.stem.split("-")[1]) for p in folder.glob("stories-*.jsonl")), default=0)
-        self.lines = len(self.path.read_bytes().splitlines()) if self.path.exists() else 0
+        self.lines = count_lines(self.path)
         self.file = open(self.path, "a")  # noqa: SIM115 - held open for the whole run
 
     @property

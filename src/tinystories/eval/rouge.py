@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from array import array
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -116,7 +116,13 @@ def max_rouge_precision(completions: Sequence[str], training: Iterable[str], n: 
     bar = tqdm(total=total, desc="Rouge index over training stories", unit="story", disable=not progress,
                mininterval=1.0)
     iterator = iter(training)
-    chunks = iter(lambda: list(islice(iterator, chunk)), [])
+
+    def chunks() -> Iterator[list[str]]:
+        batch = list(islice(iterator, chunk))
+        while batch:
+            yield batch
+            batch = []  # let go of this chunk before reading the next: one chunk in memory, not two
+            batch = list(islice(iterator, chunk))
 
     def merge(offset: int, found: list[tuple[int, int]], size: int) -> None:
         for k, (overlap, story) in enumerate(found):
@@ -126,13 +132,16 @@ def max_rouge_precision(completions: Sequence[str], training: Iterable[str], n: 
 
     offset = 0
     if workers <= 1:
-        for batch in chunks:
-            merge(offset, _chunk_best(batch, ids, queries, n), len(batch))
-            offset += len(batch)
+        for batch in chunks():
+            size = len(batch)
+            found = _chunk_best(batch, ids, queries, n)
+            del batch  # (the generator frees its reference when it resumes)
+            merge(offset, found, size)
+            offset += size
     else:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(ids, queries, n)) as pool:
             in_flight: deque[tuple[int, int, Future]] = deque()  # bounded: chunks are not all copied at once
-            for batch in chunks:
+            for batch in chunks():
                 in_flight.append((offset, len(batch), pool.submit(_worker_chunk_best, batch)))
                 offset += len(batch)
                 if len(in_flight) >= 2 * workers:

@@ -23,14 +23,15 @@ class Diversity(Task):
     options = ("prompts", "samples", "sampling", "batch_size", "train", "workers", "encoding_errors")
 
     def prepare(self, suite: Suite) -> list[Pending]:
-        """One pass over the training set for all models' completions."""
-        from tinystories.data.corpus import read_stories
+        """One pass over the training set for all models' completions, streamed: memory is one
+        chunk's index (`rouge.max_rouge_precision`) plus 8 bytes a story for the duplicate check."""
+        from tinystories.data.corpus import iter_stories
         from tinystories.eval import rouge
 
         completions = {name: suite.completions(name) for name in suite.names}
-        training, _ = read_stories(suite.cfg.train, errors=suite.cfg.encoding_errors)
+        training = iter_stories(suite.cfg.train, errors=suite.cfg.encoding_errors)
         flat = [(name, c) for name, groups in completions.items() for group in groups for c in group]
-        nearest = rouge.max_rouge_precision([c for _, c in flat], training, total=len(training),
+        nearest = rouge.max_rouge_precision([c for _, c in flat], training, total=None,
                                             workers=suite.cfg.workers, progress=suite.cfg.progress)
         seed = suite.cfg.seed
         for name, groups in completions.items():
