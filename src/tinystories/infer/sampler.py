@@ -5,9 +5,10 @@ Per row, with its own `SamplingParams` and its own random generator:
 * temperature 0: the most likely token;
 * otherwise: divide the logits by the temperature; keep the `top_k` most likely tokens (if
   set); of those, keep the smallest most-likely set whose probability reaches `top_p` (the
-  first token always stays), and every token tied with the last one kept; renormalise; draw one uniform number u from the row's
-  generator and take the first kept token, in token-id order, at which the cumulative
-  probability passes u (inverse CDF: one random number per row, whatever the vocabulary).
+  first token always stays), and every token tied with the last one kept; renormalise; draw
+  one uniform number u from the row's generator and take the first kept token, in token-id
+  order, at which the cumulative probability passes u (inverse CDF: one random number per
+  row, whatever the vocabulary).
 
 `reference_probs` is that definition written plainly over the whole vocabulary. `sample`
 draws the same tokens faster: a trained model's nucleus is a few dozen tokens, so it looks at
@@ -95,7 +96,7 @@ def _sorted_values(x: torch.Tensor) -> torch.Tensor:
     vs 2.3 ms on a Zen 4 AMD EPYC)."""
     if x.device.type != "cpu":
         return torch.sort(x, dim=-1, descending=True).values
-    return torch.from_numpy(np.ascontiguousarray(np.sort(x.numpy(), axis=-1)[:, ::-1]))
+    return torch.from_numpy(np.ascontiguousarray(np.sort(x.detach().float().numpy(), axis=-1)[:, ::-1]))
 
 
 def _kept_in_order(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
