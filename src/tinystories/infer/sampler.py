@@ -123,8 +123,10 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
     for rows at temperature 1; the result is the same either way.
     """
     V = logits.shape[-1]
-    out = torch.empty(len(params), dtype=torch.long, device=logits.device)
     greedy = [i for i, p in enumerate(params) if p.greedy]
+    if len(greedy) == len(params):  # every row greedy (a single greedy stream): no gathers
+        return logits.argmax(-1)
+    out = torch.empty(len(params), dtype=torch.long, device=logits.device)
     if greedy:
         out[greedy] = logits[greedy].argmax(-1)
     rows = [i for i, p in enumerate(params) if not p.greedy]
