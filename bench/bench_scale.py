@@ -1,7 +1,7 @@
 """The data pipeline at the paper's scale: wall time and peak memory of every stage vs N stories.
 
 For each N (default 10K, 100K, 1M), in a fresh folder, each stage runs as its own process
-(`os.wait4` gives that process's peak RSS):
+(GNU `time` gives that process's peak RSS):
 
 - `generate` against a fast local teacher: tests/fault_server.py in its own process, a real
   OpenAI-compatible HTTP server answering at once with a different story of real TinyStories
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from fault_server import ServerProcess
 
-SENTENCES = Path("/work/shared/data/tinystories/train_sample.txt")
+SENTENCES = ROOT / "src" / "tinystories" / "resources" / "train_sample.txt"  # the bundled real stories
 CLI = [sys.executable, "-m", "tinystories.cli"]
 STAGES = ["generate", "rerun", "corpus", "pretokenize", "memorisation", "train"]
 MEMORISATION = """

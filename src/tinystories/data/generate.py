@@ -42,12 +42,8 @@ from tinystories.data.batch_run import run_batches
 from tinystories.data.filters import FilterConfig, StoryFilter, normalise, reason_kind, words_of
 from tinystories.data.near_duplicates import lsh_bands
 from tinystories.data.prompts import Prompt, PromptBuilder, PromptConfig, instruct_text
-from tinystories.data.run_index import DoneSet, RunIndex, jsonl_files, line_end
-from tinystories.data.shards import (
-    ShardWriter,
-    append_line,
-    iter_jsonl_repairing,
-)
+from tinystories.data.run_index import DoneSet, RunIndex, jsonl_files
+from tinystories.data.shards import ShardWriter, append_line, iter_jsonl_repairing, line_end
 from tinystories.errors import TinyStoriesError
 from tinystories.llm_client import ClientConfig, Completion, LLMClient, LLMError
 from tinystories.utils import atomic_write, naming, write_json
@@ -165,7 +161,7 @@ class Run:
         cutting a line torn by a kill, and index them."""
         for path in jsonl_files(self.out):
             rejected = path.name == "rejected.jsonl"
-            for record, _ in iter_jsonl_repairing(path, offsets.get(str(path.relative_to(self.out)), 0)):
+            for record in iter_jsonl_repairing(path, offsets.get(str(path.relative_to(self.out)), 0)):
                 if record["index"] in self.done:
                     continue
                 if rejected:
@@ -394,7 +390,7 @@ def write_parquet(out: Path, batch_size: int = 10_000) -> None:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise TinyStoriesError("--parquet needs pyarrow: pip install pyarrow") from exc
-    records = (r for shard in sorted((out / "data").glob("stories-*.jsonl")) for r, _ in iter_jsonl_repairing(shard))
+    records = (r for shard in sorted((out / "data").glob("stories-*.jsonl")) for r in iter_jsonl_repairing(shard))
     with atomic_write(out / "data.parquet", "wb") as f:
         writer = None
         while batch := list(itertools.islice(records, batch_size)):

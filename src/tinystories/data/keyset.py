@@ -56,7 +56,3 @@ class KeySet:
     def __len__(self) -> int:
         """Keys held (a key added twice counts twice until merged; callers add each once)."""
         return len(self._sorted) + len(self._recent)
-
-    @property
-    def nbytes(self) -> int:
-        return self._sorted.nbytes + 80 * len(self._recent)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tinystories.config import read_structured
+from tinystories.data.shards import line_end
 from tinystories.errors import TinyStoriesError
 from tinystories.utils import naming, write_json
 
@@ -86,22 +87,6 @@ class DoneSet:
 def jsonl_files(out: Path) -> list[Path]:
     """The run's JSONL files: rejected stories first, then the shards in order."""
     return [out / "rejected.jsonl", *sorted((out / "data").glob("stories-*.jsonl"))]
-
-
-def line_end(path: Path) -> int:
-    """The byte offset after the last complete line of `path` (0 if none or no file)."""
-    if not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        end = f.seek(0, os.SEEK_END)
-        while end > 0:
-            start = max(0, end - (1 << 16))
-            f.seek(start)
-            at = f.read(end - start).rfind(b"\n")
-            if at >= 0:
-                return start + at + 1
-            end = start
-    return 0
 
 
 def _ends_a_line(path: Path, offset: int) -> bool:

@@ -21,32 +21,38 @@ log = logging.getLogger(__name__)
 
 def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
     """Records of an append-only JSONL file; a torn last line (from a kill) is cut off."""
-    return [record for record, _ in iter_jsonl_repairing(path)]
+    return list(iter_jsonl_repairing(path))
+
+
+def line_end(path: Path) -> int:
+    """The byte offset after the last complete line of `path` (0 if none or no file), found by
+    reading backwards in blocks (a shard can be hundreds of MB)."""
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            f.seek(start)
+            at = f.read(end - start).rfind(b"\n")
+            if at >= 0:
+                return start + at + 1
+            end = start
+    return 0
 
 
 def cut_torn_tail(path: Path) -> int:
     """Cut a torn last line (one without its newline) off `path`; returns the new size."""
-    size = path.stat().st_size
-    with open(path, "r+b") as f:
-        end = size
-        while end > 0:  # find the last newline, reading backwards in blocks
-            start = max(0, end - (1 << 16))
-            f.seek(start)
-            block = f.read(end - start)
-            at = block.rfind(b"\n")
-            if at >= 0:
-                end = start + at + 1
-                break
-            end = start
-        if end < size:
-            log.warning("%s: cutting a torn last line (%d bytes) left by an interrupted run", path, size - end)
-            f.truncate(end)
+    size, end = path.stat().st_size, line_end(path)
+    if end < size:
+        log.warning("%s: cutting a torn last line (%d bytes) left by an interrupted run", path, size - end)
+        os.truncate(path, end)
     return end
 
 
-def iter_jsonl_repairing(path: Path, start: int = 0) -> Iterator[tuple[dict[str, Any], int]]:
-    """(record, byte offset after its line) of an append-only JSONL file from byte `start` (a
-    line boundary), streamed; a torn last line (from a kill) is cut off first."""
+def iter_jsonl_repairing(path: Path, start: int = 0) -> Iterator[dict[str, Any]]:
+    """Records of an append-only JSONL file from byte `start` (a line boundary), streamed; a
+    torn last line (from a kill) is cut off first."""
     if not path.exists():
         return
     end = cut_torn_tail(path)
@@ -57,11 +63,9 @@ def iter_jsonl_repairing(path: Path, start: int = 0) -> Iterator[tuple[dict[str,
             line = f.readline()
             offset += len(line)
             try:
-                record = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:
                 log.warning("%s: skipping an unreadable line", path)
-                continue
-            yield record, offset
 
 
 def count_lines(path: Path) -> int:
