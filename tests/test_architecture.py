@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).parents[1] / "src" / "tinystories"
 LAYERS = {"errors": 0, "config": 0, "utils": 0, "tokenizer": 0, "llm_client": 0, "html": 0, "__init__": 0,
-          "folder_lock": 0,
+          "folder_lock": 0, "cbuild": 0,
           "data": 1, "model": 2, "train": 3, "infer": 3, "eval": 4, "interpret": 4, "cli": 5}
 LIBRARY = ("data", "model", "train", "infer", "eval", "interpret")
 

@@ -15,7 +15,8 @@ from tinystories.model.gpt import GPT, DecodeStep, GPTConfig
 
 ARCHS = {"neo": {"arch": "neo"}, "neo-local": {"arch": "neo", "local_window": 5}, "modern": {"arch": "modern"},
          "modern-relu2-qknorm-untied": {"arch": "modern", "mlp": "relu2", "qk_norm": True, "tie_embeddings": False},
-         "neo-16-wide-heads": {"arch": "neo", "n_head": 2}}  # (the C step's other attention loop: head_dim >= 16)
+         "neo-16-wide-heads": {"arch": "neo", "n_head": 2},  # (the C step's other attention loop: head_dim >= 16)
+         "neo-4-wide-heads": {"arch": "neo", "n_head": 8}}  # (the paper's 1M model's head_dim, a constant in C)
 # Past 4M weights the C step reads its matrices one row at a time for batches too (decode_step.c).
 BIG = {"arch": "modern", "vocab_size": 30_000, "d_model": 128}
 
@@ -39,17 +40,20 @@ def step_of(m: GPT, in_c: bool) -> DecodeStep:
 
 
 @pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
-@pytest.mark.parametrize("arch", [*ARCHS, "big"])
-def test_step_logits_equal_the_forward_pass(arch: str, in_c: bool) -> None:
+@pytest.mark.parametrize("arch,batch", [*((a, 3) for a in ARCHS), ("big", 3), ("neo", 19), ("modern", 19)])
+def test_step_logits_equal_the_forward_pass(arch: str, batch: int, in_c: bool) -> None:
+    """Batch 3 and 19: the C step's matrices by dot products below 8 rows, by outer products from 8
+    (19: a last group of 16 rows only partly used)."""
     m = model(**ARCHS.get(arch, BIG))
     fast = step_of(m, in_c)
-    idx = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(1))
-    pad = torch.tensor([0, 2, 5])  # left padding, as batched prompts have
-    ref, mine = m.new_cache(3, 40, pad.clone()), m.new_cache(3, 40, pad.clone())
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 97, (batch, 6), generator=g)
+    pad = torch.tensor([0, 2, 5, *torch.randint(0, 6, (batch - 3,), generator=g).tolist()])  # left padding
+    ref, mine = m.new_cache(batch, 40, pad.clone()), m.new_cache(batch, 40, pad.clone())
     with torch.no_grad():
         m(idx, cache=ref)
         m(idx, cache=mine)
-        token = torch.tensor([3, 7, 11])
+        token = torch.randint(0, 97, (batch,), generator=g)
         for _ in range(34):  # past the local window, to the end of the context
             expected = m(token[:, None], cache=ref)[0][:, -1]
             got = fast.step(token, mine)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tinystories.errors import TinyStoriesError
+from tinystories.infer import sampler
 from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import (
@@ -19,6 +20,19 @@ from tinystories.infer.sampling import generate_reference
 from tinystories.model.gpt import GPT, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
+
+
+@pytest.fixture(params=["C", "PyTorch"])
+def sampler_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> object:
+    """`sample` drawing in C (sampler.c), then as PyTorch operations (TINYSTORIES_NATIVE=0)."""
+    if request.param == "PyTorch":
+        monkeypatch.setenv("TINYSTORIES_NATIVE", "0")
+    sampler.library.cache_clear()
+    if request.param == "C" and sampler.library() is None:
+        pytest.skip("sampler.c cannot be built here")
+    assert (sampler.library() is None) == (request.param == "PyTorch")
+    yield request.param
+    sampler.library.cache_clear()
 
 
 @pytest.fixture(params=[{"arch": "neo"}, {"arch": "neo", "local_window": 6}, {"arch": "modern"}])
@@ -84,6 +98,10 @@ def test_tokens_tied_with_the_last_kept_one_stay_on_every_path() -> None:
     assert (_kept_in_order(x, top_k, top_p)[0] > 0).tolist() == expected
     probs, ids = _kept(x, top_k, top_p, 6)
     assert (torch.zeros(6).scatter(-1, ids[0], probs[0]) > 0).tolist() == expected
+    if sampler.library() is not None:  # in C: the tokens drawn over many rows are the kept ones
+        params = [SamplingParams(top_p=0.5, seed=i) for i in range(2000)]
+        drawn = sample(x.repeat(2000, 1), params, [new_generator(p) for p in params])
+        assert (torch.bincount(drawn, minlength=6) > 0).tolist() == expected
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -128,10 +146,13 @@ def test_fast_candidates_equal_the_reference_filter(cfg: SamplingParams) -> None
     torch.testing.assert_close(got / got.sum(-1, keepdim=True), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_sampler_draws_what_the_reference_draws() -> None:
-    """Rows with different settings in one batch: each draws exactly the reference's token."""
+@pytest.mark.parametrize("scale", [0.3, 3.0])  # flat (nuclei of most of the vocabulary) and peaked
+def test_sampler_draws_what_the_reference_draws(sampler_path: str, scale: float) -> None:
+    """Rows with different settings in one batch: each draws exactly the reference's token, in C
+    and as PyTorch operations; with tied logits too (the cut is a value: ties stay together)."""
     torch.manual_seed(0)
-    logits = torch.randn(60, 1000) * 3
+    logits = torch.randn(60, 1000) * scale
+    logits[:, :100] = logits[:, :100].round(decimals=1)
     params = [CASES[i % len(CASES)].for_row(i) if i % 7 else SamplingParams(temperature=0) for i in range(60)]
     params = [p if p.greedy else dataclasses.replace(p, seed=i) for i, p in enumerate(params)]
     got = sample(logits, params, [new_generator(p) for p in params])
@@ -145,7 +166,7 @@ def test_sampler_draws_what_the_reference_draws() -> None:
 
 @pytest.mark.parametrize("cfg", [SamplingParams(seed=0), SamplingParams(top_p=0.9, seed=0),
                                  SamplingParams(top_k=3, seed=0)])
-def test_sampling_follows_the_filtered_distribution(cfg: SamplingParams) -> None:
+def test_sampling_follows_the_filtered_distribution(cfg: SamplingParams, sampler_path: str) -> None:
     logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])).repeat(20_000, 1)
     rows = [cfg.for_row(i) for i in range(len(logits))]
     draws = sample(logits, rows, [new_generator(p) for p in rows])

@@ -11,11 +11,14 @@ Per row, with its own `SamplingParams` and its own random generator:
   row, whatever the vocabulary).
 
 `reference_probs` is that definition written plainly over the whole vocabulary. `sample`
-draws the same tokens faster: a trained model's nucleus is a few dozen tokens, so it looks at
-the 64 most likely first and sorts a row's whole vocabulary only when those miss its top_p
-(flat distributions: random weights, high temperatures). That sort needs the values only, not
-their ids: the cut is a value, and the kept tokens are those at or above it. The tests check
-the two agree.
+draws the same tokens faster, in one of two ways (the tests check each against it):
+
+* in C (`sampler.c`, built once per machine by `cbuild`), where it builds: per row, one
+  quickselect finds the top-k and top-p cuts, in expected O(V), and one pass draws;
+* else as PyTorch operations: a trained model's nucleus is a few dozen tokens, so they look at
+  the 64 most likely first and sort a row's whole vocabulary only when those miss its top_p
+  (flat distributions: random weights, high temperatures). That sort needs the values only,
+  not their ids: the cut is a value, and the kept tokens are those at or above it.
 
 A row's generator is a `random.Random` seeded with the row's seed: one uniform number per
 step from it costs ~0.1 us, where a `torch.Generator` draw and its `.item()` cost ~2 us, which
@@ -24,15 +27,31 @@ at 64 rows per step was a visible part of a decode step.
 
 from __future__ import annotations
 
+import ctypes
 import random
 from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from tinystories import cbuild
 from tinystories.infer.params import SamplingParams
 
 FAST_CANDIDATES = 64
+SOURCE = Path(__file__).with_name("sampler.c")
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """`sampler.c` built, or None where it cannot be (no compiler, ``TINYSTORIES_NATIVE=0``)."""
+    lib, _ = cbuild.load(SOURCE)
+    if lib is not None:
+        lib.sample_rows.restype = None
+        lib.sample_rows.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, *[ctypes.c_void_p] * 5,
+                                    ctypes.c_int]
+    return lib
 
 
 def new_generator(params: SamplingParams) -> random.Random:
@@ -132,7 +151,13 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if not rows:
         return out
-    u = torch.tensor([generators[i].random() for i in rows], device=logits.device)
+    draws = [generators[i].random() for i in rows]
+    lib = library() if logits.device.type == "cpu" else None
+    if lib is not None:
+        out[rows] = _sample_in_c(lib, logits if len(rows) == len(params) else logits[rows],
+                                 [params[i] for i in rows], draws)
+        return out
+    u = torch.tensor(draws, device=logits.device)
     temps = [params[i].temperature for i in rows]
     if logprobs is not None and all(t == 1 for t in temps):
         lp = logprobs[rows] if len(rows) < len(params) else logprobs
@@ -159,4 +184,20 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
         if cut:
             chosen[cut] = ids.gather(-1, draw(probs, u[cut])[:, None])[:, 0]
     out[rows] = chosen
+    return out
+
+
+def _sample_in_c(lib: ctypes.CDLL, logits: torch.Tensor, params: Sequence[SamplingParams], u: list[float]
+                 ) -> torch.Tensor:
+    """`sample` for rows that draw (temperature > 0), by `sampler.c`."""
+    x = logits.detach().float().contiguous()
+    B, V = x.shape
+    settings = [torch.tensor([p.temperature for p in params], dtype=torch.float32),
+                torch.tensor([min(p.top_k, V) for p in params], dtype=torch.int32),
+                torch.tensor([p.top_p for p in params], dtype=torch.float32),
+                torch.tensor(u, dtype=torch.float64)]
+    out = torch.empty(B, dtype=torch.int64)
+    lib.sample_rows(x.data_ptr(), B, V, *(t.data_ptr() for t in settings), out.data_ptr(), torch.get_num_threads())
+    if bool((out < 0).any()):
+        raise MemoryError(f"no memory for the sampler's work on a vocabulary of {V}")
     return out

@@ -95,6 +95,46 @@ static void matvec(float *y, const float *x, const float *W, const float *bias, 
     }
 }
 
+/* matvec for batches of 8 rows or more: y[b, i] = W[i] . x[b] as outer products. The rows of x
+   are transposed into xt [n_in, 16-row groups] so that each weight, read once, multiplies 16 batch
+   rows in one vector operation, four weight rows at a time: no horizontal sums (matvec's dot
+   products end in one per output, which at the paper's 1M shape, 64 inputs, cost as much as the
+   multiply-adds). xt: room for n_in * (B rounded up to 16) floats. */
+enum { LANES = 16 };
+static void matmat(float *y, const float *x, const float *W, const float *bias, int B, int n_in, int n_out,
+                   int threads, float *xt) {
+    const int Bp = (B + LANES - 1) / LANES * LANES, blocks = (n_out + 3) / 4;
+    for (int j = 0; j < n_in; j++)
+        for (int b = 0; b < Bp; b++) xt[(size_t)j * Bp + b] = b < B ? x[(size_t)b * n_in + j] : 0.f;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)n_in * n_out * B > 65536)
+    for (int blk = 0; blk < blocks; blk++) {
+        const int i = 4 * blk, rows = n_out - i < 4 ? n_out - i : 4;
+        const float *w0 = W + (size_t)i * n_in, *w1 = rows > 1 ? w0 + n_in : w0;
+        const float *w2 = rows > 2 ? w0 + 2 * (size_t)n_in : w0, *w3 = rows > 3 ? w0 + 3 * (size_t)n_in : w0;
+        for (int b0 = 0; b0 < Bp; b0 += LANES) {
+            float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+            for (int j = 0; j < n_in; j++) {
+                const float *xj = xt + (size_t)j * Bp + b0, c0 = w0[j], c1 = w1[j], c2 = w2[j], c3 = w3[j];
+                #pragma omp simd
+                for (int l = 0; l < LANES; l++) {
+                    a0[l] += c0 * xj[l]; a1[l] += c1 * xj[l]; a2[l] += c2 * xj[l]; a3[l] += c3 * xj[l];
+                }
+            }
+            const float *acc[4] = {a0, a1, a2, a3};
+            for (int l = 0; l < LANES && b0 + l < B; l++)
+                for (int r = 0; r < rows; r++)
+                    y[(size_t)(b0 + l) * n_out + i + r] = acc[r][l] + (bias ? bias[i + r] : 0.f);
+        }
+    }
+}
+
+/* y = x W^T (+ bias) for B rows: matmat from 8 rows, else matvec (`rows` weight rows at a time). */
+static void linear(float *y, const float *x, const float *W, const float *bias, int B, int n_in, int n_out,
+                   int threads, int rows, float *xt) {
+    if (B >= 8) matmat(y, x, W, bias, B, n_in, n_out, threads, xt);
+    else matvec(y, x, W, bias, B, n_in, n_out, threads, rows);
+}
+
 /* Llama's "rotate half" RoPE of one head vector at table row `c`, `s`. */
 static void rope(float *x, const float *c, const float *s, int D) {
     int h = D / 2;
@@ -115,8 +155,8 @@ static void add(float *x, const float *const *adds, int point, int b, int d) {
 /* One query's attention over keys first..n-1: z = softmax(q . K[t] * scale) @ V. Long head
    vectors (llama2.c's 48) vectorise along the head dimension; short ones (the paper's 1M model
    has 4) along the keys, where the former would run four-wide loops at full cost. */
-static void attend(float *z, const float *q, const float *K, const float *V, float *a, int first, int n, int D,
-                   float scale) {
+static inline __attribute__((always_inline)) void attend_d(float *z, const float *q, const float *K, const float *V,
+                                                         float *a, int first, int n, const int D, float scale) {
     float mx = -FLT_MAX, sum = 0.f;
     if (D >= 16) {
         for (int t = first; t < n; t++) {
@@ -148,13 +188,21 @@ static void attend(float *z, const float *q, const float *K, const float *V, flo
             for (int i = 0; i < D; i++) z[i] += p * vt[i];
         }
     } else {
-        for (int i = 0; i < D; i++) {
-            float acc = 0.f;
-            #pragma omp simd reduction(+:acc)
-            for (int t = first; t < n; t++) acc += a[t] * V[(size_t)t * D + i];
-            z[i] = acc * inv;
-        }
+        float acc[16] = {0};
+        #pragma omp simd reduction(+:acc[:16])
+        for (int t = first; t < n; t++)
+            for (int i = 0; i < D; i++) acc[i] += a[t] * V[(size_t)t * D + i];
+        for (int i = 0; i < D; i++) z[i] = acc[i] * inv;
     }
+}
+
+/* `attend` with the paper's short heads (4 and 8 wide) as constants, so that the loops over keys
+   load them as fixed-stride vectors instead of gathering them. */
+static void attend(float *z, const float *q, const float *K, const float *V, float *a, int first, int n, int D,
+                   float scale) {
+    if (D == 4) attend_d(z, q, K, V, a, first, n, 4, scale);
+    else if (D == 8) attend_d(z, q, K, V, a, first, n, 8, scale);
+    else attend_d(z, q, K, V, a, first, n, D, scale);
 }
 
 /* Logits [B, vocab] of the next token after tokens[b] for each row b, whose keys and values
@@ -167,6 +215,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
     const int fc_out = m->act == SWIGLU ? 2 * F : F;
     float *x = scratch, *xn = x + B * d, *qkv = xn + B * d, *z = qkv + B * 3 * d, *o = z + B * d;
     float *h = o + B * d, *att = h + (size_t)B * fc_out;  /* att: [B, H, slot + 1] */
+    float *xt = att + (size_t)B * H * (slot + 1);  /* matmat's transposed inputs */
     const int n = slot + 1;
     /* Four rows at a time only for batches of a model whose weights fit in a cache (~16 MB). */
     const long weights = (long)m->n_layer * d * (4L * d + fc_out + F) + (long)m->vocab * d;
@@ -187,8 +236,8 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
             add(x + b * d, la, RESID_PRE, b, d);
             norm(xn + b * d, x + b * d, L->norm1_w, L->norm1_b, d, m->eps, m->layer_norm);
         }
-        matvec(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt, rows);
-        #pragma omp parallel for collapse(2) num_threads(nt) schedule(static) if (nt > 1 && B * H > 1 && n > 64)
+        linear(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt, rows, xt);
+        #pragma omp parallel for collapse(2) num_threads(nt) schedule(static) if (nt > 1 && B * H > 1 && (long)B * H * n * D > 16384)
         for (int b = 0; b < B; b++) {
             for (int hd = 0; hd < H; hd++) {
                 float *q = qkv + (size_t)b * 3 * d + hd * D, *k = q + d, *v = q + 2 * d;
@@ -210,14 +259,14 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
                 attend(zz, q, K, V, a, first, n, D, L->scale);
             }
         }
-        matvec(o, z, L->out, L->out_b, B, d, d, nt, rows);
+        linear(o, z, L->out, L->out_b, B, d, d, nt, rows, xt);
         for (int b = 0; b < B; b++) {
             add(o + b * d, la, ATTN_OUT, b, d);
             for (int i = 0; i < d; i++) x[b * d + i] += o[b * d + i];
             add(x + b * d, la, RESID_MID, b, d);
             norm(xn + b * d, x + b * d, L->norm2_w, L->norm2_b, d, m->eps, m->layer_norm);
         }
-        matvec(h, xn, L->fc, L->fc_b, B, d, fc_out, nt, rows);
+        linear(h, xn, L->fc, L->fc_b, B, d, fc_out, nt, rows, xt);
         for (int b = 0; b < B; b++) {  /* the activation, in place into the first F of each row */
             float *hb = h + (size_t)b * fc_out, *hz = h + (size_t)b * F;
             #pragma omp simd
@@ -228,7 +277,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
                 else hz[i] = 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
             }
         }
-        matvec(o, h, L->proj, L->proj_b, B, F, d, nt, rows);
+        linear(o, h, L->proj, L->proj_b, B, F, d, nt, rows, xt);
         for (int b = 0; b < B; b++) {
             add(o + b * d, la, MLP_OUT, b, d);
             for (int i = 0; i < d; i++) x[b * d + i] += o[b * d + i];
@@ -236,11 +285,11 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
         }
     }
     for (int b = 0; b < B; b++) norm(xn + b * d, x + b * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
-    matvec(logits, xn, m->head, NULL, B, d, m->vocab, nt, rows);
+    linear(logits, xn, m->head, NULL, B, d, m->vocab, nt, rows, xt);
 }
 
 /* Floats of scratch `decode_step` needs for B rows with `n_keys` keys (slot + 1) at most. */
 long scratch_floats(const Model *m, int B, int n_keys) {
-    int fc_out = m->act == SWIGLU ? 2 * m->ffn : m->ffn;
-    return (long)B * (7L * m->d_model + fc_out) + (long)B * m->n_head * n_keys;
+    int fc_out = m->act == SWIGLU ? 2 * m->ffn : m->ffn, widest = m->ffn > m->d_model ? m->ffn : m->d_model;
+    return (long)B * (7L * m->d_model + fc_out) + (long)B * m->n_head * n_keys + (B + 15L) / 16 * 16 * widest;
 }

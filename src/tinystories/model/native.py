@@ -1,38 +1,28 @@
-"""The decode step in C (`decode_step.c`), built once per machine with the C compiler there.
+"""The decode step in C (`decode_step.c`), built once per machine by `cbuild` (shared ground).
 
 `DecodeStep` (model/gpt.py) runs it for float32 models on the CPU when it could be built, and
 runs its PyTorch operations otherwise; both are pinned to `GPT.forward` by the tests. Why C:
 a decode step at the 15M shape is ~60 MB of weights read once and a few hundred small
 operations, and each PyTorch operation costs microseconds of dispatch, which at one row was
-as much time as the arithmetic (bench/README.md).
-
-Building: ``cc -Ofast -march=native -fopenmp -shared`` (as run.c is built; about a second), into
-``$XDG_CACHE_HOME/tinystories/native/`` (or ``~/.cache/...``) under a name that hashes the
-source, the compiler and the flags, so a new version or another machine builds its own.
-OpenMP comes from the ``libgomp`` PyTorch already loaded, so one thread pool serves both.
-``TINYSTORIES_NATIVE=0`` turns it off; `why_not` says why it is unavailable.
+as much time as the arithmetic (bench/README.md). ``TINYSTORIES_NATIVE=0`` turns it off;
+`why_not` says why it is unavailable.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from tinystories import cbuild
+
 if TYPE_CHECKING:
     from tinystories.model.gpt import GPT
 
 SOURCE = Path(__file__).with_name("decode_step.c")
-FLAGS = ["-Ofast", "-march=native", "-fopenmp", "-shared", "-fPIC"]  # -Ofast as run.c is built: vector expf, tanhf
 ACTS = {"gelu": 0, "swiglu": 1, "relu2": 2}
 POINTS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 _F = ctypes.POINTER(ctypes.c_float)
@@ -68,38 +58,14 @@ def why_not() -> str:
 def library() -> ctypes.CDLL | None:
     """The built step, or None (then `why_not` says why)."""
     global _why_not
-    if os.environ.get("TINYSTORIES_NATIVE", "1") == "0":
-        _why_not = "turned off by TINYSTORIES_NATIVE=0"
-        return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        _why_not = "no C compiler (cc or gcc) on PATH"
-        return None
-    try:
-        version = subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, platform.machine()]).encode())
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories" / "native"
-        path = base / f"decode_step-{key.hexdigest()[:16]}.so"
-        if not path.exists():
-            base.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=base) as tmp:  # built aside, then renamed: never half a file
-                built = Path(tmp) / path.name
-                done = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE), "-lm"],
-                                      check=False, capture_output=True, text=True, timeout=300)
-                if done.returncode != 0:
-                    _why_not = f"{compiler} could not build {SOURCE.name}: {done.stderr.strip()[-300:]}"
-                    return None
-                os.replace(built, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as exc:
-        _why_not = f"building or loading {SOURCE.name} failed: {exc}"
+    lib, _why_not = cbuild.load(SOURCE)
+    if lib is None:
         return None
     lib.decode_step.restype = None
     lib.decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                 ctypes.c_int, _F, _F, ctypes.c_int, ctypes.c_void_p, _F, _F]
     lib.scratch_floats.restype = ctypes.c_long
     lib.scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
-    _why_not = ""
     return lib
 
 

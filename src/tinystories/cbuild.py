@@ -1,0 +1,57 @@
+"""C files built once per machine, with the C compiler that is there.
+
+Two hot loops are written in C, each beside its PyTorch form and pinned to it by the tests: the
+model's decode step (`model/decode_step.c`) and the sampler's filter and draw
+(`infer/sampler.c`). Each is built on first use with ``cc -Ofast -march=native -fopenmp
+-shared`` (as llama2.c's run.c is built; about a second) into ``$XDG_CACHE_HOME/tinystories/native/``
+(or ``~/.cache/...``), under a name that hashes the source, the compiler and the flags, so a new
+version or another machine builds its own. OpenMP comes from the ``libgomp`` PyTorch already
+loaded, so one thread pool serves all.
+
+Environment: ``TINYSTORIES_NATIVE=0`` turns every C path off (the PyTorch forms run);
+``TINYSTORIES_MARCH`` sets ``-march`` (default ``native``; ``x86-64-v3`` builds code any AVX2
+machine runs, and measures one on a newer CPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+BASE_FLAGS = ["-Ofast", "-fopenmp", "-shared", "-fPIC"]  # -Ofast as run.c is built: vector expf, tanhf
+
+
+def flags() -> list[str]:
+    return [*BASE_FLAGS, f"-march={os.environ.get('TINYSTORIES_MARCH') or 'native'}"]
+
+
+def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
+    """`source` built (once) and loaded, or None and why not, in a sentence."""
+    if os.environ.get("TINYSTORIES_NATIVE", "1") == "0":
+        return None, "turned off by TINYSTORIES_NATIVE=0"
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "no C compiler (cc or gcc) on PATH"
+    try:
+        version = subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
+        key = hashlib.sha256("\0".join([source.read_text(), version, *flags(), platform.machine()]).encode())
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories" / "native"
+        path = base / f"{source.stem}-{key.hexdigest()[:16]}.so"
+        if not path.exists():
+            base.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=base) as tmp:  # built aside, then renamed: never half a file
+                built = Path(tmp) / path.name
+                done = subprocess.run([compiler, *flags(), "-o", str(built), str(source), "-lm"],
+                                      check=False, capture_output=True, text=True, timeout=300)
+                if done.returncode != 0:
+                    return None, f"{compiler} could not build {source.name}: {done.stderr.strip()[-300:]}"
+                os.replace(built, path)
+        return ctypes.CDLL(str(path)), ""
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"building or loading {source.name} failed: {exc}"
