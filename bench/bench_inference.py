@@ -8,6 +8,8 @@
    ``-fopenmp`` too, 2 threads) on the very same weights, exported with `export_llama2c`; and
    llama.cpp through llama-cpp-python (1 and 2 threads) on the same weights exported with
    `export_gguf` (f32, like the others), when llama_cpp is importable (``pip install -e '.[gguf]'``).
+   Ours is timed as run.c times itself: the tokens after the first (a one-token run's time, set-up
+   and prefill included, taken off); llama.cpp's timing includes its first token.
 2. Batched at the paper's 1M shape (GPT-Neo, d 64, 8 layers, 16 heads, vocab 10K), batches of
    1, 8 and 64, 200 new tokens; greedy and top-p 0.95, 2 threads (``--batched-threads``). Peer:
    Hugging Face `generate` on the same weights (`to_transformers`).
@@ -17,17 +19,24 @@
    and with 2 threads always, with OpenMP's default waits and with sleeping ones, for contrast.
 4. Start-up: `tinystories --help`, and the first token printed by `tinystories sample`.
 
-Random weights make next-token distributions nearly flat: the worst case for top-p, which must
-then sort the whole vocabulary (both sides do). Rounds are interleaved (``--rounds``) so that
-machine noise hits every contender alike; each figure is reported as the range over rounds, with
-the load average.
+Random weights make next-token distributions nearly flat: the worst case for top-p, whose
+nucleus is then most of the vocabulary (run.c and HF sort it; our sampler selects its cut). Rounds
+are interleaved (``--rounds``) so that machine noise hits every contender alike; each figure is
+reported as the range over rounds, with the load average.
 
     python bench/bench_inference.py [--rounds 3] [--only single,batched,demo,load,startup]
+
+An AVX2-only CPU (the AMD EPYC Zen 3) on a newer one: limit torch's kernels and build ours and
+run.c for it (llama-cpp-python keeps the code it was built with):
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        TINYSTORIES_MARCH=znver3 python bench/bench_inference.py
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -45,17 +54,26 @@ from tinystories.infer.params import SamplingParams
 from tinystories.model.gpt import GPT, GPTConfig
 
 PEER = Path(__file__).parents[2] / "shared" / "peers" / "llama2c"
+MARCH = os.environ.get("TINYSTORIES_MARCH") or "native"  # ours (cbuild) and run.c alike
 SHAPE_15M = GPTConfig(vocab_size=32_000, context_length=256, n_layer=6, n_head=6, d_model=288, arch="modern")
 SHAPE_1M = GPTConfig(vocab_size=10_000, context_length=512, n_layer=8, n_head=16, d_model=64)
 SHAPE_DEMO = GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, d_model=128, arch="modern")
 
 
-def ours_tok_s(model: GPT, prompts: list[list[int]], params: SamplingParams) -> float:
-    start = time.perf_counter()
-    out = generate(model, TokenIds(0), prompts, params)  # the engine, offline
-    seconds = time.perf_counter() - start
-    assert all(len(o) == params.max_new_tokens for o in out)
-    return sum(map(len, out)) / seconds
+def ours_tok_s(model: GPT, prompts: list[list[int]], params: SamplingParams, after_first: bool = False) -> float:
+    """Tokens per second of the engine, offline; `after_first`: of the tokens after each row's first,
+    as run.c reports its own rate (the time of a one-token run taken off: set-up, prefill, first draw)."""
+    def seconds(p: SamplingParams) -> float:
+        start = time.perf_counter()
+        out = generate(model, TokenIds(0), prompts, p)
+        assert all(len(o) == p.max_new_tokens for o in out)
+        return time.perf_counter() - start
+
+    n = params.max_new_tokens
+    if not after_first:
+        return len(prompts) * n / seconds(params)
+    first = seconds(dataclasses.replace(params, max_new_tokens=1))
+    return len(prompts) * (n - 1) / (seconds(params) - first)
 
 
 def build_run_c(tmp: Path) -> dict[str, Path]:
@@ -65,7 +83,7 @@ def build_run_c(tmp: Path) -> dict[str, Path]:
     out = {}
     for name, flags in (("run.c 1 thread", []), ("run.c OpenMP", ["-fopenmp"])):
         exe = tmp / name.replace(" ", "_").replace(".", "")
-        subprocess.run(["gcc", "-Ofast", "-march=native", *flags, "-o", str(exe), str(PEER / "run.c"), "-lm"],
+        subprocess.run(["gcc", "-Ofast", f"-march={MARCH}", *flags, "-o", str(exe), str(PEER / "run.c"), "-lm"],
                        check=True)
         out[name] = exe
     return out
@@ -128,7 +146,7 @@ def pytorch_step_tok_s(model: GPT, params: SamplingParams) -> float:
     native.library.cache_clear()
     gpt._DECODE_STEPS.pop(model, None)
     try:
-        return ours_tok_s(model, [[1]], params)
+        return ours_tok_s(model, [[1]], params, after_first=True)
     finally:
         del os.environ["TINYSTORIES_NATIVE"]
         native.library.cache_clear()
@@ -163,7 +181,8 @@ def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M, thread_c
             for threads in thread_counts:
                 torch.set_num_threads(threads)
                 ours_tok_s(model, [[1]], SamplingParams(max_new_tokens=8, temperature=0, stop_at_eos=False))
-                results[f"{mode} | tinystories, {threads} thread(s)"].append(ours_tok_s(model, [[1]], params))
+                results[f"{mode} | tinystories, {threads} thread(s)"].append(
+                    ours_tok_s(model, [[1]], params, after_first=True))
                 if t == 0:
                     results[f"{mode} | tinystories, PyTorch step, {threads} thread(s)"].append(
                         pytorch_step_tok_s(model, params))
@@ -278,7 +297,12 @@ def main() -> int:
                     help="threads of the batched cases, both sides (1 where other work holds a core)")
     ap.add_argument("--single-threads", default="1,2", help="thread counts of the single-stream cases")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
+    from tinystories.utils import describe_cpu
+
+    isa = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+           if k in os.environ}
+    print(f"{describe_cpu()}; torch {torch.__version__}; C built with -march={MARCH}; {isa or 'no ISA limits'}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     counts = tuple(int(n) for n in args.single_threads.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.only.split(","):

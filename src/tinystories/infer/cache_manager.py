@@ -89,6 +89,7 @@ class CacheManager:
         self.slots: list[Sequence | None] = []
         self.cache: KVCache | None = None
         self.last = torch.zeros(0, dtype=torch.long, device=device)
+        self.lead: int | None = None  # slots that are padding in every live row (None: to count again)
 
     @property
     def rows(self) -> list[Sequence]:
@@ -99,7 +100,7 @@ class CacheManager:
         return [i for i, s in enumerate(self.slots) if s is not None]
 
     def clear(self) -> None:
-        self.slots, self.cache = [], None
+        self.slots, self.cache, self.lead = [], None, None
         self.last = self.last[:0]
 
     def release(self) -> None:
@@ -110,6 +111,7 @@ class CacheManager:
             if s is not None and (s.cancelled or s.finished):
                 self.slots[i] = None
                 free_row(self.cache, i)
+                self.lead = None
         live = self.live()
         if not live:
             self.clear()
@@ -118,6 +120,7 @@ class CacheManager:
 
     def admit(self, new: list[Sequence], cache: KVCache) -> torch.Tensor:
         """Put `new` (prefilled into `cache`) into the batch; the slots they took."""
+        self.lead = None
         if self.cache is None:  # the new rows become the batch
             self.cache, self.slots = cache, list(new)
             self.last = torch.zeros(len(new), dtype=torch.long, device=self.device)
@@ -149,8 +152,9 @@ class CacheManager:
         batch 32 that reading is most of a step; one copy pays for itself in a few steps)."""
         c = self.cache
         assert c is not None
-        pad = padding(c)
-        if c.length >= self.context or 4 * int(pad[self.live()].min()) >= c.length:
+        if self.lead is None:  # counted when rows come and go, not at every step
+            self.lead = int(padding(c)[self.live()].min())
+        if c.length >= self.context or 4 * self.lead >= c.length:
             self.compact()
 
     def compact(self) -> None:
@@ -161,6 +165,7 @@ class CacheManager:
         self.cache = select(self.cache, sel)
         self.slots = [self.slots[i] for i in live]
         self.last = self.last[sel]
+        self.lead = None
 
     def gather(self) -> torch.Tensor | slice:
         """Where the live rows are among the slots (a slice when every slot is live: no copy)."""

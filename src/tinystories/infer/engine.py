@@ -36,6 +36,7 @@ from tinystories.infer.sampler import sample
 from tinystories.infer.scheduler import Scheduler
 from tinystories.infer.sequence import Event, Sequence
 from tinystories.model.gpt import GPT
+from tinystories.utils import inference
 
 __all__ = ["Engine", "Event", "Sequence"]
 
@@ -82,11 +83,12 @@ class Engine:
     def run(self) -> None:
         """Offline: step until every submitted sequence has finished (an unstarted engine only)."""
         assert not self.thread.is_alive(), "a started engine runs itself"
-        while True:
-            new = self.scheduler.pick(self.rows)
-            if not new and not self.rows:
-                return
-            self.step(new)
+        with torch.inference_mode():  # once, not at every step
+            while True:
+                new = self.scheduler.pick(self.rows)
+                if not new and not self.rows:
+                    return
+                self.step(new)
 
     def close(self) -> None:
         """Stop: rows still waiting or running end with finish_reason "cancelled"."""
@@ -119,7 +121,7 @@ class Engine:
             if self.after_step is not None:
                 self.after_step()
 
-    @torch.inference_mode()
+    @inference
     def step(self, new: list[Sequence]) -> None:
         """Admit `new` sequences, then run one decode step for the whole batch."""
         self.batch.release()

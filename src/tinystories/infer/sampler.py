@@ -109,6 +109,14 @@ def _last_kept(values: torch.Tensor, probs: torch.Tensor, survives: torch.Tensor
     return values.gather(-1, kept - 1)
 
 
+def _argmax(x: torch.Tensor) -> torch.Tensor:
+    """Each row's most likely token (the first of ties, as torch's). On the CPU numpy's, whose call
+    costs ~1 us where torch's costs ~7 (a tenth of a token at the demo's shape)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return x.argmax(-1)
+    return torch.from_numpy(x.detach().numpy().argmax(-1))
+
+
 def _sorted_values(x: torch.Tensor) -> torch.Tensor:
     """Each row's values, largest first, without their ids. On the CPU numpy's vectorised sort
     takes about a quarter of the time of torch.sort, which computes the ids too (32K values: 0.6
@@ -144,10 +152,10 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
     V = logits.shape[-1]
     greedy = [i for i, p in enumerate(params) if p.greedy]
     if len(greedy) == len(params):  # every row greedy (a single greedy stream): no gathers
-        return logits.argmax(-1)
+        return _argmax(logits)
     out = torch.empty(len(params), dtype=torch.long, device=logits.device)
     if greedy:
-        out[greedy] = logits[greedy].argmax(-1)
+        out[greedy] = _argmax(logits[greedy])
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if not rows:
         return out

@@ -1,12 +1,13 @@
 /* The decode step of model/gpt.py in C: one new token per row through every layer.
 
-   The same computation as `DecodeStep.step` (gpt.py), on the model's own weights (pointers
-   into its tensors, never copies), for rows of a batch whose keys and values sit in the
-   model's `KVCache`. Written for speed where Python and PyTorch's per-operation overhead cost
-   more than the arithmetic: single streams and small batches, ~12 operations per layer that
-   each take microseconds. `model/native.py` compiles it once per machine with the C compiler
-   that is there, and falls back to `DecodeStep` when there is none; tests/test_fast_decode.py
-   checks its logits against `GPT.forward` to 1e-5 for every architecture.
+   The same computation as `DecodeStep.step` (gpt.py), on the model's weights (one copy, laid
+   out in the order read here, in huge pages: `model/native.py`), for rows of a batch whose keys
+   and values sit in the model's `KVCache`. Written for speed where Python and PyTorch's
+   per-operation overhead cost more than the arithmetic: single streams and batches, ~12
+   operations per layer that each take microseconds. `cbuild.py` compiles it once per machine
+   with the C compiler that is there, and `DecodeStep` runs its PyTorch operations when there is
+   none; tests/test_fast_decode.py checks its logits against `GPT.forward` to 1e-5 for every
+   architecture, at batches that take each path here.
 
    Layouts (row-major, float32): a linear layer's weight is [out, in] as nn.Linear stores it,
    so y[i] = dot(W[i], x); the KV cache is [layer, batch, head, max_len, head_dim]. */

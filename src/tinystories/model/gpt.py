@@ -44,6 +44,7 @@ from torch import nn
 
 from tinystories.model.config import GPTConfig
 from tinystories.model.losses import linear_cross_entropy
+from tinystories.utils import inference
 
 __all__ = ["GPT", "DecodeStep", "GPTConfig", "HookPoint", "KVCache"]
 
@@ -541,7 +542,7 @@ class DecodeStep:
                     proj=m.proj.weight.t().contiguous()))
             self.head = model.lm_head.weight.t().contiguous()
 
-    @torch.inference_mode()
+    @inference
     def step(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None
              ) -> torch.Tensor:
         """Logits [B, V] of the next token after `tokens` [B] (one per row), appended to `cache`.
