@@ -42,7 +42,7 @@ def step_of(m: GPT, in_c: bool) -> DecodeStep:
 @pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
 @pytest.mark.parametrize("arch,batch", [*((a, 3) for a in ARCHS), ("big", 3), ("neo", 19), ("modern", 19)])
 def test_step_logits_equal_the_forward_pass(arch: str, batch: int, in_c: bool) -> None:
-    """Batch 3 and 19: the C step's matrices by dot products below 8 rows, by outer products from 8
+    """Batch 3 and 19: the C step's matrices by dot products below 16 rows, by outer products from 16
     (19: a last group of 16 rows only partly used)."""
     m = model(**ARCHS.get(arch, BIG))
     fast = step_of(m, in_c)
