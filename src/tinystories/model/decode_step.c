@@ -9,8 +9,9 @@
    none; tests/test_fast_decode.py checks its logits against `GPT.forward` to 1e-5 for every
    architecture, at batches that take each path here.
 
-   Layouts (row-major, float32): a linear layer's weight is [out, in] as nn.Linear stores it,
-   so y[i] = dot(W[i], x); the KV cache is [layer, batch, head, max_len, head_dim]. */
+   Layouts (row-major, float32): a linear layer's weight in panels of 16 output rows (`gemv`),
+   the embedding table as nn.Embedding stores it, [vocab, d]; the KV cache is
+   [layer, batch, head, max_len, head_dim]. */
 
 #include <float.h>
 #include <math.h>
@@ -54,68 +55,74 @@ static void norm(float *out, const float *x, const float *w, const float *b, int
     }
 }
 
-/* y[b, i] = W[i] . x[b] (+ bias[i]) for B rows; each weight row is read once for all B rows.
-   `rows` weight rows at a time, 1 or 4. Four rows read side by side let each x[b][j] loaded once
-   feed four multiply-adds, which wins where the weights sit in the cache and the arithmetic is the
-   bound (the demo shape at batch 8: 10-12K tokens/s against 8-9K one row at a time, on a Zen 4
-   AMD EPYC). Where the step streams its weights from memory (the 15M shape: 60 MB), one row at
-   a time, as run.c does, was twice as fast (its matrices in 2.6 ms against 6.1, with AVX-512 or
-   AVX2 code alike; 495 tokens/s against 226 at batch 2). */
-static void matvec(float *y, const float *x, const float *W, const float *bias, int B, int n_in, int n_out,
-                   int threads, int rows_per) {
-    const int blocks = (n_out + rows_per - 1) / rows_per;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)n_in * n_out * B > 65536)
+/* A linear layer's weight W [n_out, in] is held in panels of 16 output rows side by side:
+   P[p][j][l] = W[16p + l][j], [ceil(n_out / 16)][n_in][16], zeros past n_out (`native.py` lays
+   them out). For one or a few rows of x the panels give y[16p..16p+16] as a sum over j of
+   x[j] * P[p][j]: a vector multiply-add per input, with no horizontal sums, where a dot product
+   per output row (run.c's loop) ends in one each; at the demo shape's matrices that was 1.2-1.6x
+   the time, at the 15M shape's output layer 1.13x (a C microbenchmark, Zen 4 AMD EPYC). */
+enum { LANES = 16, PANELS = 4 };
+
+/* R (1 or 2) rows of x against PANELS panels from p0 (np of them real; the rest repeat p0). */
+static inline __attribute__((always_inline)) void panel_rows(float *y, const float *x, const float *p0, int np,
+                                                             const float *bias, int n_in, int n_out, int first,
+                                                             const int R) {
+    const float *pq[PANELS];
+    for (int q = 0; q < PANELS; q++) pq[q] = p0 + (size_t)(q < np ? q : 0) * n_in * LANES;
+    float acc[2][PANELS][LANES] = {{{0}}};
+    for (int j = 0; j < n_in; j++) {
+        float v[2];
+        for (int r = 0; r < R; r++) v[r] = x[(size_t)r * n_in + j];
+        for (int q = 0; q < PANELS; q++) {
+            const float *w = pq[q] + (size_t)j * LANES;
+            for (int r = 0; r < R; r++) {
+                #pragma omp simd
+                for (int l = 0; l < LANES; l++) acc[r][q][l] += v[r] * w[l];
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int q = 0; q < np; q++)
+            for (int l = 0; l < LANES && first + q * LANES + l < n_out; l++) {
+                const int i = first + q * LANES + l;
+                y[(size_t)r * n_out + i] = acc[r][q][l] + (bias ? bias[i] : 0.f);
+            }
+}
+
+/* y[b] = W x[b] (+ bias) for B rows, two rows at a time, each group of panels read once for all. */
+static void gemv(float *y, const float *x, const float *P, const float *bias, int B, int n_in, int n_out,
+                 int threads) {
+    const int panels = (n_out + LANES - 1) / LANES, blocks = (panels + PANELS - 1) / PANELS;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)n_in * n_out * B > 16384)
     for (int blk = 0; blk < blocks; blk++) {
-        const int i = rows_per * blk;
-        const float *w0 = W + (size_t)i * n_in;
-        if (rows_per == 1) {
-            for (int b = 0; b < B; b++) {
-                const float *xb = x + (size_t)b * n_in;
-                float s = 0.f;
-                #pragma omp simd reduction(+:s)
-                for (int j = 0; j < n_in; j++) s += w0[j] * xb[j];
-                y[(size_t)b * n_out + i] = s + (bias ? bias[i] : 0.f);
-            }
-            continue;
-        }
-        const int rows = n_out - i < 4 ? n_out - i : 4;
-        const float *w1 = rows > 1 ? w0 + n_in : w0, *w2 = rows > 2 ? w0 + 2 * (size_t)n_in : w0;
-        const float *w3 = rows > 3 ? w0 + 3 * (size_t)n_in : w0;
-        for (int b = 0; b < B; b++) {
-            const float *xb = x + (size_t)b * n_in;
-            float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-            #pragma omp simd reduction(+:s0, s1, s2, s3)
-            for (int j = 0; j < n_in; j++) {
-                const float v = xb[j];
-                s0 += w0[j] * v; s1 += w1[j] * v; s2 += w2[j] * v; s3 += w3[j] * v;
-            }
-            float *yb = y + (size_t)b * n_out + i;
-            const float s[4] = {s0, s1, s2, s3};
-            for (int r = 0; r < rows; r++) yb[r] = s[r] + (bias ? bias[i + r] : 0.f);
-        }
+        const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
+        const float *p0 = P + (size_t)p * n_in * LANES;
+        int b = 0;
+        for (; b + 2 <= B; b += 2)
+            panel_rows(y + (size_t)b * n_out, x + (size_t)b * n_in, p0, np, bias, n_in, n_out, p * LANES, 2);
+        if (b < B) panel_rows(y + (size_t)b * n_out, x + (size_t)b * n_in, p0, np, bias, n_in, n_out, p * LANES, 1);
     }
 }
 
-/* matvec for batches of 16 rows or more: y[b, i] = W[i] . x[b] as outer products. The rows of x
-   are transposed into xt [n_in, 16-row groups] so that each weight, read once, multiplies 16 batch
-   rows in one vector operation, four weight rows at a time: no horizontal sums (matvec's dot
-   products end in one per output, which at the paper's 1M shape, 64 inputs, cost as much as the
-   multiply-adds). xt: room for n_in * (B rounded up to 16) floats. */
-enum { LANES = 16 };
-static void matmat(float *y, const float *x, const float *W, const float *bias, int B, int n_in, int n_out,
+/* gemv for batches of 16 rows or more, as outer products: the rows of x are transposed into
+   xt [n_in, B rounded up to 16] so that each weight, read once, multiplies 16 batch rows in one
+   vector operation, four output rows at a time (four neighbours in a panel). At the 1M shape's
+   batch 64 this beat gemv for most matrices (its output layer: 1.25 against 1.46 ms); below 16
+   rows part of the lanes would idle. xt: room for n_in * (B rounded up to 16) floats. */
+static void matmat(float *y, const float *x, const float *P, const float *bias, int B, int n_in, int n_out,
                    int threads, float *xt) {
     const int Bp = (B + LANES - 1) / LANES * LANES, blocks = (n_out + 3) / 4;
     for (int j = 0; j < n_in; j++)
         for (int b = 0; b < Bp; b++) xt[(size_t)j * Bp + b] = b < B ? x[(size_t)b * n_in + j] : 0.f;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)n_in * n_out * B > 65536)
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)n_in * n_out * B > 16384)
     for (int blk = 0; blk < blocks; blk++) {
         const int i = 4 * blk, rows = n_out - i < 4 ? n_out - i : 4;
-        const float *w0 = W + (size_t)i * n_in, *w1 = rows > 1 ? w0 + n_in : w0;
-        const float *w2 = rows > 2 ? w0 + 2 * (size_t)n_in : w0, *w3 = rows > 3 ? w0 + 3 * (size_t)n_in : w0;
+        const float *w = P + (size_t)(i / LANES) * n_in * LANES + i % LANES;  /* W[i + r][j] = w[j * 16 + r] */
         for (int b0 = 0; b0 < Bp; b0 += LANES) {
             float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
             for (int j = 0; j < n_in; j++) {
-                const float *xj = xt + (size_t)j * Bp + b0, c0 = w0[j], c1 = w1[j], c2 = w2[j], c3 = w3[j];
+                const float *xj = xt + (size_t)j * Bp + b0, *wj = w + (size_t)j * LANES;
+                const float c0 = wj[0], c1 = wj[1], c2 = wj[2], c3 = wj[3];  /* zeros past n_out */
                 #pragma omp simd
                 for (int l = 0; l < LANES; l++) {
                     a0[l] += c0 * xj[l]; a1[l] += c1 * xj[l]; a2[l] += c2 * xj[l]; a3[l] += c3 * xj[l];
@@ -129,12 +136,11 @@ static void matmat(float *y, const float *x, const float *W, const float *bias, 
     }
 }
 
-/* y = x W^T (+ bias) for B rows: matmat from 16 rows (a full group of lanes; at 8 half of them idle and
-   matvec won: demo shape, 0.44 against 0.77 ms a step), else matvec (`rows` weight rows at a time). */
-static void linear(float *y, const float *x, const float *W, const float *bias, int B, int n_in, int n_out,
-                   int threads, int rows, float *xt) {
-    if (B >= 16) matmat(y, x, W, bias, B, n_in, n_out, threads, xt);
-    else matvec(y, x, W, bias, B, n_in, n_out, threads, rows);
+/* y = x W^T (+ bias) for B rows, W in panels: matmat from 16 rows, else gemv. */
+static void linear(float *y, const float *x, const float *P, const float *bias, int B, int n_in, int n_out,
+                   int threads, float *xt) {
+    if (B >= LANES) matmat(y, x, P, bias, B, n_in, n_out, threads, xt);
+    else gemv(y, x, P, bias, B, n_in, n_out, threads);
 }
 
 /* Llama's "rotate half" RoPE of one head vector at table row `c`, `s`. */
@@ -219,9 +225,6 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
     float *h = o + B * d, *att = h + (size_t)B * fc_out;  /* att: [B, H, slot + 1] */
     float *xt = att + (size_t)B * H * (slot + 1);  /* matmat's transposed inputs */
     const int n = slot + 1;
-    /* Four rows at a time only for batches of a model whose weights fit in a cache (~16 MB). */
-    const long weights = (long)m->n_layer * d * (4L * d + fc_out + F) + (long)m->vocab * d;
-    const int rows = B > 1 && weights <= (4L << 20) ? 4 : 1;
 
     for (int b = 0; b < B; b++) {
         int pos = pad ? slot - (int)pad[b] : slot;
@@ -238,7 +241,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
             add(x + b * d, la, RESID_PRE, b, d);
             norm(xn + b * d, x + b * d, L->norm1_w, L->norm1_b, d, m->eps, m->layer_norm);
         }
-        linear(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt, rows, xt);
+        linear(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt, xt);
         #pragma omp parallel for collapse(2) num_threads(nt) schedule(static) if (nt > 1 && B * H > 1 && (long)B * H * n * D > 16384)
         for (int b = 0; b < B; b++) {
             for (int hd = 0; hd < H; hd++) {
@@ -261,14 +264,14 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
                 attend(zz, q, K, V, a, first, n, D, L->scale);
             }
         }
-        linear(o, z, L->out, L->out_b, B, d, d, nt, rows, xt);
+        linear(o, z, L->out, L->out_b, B, d, d, nt, xt);
         for (int b = 0; b < B; b++) {
             add(o + b * d, la, ATTN_OUT, b, d);
             for (int i = 0; i < d; i++) x[b * d + i] += o[b * d + i];
             add(x + b * d, la, RESID_MID, b, d);
             norm(xn + b * d, x + b * d, L->norm2_w, L->norm2_b, d, m->eps, m->layer_norm);
         }
-        linear(h, xn, L->fc, L->fc_b, B, d, fc_out, nt, rows, xt);
+        linear(h, xn, L->fc, L->fc_b, B, d, fc_out, nt, xt);
         for (int b = 0; b < B; b++) {  /* the activation, in place into the first F of each row */
             float *hb = h + (size_t)b * fc_out, *hz = h + (size_t)b * F;
             #pragma omp simd
@@ -279,7 +282,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
                 else hz[i] = 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
             }
         }
-        linear(o, h, L->proj, L->proj_b, B, F, d, nt, rows, xt);
+        linear(o, h, L->proj, L->proj_b, B, F, d, nt, xt);
         for (int b = 0; b < B; b++) {
             add(o + b * d, la, MLP_OUT, b, d);
             for (int i = 0; i < d; i++) x[b * d + i] += o[b * d + i];
@@ -287,7 +290,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
         }
     }
     for (int b = 0; b < B; b++) norm(xn + b * d, x + b * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
-    linear(logits, xn, m->head, NULL, B, d, m->vocab, nt, rows, xt);
+    linear(logits, xn, m->head, NULL, B, d, m->vocab, nt, xt);
 }
 
 /* Floats of scratch `decode_step` needs for B rows with `n_keys` keys (slot + 1) at most. */

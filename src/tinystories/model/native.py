@@ -82,6 +82,15 @@ def _ptr(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type
     return None if t is None else ctypes.cast(t.data_ptr(), _F)
 
 
+def panels(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight [out, in] as decode_step.c's `gemv` reads it: 16 output rows side
+    by side, [ceil(out / 16), in, 16], zeros past `out`."""
+    out, n_in = weight.shape
+    padded = weight.new_zeros(-(-out // 16) * 16, n_in)
+    padded[:out] = weight
+    return padded.view(-1, 16, n_in).transpose(1, 2).contiguous()
+
+
 class _Arena:
     """Room for the step's weights: one anonymous mapping, which the kernel backs with 2 MB pages
     where it can (madvise MADV_HUGEPAGE; transparent huge pages in "madvise" mode, as many Linux
@@ -129,22 +138,26 @@ class NativeStep:
         cfg = model.cfg
         self.lib, self.cfg = lib, cfg
         floats = sum(t.numel() for t in model.parameters()) + (2 * rope[0].numel() if rope else 0)
-        arena = self.arena = _Arena(4 * floats + 64 * (16 * cfg.n_layer + 16))
+        pad = 16 * max(cfg.d_model, cfg.ffn_dim) * (4 * cfg.n_layer + 1)  # panels round outputs up to 16
+        arena = self.arena = _Arena(4 * (2 * floats + pad) + 64 * (16 * cfg.n_layer + 16))  # 2x: a tied head
 
         def p(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type-arg]
             return None if t is None else _ptr(arena.put(t.detach()))
+
+        def w(t: torch.Tensor) -> ctypes._Pointer:  # type: ignore[type-arg]
+            return _ptr(arena.put(panels(t.detach())))
 
         layers = (_Layer * cfg.n_layer)()
         for L, block in zip(layers, model.layers()):
             a, m = block.attn, block.mlp
             fc = torch.cat([m.gate.weight, m.up.weight]) if m.activation == "swiglu" else m.fc.weight
             L.norm1_w, L.norm1_b = p(_param(block.norm1, "weight")), p(_param(block.norm1, "bias"))
-            L.qkv, L.out, L.out_b = p(a.qkv.weight), p(a.out.weight), p(a.out.bias)
+            L.qkv, L.out, L.out_b = w(a.qkv.weight), w(a.out.weight), p(a.out.bias)
             L.q_norm = p(a.q_norm.weight) if a.q_norm is not None else None
             L.k_norm = p(a.k_norm.weight) if a.k_norm is not None else None
             L.norm2_w, L.norm2_b = p(_param(block.norm2, "weight")), p(_param(block.norm2, "bias"))
-            L.fc, L.fc_b = p(fc), p(None if m.activation == "swiglu" else m.fc.bias)
-            L.proj, L.proj_b = p(m.proj.weight), p(m.proj.bias)
+            L.fc, L.fc_b = w(fc), p(None if m.activation == "swiglu" else m.fc.bias)
+            L.proj, L.proj_b = w(m.proj.weight), p(m.proj.bias)
             L.scale, L.window = a.scale, a.window
         self.model = _Model(
             n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.head_dim, d_model=cfg.d_model, ffn=cfg.ffn_dim,
@@ -152,7 +165,7 @@ class NativeStep:
             layer_norm=int(cfg.arch == "neo"), threads=1, eps=cfg.norm_eps, qk_eps=cfg.norm_eps,
             tok_emb=p(model.tok_emb.weight), pos_emb=p(model.pos_emb.weight if model.pos_emb is not None else None),
             rope_cos=p(rope[0] if rope else None), rope_sin=p(rope[1] if rope else None),
-            norm_w=p(_param(model.norm, "weight")), norm_b=p(_param(model.norm, "bias")), head=p(model.lm_head.weight),
+            norm_w=p(_param(model.norm, "weight")), norm_b=p(_param(model.norm, "bias")), head=w(model.lm_head.weight),
             layers=layers)
         self.layers = layers
         arena.done()
