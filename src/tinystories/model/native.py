@@ -95,8 +95,7 @@ class _Arena:
     """Room for the step's weights: one anonymous mapping, which the kernel backs with 2 MB pages
     where it can (madvise MADV_HUGEPAGE; transparent huge pages in "madvise" mode, as many Linux
     machines set them). Streaming 60 MB of weights a token through 4 KB pages cost ~8%: the 15M
-    shape's step at 2.5 against 2.7 ms on a Zen 4 AMD EPYC (bench/README.md). A tensor put twice
-    (tied embeddings) is copied once."""
+    shape's step at 2.5 against 2.7 ms on a Zen 4 AMD EPYC (bench/README.md)."""
 
     HUGE = 2 << 20
 
@@ -110,29 +109,24 @@ class _Arena:
                 self.map.madvise(mmap.MADV_HUGEPAGE)
             self.bytes = torch.frombuffer(self.map, dtype=torch.uint8)
         self.used = -self.bytes.data_ptr() % self.HUGE  # start on a 2 MB boundary
-        self.copies: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def put(self, t: torch.Tensor) -> torch.Tensor:
-        key = (t.data_ptr(), tuple(t.shape))
-        if key not in self.copies:  # (the source is held until `done`, so no other takes its address)
-            n = 4 * t.numel()
-            assert self.used + n <= self.bytes.numel(), "the arena was sized too small"
-            copy = self.bytes[self.used:self.used + n].view(torch.float32).view(t.shape)
-            copy.copy_(t)
-            self.copies[key] = (t, copy)
-            self.used += -(-n // 64) * 64
-        return self.copies[key][1]
-
-    def done(self) -> None:
-        """Every tensor is in: let the sources go."""
-        self.copies.clear()
+        """A copy of `t` in the arena, 64-byte aligned."""
+        n = 4 * t.numel()
+        assert self.used + n <= self.bytes.numel(), "the arena was sized too small"
+        copy = self.bytes[self.used:self.used + n].view(torch.float32).view(t.shape)
+        copy.copy_(t)
+        self.used += -(-n // 64) * 64
+        return copy
 
 
 class NativeStep:
     """The C step over a copy of `model`'s weights (float32, CPU): `step` as `DecodeStep.step`.
 
-    The copy sits in one `_Arena`, in the order the step reads it, as llama2.c's run.c reads its
-    checkpoint file. `GPT.decode_step` makes a new step when the model's weights change."""
+    The copy sits in one `_Arena`, in the order the step reads it (as llama2.c's run.c reads its
+    checkpoint file), each linear layer's weight in `panels`; with tied embeddings the table is
+    there twice, as rows to look tokens up and as panels for the output layer. `GPT.decode_step`
+    makes a new step when the model's weights change."""
 
     def __init__(self, model: GPT, lib: ctypes.CDLL, rope: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         cfg = model.cfg
@@ -144,7 +138,7 @@ class NativeStep:
         def p(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type-arg]
             return None if t is None else _ptr(arena.put(t.detach()))
 
-        def w(t: torch.Tensor) -> ctypes._Pointer:  # type: ignore[type-arg]
+        def w(t: torch.Tensor) -> ctypes._Pointer | None:  # type: ignore[type-arg]
             return _ptr(arena.put(panels(t.detach())))
 
         layers = (_Layer * cfg.n_layer)()
@@ -168,7 +162,6 @@ class NativeStep:
             norm_w=p(_param(model.norm, "weight")), norm_b=p(_param(model.norm, "bias")), head=w(model.lm_head.weight),
             layers=layers)
         self.layers = layers
-        arena.done()
         self.ref = ctypes.byref(self.model)
         self.scratch, self.scratch_rows = torch.empty(0), 0  # room for this many rows at any length
 
