@@ -3,9 +3,10 @@
 
    The PyTorch form finds the top-p cut by sorting the vocabulary when the nucleus is wide (flat
    distributions: random weights, high temperatures), ~10 passes over [B, V] of which the sort
-   alone was 0.15 ms a row at 10K tokens. Here one quickselect finds the cut instead: partition
-   around a pivot, keep the side where the cumulative probability (largest first) reaches top_p.
-   The cut is a value, as in the PyTorch form: every token tied with the last one kept stays.
+   alone was 0.15 ms a row at 10K tokens. Here a histogram of the row's logits finds the bin where
+   the cumulative probability (largest first) reaches top_p, and a quickselect among that bin's
+   tokens finds the cut (`cut`); top-k's cut is found the same way, by counts. The cut is a
+   value, as in the PyTorch form: every token tied with the last one kept stays.
    tests/test_sampling.py checks it draws the tokens `reference_probs` and `draw` draw.
 
    Sums are in double, where the PyTorch form sums in float: the two can differ only where a

@@ -13,8 +13,9 @@ Per row, with its own `SamplingParams` and its own random generator:
 `reference_probs` is that definition written plainly over the whole vocabulary. `sample`
 draws the same tokens faster, in one of two ways (the tests check each against it):
 
-* in C (`sampler.c`, built once per machine by `cbuild`), where it builds: per row, one
-  quickselect finds the top-k and top-p cuts, in expected O(V), and one pass draws;
+* in C (`sampler.c`, built once per machine by `cbuild`), where it builds: per row, a
+  histogram and a quickselect in one of its bins find the top-k and top-p cuts, in expected
+  O(V), and one pass draws;
 * else as PyTorch operations: a trained model's nucleus is a few dozen tokens, so they look at
   the 64 most likely first and sort a row's whole vocabulary only when those miss its top_p
   (flat distributions: random weights, high temperatures). That sort needs the values only,
