@@ -124,16 +124,18 @@ class NativeStep:
     """The C step over a copy of `model`'s weights (float32, CPU): `step` as `DecodeStep.step`.
 
     The copy sits in one `_Arena`, in the order the step reads it (as llama2.c's run.c reads its
-    checkpoint file), each linear layer's weight in `panels`; with tied embeddings the table is
-    there twice, as rows to look tokens up and as panels for the output layer. `GPT.decode_step`
-    makes a new step when the model's weights change."""
+    checkpoint file), each linear layer's weight in `panels`. The token embedding table is not
+    copied: a step reads one row of it per token, and the model's own table serves (with tied
+    embeddings the output layer's panels are the copy). `GPT.decode_step` makes a new step when
+    the model's weights change."""
 
     def __init__(self, model: GPT, lib: ctypes.CDLL, rope: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         cfg = model.cfg
         self.lib, self.cfg = lib, cfg
         floats = sum(t.numel() for t in model.parameters()) + (2 * rope[0].numel() if rope else 0)
         pad = 16 * max(cfg.d_model, cfg.ffn_dim) * (4 * cfg.n_layer + 1)  # panels round outputs up to 16
-        arena = self.arena = _Arena(4 * (2 * floats + pad) + 64 * (16 * cfg.n_layer + 16))  # 2x: a tied head
+        arena = self.arena = _Arena(4 * (floats + pad) + 64 * (16 * cfg.n_layer + 16))
+        self.tok_emb = model.tok_emb.weight.detach().contiguous()  # held: the step points into it
 
         def p(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type-arg]
             return None if t is None else _ptr(arena.put(t.detach()))
@@ -157,7 +159,7 @@ class NativeStep:
             n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.head_dim, d_model=cfg.d_model, ffn=cfg.ffn_dim,
             vocab=cfg.vocab_size, context=cfg.context_length, act=ACTS[model.layers()[0].mlp.activation],
             layer_norm=int(cfg.arch == "neo"), threads=1, eps=cfg.norm_eps, qk_eps=cfg.norm_eps,
-            tok_emb=p(model.tok_emb.weight), pos_emb=p(model.pos_emb.weight if model.pos_emb is not None else None),
+            tok_emb=_ptr(self.tok_emb), pos_emb=p(model.pos_emb.weight if model.pos_emb is not None else None),
             rope_cos=p(rope[0] if rope else None), rope_sin=p(rope[1] if rope else None),
             norm_w=p(_param(model.norm, "weight")), norm_b=p(_param(model.norm, "bias")), head=w(model.lm_head.weight),
             layers=layers)
