@@ -17,7 +17,7 @@ ARCHS = {"neo": {"arch": "neo"}, "neo-local": {"arch": "neo", "local_window": 5}
          "modern-relu2-qknorm-untied": {"arch": "modern", "mlp": "relu2", "qk_norm": True, "tie_embeddings": False},
          "neo-16-wide-heads": {"arch": "neo", "n_head": 2},  # (the C step's other attention loop: head_dim >= 16)
          "neo-4-wide-heads": {"arch": "neo", "n_head": 8}}  # (the paper's 1M model's head_dim, a constant in C)
-# Past 4M weights the C step reads its matrices one row at a time for batches too (decode_step.c).
+# A larger model: a 30K output layer, in panels of 16 rows as the 15M shape's is (decode_step.c).
 BIG = {"arch": "modern", "vocab_size": 30_000, "d_model": 128}
 
 
