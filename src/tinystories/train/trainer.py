@@ -415,7 +415,8 @@ class Trainer:
             self.log.plot()
         if self.log.trackers is not None:
             self.log.trackers.close()
-        if self.dist.world > 1:
+        if self.dist.world > 1:  # together: rank 0 may still be writing samples while the others are done
+            dist.barrier()
             dist.destroy_process_group()
         return last_eval
 
