@@ -246,7 +246,7 @@ def test_a_batch_that_cannot_be_polled_is_kept_for_the_next_run(tmp_path):
 def test_a_full_disk_ends_with_one_line_and_the_rerun_finishes(small_disk, capsys):
     from conftest import fill
     from tinystories.cli import main
-    from tinystories.data.shards import read_jsonl_repairing
+    from tinystories.data.shards import iter_jsonl_repairing
 
     server = ServerProcess(api_key=KEY)
     out, n = small_disk / "gen", 40
@@ -258,7 +258,7 @@ def test_a_full_disk_ends_with_one_line_and_the_rerun_finishes(small_disk, capsy
         err = capsys.readouterr().err.splitlines()[-1]
         assert err.startswith(f"error: {out}/") and "no space left on the device" in err, err
         written = [r["index"] for p in [out / "rejected.jsonl", *(out / "data").glob("*.jsonl")]
-                   for r in read_jsonl_repairing(p)]
+                   for r in iter_jsonl_repairing(p)]
         assert 0 < len(written) < n and len(set(written)) == len(written)
         filler.unlink()
         assert main(argv) == 0

@@ -165,14 +165,17 @@ class Run:
                 if record["index"] in self.done:
                     continue
                 if rejected:
-                    self.done.add(record["index"])
-                    self.rejected[reason_kind(record["reason"])] += 1
-                    self.record_tokens.update(record.get("usage", {}))
-                    self.index.add(record["index"], None)
+                    self._count_rejected(record)
                 else:
                     self._count_accepted(record)
                     self.index.add(record["index"], self.filter.remember(record.get("story", record["text"]),
                                                                          record["id"]))
+
+    def _count_rejected(self, record: dict[str, Any]) -> None:
+        self.done.add(record["index"])
+        self.rejected[reason_kind(record["reason"])] += 1
+        self.record_tokens.update(record.get("usage", {}))
+        self.index.add(record["index"], None)
 
     def _count_accepted(self, record: dict[str, Any]) -> None:
         self.done.add(record["index"])
@@ -187,10 +190,7 @@ class Run:
             return
         if "reason" in record:
             append_line(self.rejected_file, record)
-            self.done.add(record["index"])
-            self.rejected[reason_kind(record["reason"])] += 1
-            self.record_tokens.update(record["usage"])
-            self.index.add(record["index"], None)
+            self._count_rejected(record)
         else:
             self.shards.append(record)
             self._count_accepted(record)

@@ -46,7 +46,6 @@ class DoneSet:
 
     def __init__(self) -> None:
         self._bits = np.zeros(0, np.uint8)
-        self._count = 0
 
     def _grow(self, size: int) -> None:
         if size > len(self._bits):
@@ -61,18 +60,15 @@ class DoneSet:
         if index < 0:
             raise TinyStoriesError(f"prompt index {index} is negative")
         self._grow(index + 1)
-        if not self._bits[index]:
-            self._bits[index] = 1
-            self._count += 1
+        self._bits[index] = 1
 
     def add_many(self, indices: np.ndarray) -> None:
         if len(indices):
             self._grow(int(indices.max()) + 1)
             self._bits[indices] = 1
-            self._count = int(np.count_nonzero(self._bits))
 
     def __len__(self) -> int:
-        return self._count
+        return int(np.count_nonzero(self._bits))
 
     def count_below(self, n: int) -> int:
         return int(np.count_nonzero(self._bits[:n]))

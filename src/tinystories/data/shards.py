@@ -19,11 +19,6 @@ from tinystories.utils import naming
 log = logging.getLogger(__name__)
 
 
-def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
-    """Records of an append-only JSONL file; a torn last line (from a kill) is cut off."""
-    return list(iter_jsonl_repairing(path))
-
-
 def line_end(path: Path) -> int:
     """The byte offset after the last complete line of `path` (0 if none or no file), found by
     reading backwards in blocks (a shard can be hundreds of MB)."""
