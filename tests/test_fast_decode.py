@@ -109,6 +109,30 @@ def test_generation_is_token_for_token_the_same(arch: str, params: SamplingParam
         native.library.cache_clear()
 
 
+def test_a_c_file_that_does_not_build_says_why_and_generation_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad TINYSTORIES_MARCH (or a broken compiler): both C files fall back to PyTorch, and the
+    reason names the compiler's own error, not its list of valid values."""
+    from tinystories.infer import sampler
+
+    if native.library() is None:
+        pytest.skip(f"the C step is unavailable here: {native.why_not()}")
+    m = model()
+    params = SamplingParams(max_new_tokens=12, temperature=0.9, top_p=0.9, seed=4, stop_at_eos=False)
+    in_c = generate(m, TokenIds(0), [[0, 5]], params)
+    monkeypatch.setenv("TINYSTORIES_MARCH", "no-such-cpu")
+    native.library.cache_clear()
+    sampler.library.cache_clear()
+    try:
+        assert native.library() is None and sampler.library() is None
+        assert "could not build decode_step.c" in native.why_not() and "no-such-cpu" in native.why_not()
+        m.lm_head.weight.data = m.lm_head.weight.data.clone()  # new weights: the step is made anew
+        assert m.decode_step().native is None  # type: ignore[union-attr]
+        assert generate(m, TokenIds(0), [[0, 5]], params) == in_c
+    finally:
+        native.library.cache_clear()
+        sampler.library.cache_clear()
+
+
 def test_the_step_is_per_thread_and_follows_the_weights() -> None:
     m = model()
     assert m.decode_step() is not None

@@ -22,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from functools import cache
 from pathlib import Path
 
 BASE_FLAGS = ["-Ofast", "-fopenmp", "-shared", "-fPIC"]  # -Ofast as run.c is built: vector expf, tanhf
@@ -29,6 +30,18 @@ BASE_FLAGS = ["-Ofast", "-fopenmp", "-shared", "-fPIC"]  # -Ofast as run.c is bu
 
 def flags() -> list[str]:
     return [*BASE_FLAGS, f"-march={os.environ.get('TINYSTORIES_MARCH') or 'native'}"]
+
+
+@cache
+def _version(compiler: str) -> str:
+    """`compiler --version`, asked once per process (each C file's load would ask again)."""
+    return subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
+
+
+def _first_error(stderr: str) -> str:
+    """The compiler's first error line (its last lines can be a list of valid -march values)."""
+    lines = stderr.strip().splitlines()
+    return next((line for line in lines if "error" in line), lines[-1] if lines else "")[-300:]
 
 
 def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
@@ -39,8 +52,7 @@ def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
     if compiler is None:
         return None, "no C compiler (cc or gcc) on PATH"
     try:
-        version = subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([source.read_text(), version, *flags(), platform.machine()]).encode())
+        key = hashlib.sha256("\0".join([source.read_text(), _version(compiler), *flags(), platform.machine()]).encode())
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories" / "native"
         path = base / f"{source.stem}-{key.hexdigest()[:16]}.so"
         if not path.exists():
@@ -50,7 +62,8 @@ def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
                 done = subprocess.run([compiler, *flags(), "-o", str(built), str(source), "-lm"],
                                       check=False, capture_output=True, text=True, timeout=300)
                 if done.returncode != 0:
-                    return None, f"{compiler} could not build {source.name}: {done.stderr.strip()[-300:]}"
+                    why = _first_error(done.stderr)
+                    return None, f"{compiler} {' '.join(flags())} could not build {source.name}: {why}"
                 os.replace(built, path)
         return ctypes.CDLL(str(path)), ""
     except (OSError, subprocess.SubprocessError) as exc:

@@ -23,7 +23,7 @@ Generation uses a key/value cache (`KVCache`). Prompts of different lengths are
 left-padded; `pad` gives each row's number of padding slots, which attention masks out
 and positions skip, so a padded row computes exactly what it would alone. `DecodeStep` (at
 the end) is this model specialised to one new token per row, made of the same modules and
-functions, and run in C where it can be (`decode_step.c`, built by `native.py`); the tests pin
+functions, and run in C where it can be (`decode_step.c`, loaded by `native.py`); the tests pin
 both to `forward`. Whoever changes the model here changes `decode_step.c` too, and the tests
 say so if not.
 """
@@ -504,7 +504,8 @@ class DecodeStep:
       without padding, and no module calls, hook points or masks dictionary per step.
 
     For float32 on the CPU the step runs in C where a compiler is at hand (`model/native.py`,
-    `decode_step.c`: the same operations on the same weights, with no per-operation dispatch),
+    `decode_step.c`: the same operations on a copy of the weights laid out for it, with no
+    per-operation dispatch),
     else as the PyTorch operations below (``native=False`` forces them). Both are pinned to
     `forward` by the tests.
 
