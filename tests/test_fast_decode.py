@@ -54,12 +54,39 @@ def test_step_logits_equal_the_forward_pass(arch: str, batch: int, in_c: bool) -
         m(idx, cache=ref)
         m(idx, cache=mine)
         token = torch.randint(0, 97, (batch,), generator=g)
+        best = torch.empty(batch, dtype=torch.long)
         for _ in range(34):  # past the local window, to the end of the context
             expected = m(token[:, None], cache=ref)[0][:, -1]
-            got = fast.step(token, mine)
+            got = fast.step(token, mine, best=best)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            assert best.tolist() == got.argmax(-1).tolist()
             token = expected.argmax(-1)
     torch.testing.assert_close(mine.k[:, :, :, :ref.length], ref.k[:, :, :, :ref.length], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
+@pytest.mark.parametrize("vocab", [97, 30_000])
+def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:
+    """The step's `best` is torch's argmax where the top logit is shared. The output layer's rows are
+    v, -v or 0 (logits a, -a, 0), so each row's top is the first of many v rows (a > 0) or of many -v
+    rows (a < 0), at places that are not multiples of 16 (decode_step.c scans groups of 16)."""
+    m = model(arch="modern", tie_embeddings=False, vocab_size=vocab, context_length=40)
+    base = vocab - 97
+    with torch.no_grad():
+        v, head = m.lm_head.weight[0].clone(), m.lm_head.weight
+        head.zero_()
+        head[base + 17::7] = v
+        head[base + 46::2] = -v
+    fast = step_of(m, in_c)
+    tokens, seen = torch.arange(8) * 5, set()
+    cache, best = m.new_cache(8, 40), torch.empty(8, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(5):
+            logits = fast.step(tokens, cache, best=best)
+            assert best.tolist() == logits.argmax(-1).tolist()
+            seen |= set(best.tolist())
+            tokens = (tokens + 1) % vocab
+    assert seen == {base + 17, base + 46}
 
 
 @pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])

@@ -51,6 +51,14 @@ def test_kv_cache_sampling_equals_no_cache_sampling(model: GPT, cfg: SamplingPar
     assert generate(model, TokenIds(0), PROMPTS, cfg) == generate_reference(model, PROMPTS, cfg, eos_id=0)
 
 
+@pytest.mark.parametrize("cfg", [SamplingParams(max_new_tokens=25, temperature=0, stop_at_eos=False),
+                                 SamplingParams(max_new_tokens=25, top_p=0.9, seed=5, stop_at_eos=False)])
+def test_one_token_prompts_prefill_in_the_decode_step(model: GPT, cfg: SamplingParams) -> None:
+    """Stories from scratch: every prompt one token, which the engine prefills with a decode step."""
+    prompts = [[0], [7], [0]]
+    assert generate(model, TokenIds(0), prompts, cfg) == generate_reference(model, prompts, cfg, eos_id=0)
+
+
 def test_batched_greedy_equals_one_at_a_time(model: GPT) -> None:
     cfg = SamplingParams(max_new_tokens=20, temperature=0, stop_at_eos=False)
     batched = generate(model, TokenIds(0), PROMPTS, cfg)

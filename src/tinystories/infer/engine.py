@@ -150,17 +150,21 @@ class Engine:
     def _decode(self) -> None:
         b = self.batch
         assert b.cache is not None
-        logits = self.runner.decode(b.last, b.cache, b.slots)
+        rows = b.rows
+        logits, best = self.runner.decode(b.last, b.cache, b.slots, any(r.params.greedy for r in rows))
         self.steps += 1
         where = b.gather()
-        rows = b.rows
-        self._report(rows, *self._choose(logits[where], rows), where)
+        if not isinstance(where, slice):  # free slots rode along
+            logits, best = logits[where], None if best is None else best[where]
+        self._report(rows, *self._choose(logits, rows, best), where)
 
-    def _choose(self, logits: torch.Tensor, rows: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next token of each row, and the model's log-probabilities (temperature 1, as OpenAI's
-        logprobs report) when some row has a consumer to report them to."""
+    def _choose(self, logits: torch.Tensor, rows: list[Sequence], best: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next token of each row (`best`: each one's most likely, if the step gave it), and the
+        model's log-probabilities (temperature 1, as OpenAI's logprobs report) when some row has a
+        consumer to report them to."""
         logprobs = logits.float().log_softmax(-1) if any(r.emit is not None for r in rows) else None
-        return sample(logits, [r.params for r in rows], [r.generator for r in rows], logprobs), logprobs
+        return sample(logits, [r.params for r in rows], [r.generator for r in rows], logprobs, best), logprobs
 
     def _report(self, rows: list[Sequence], nxt: torch.Tensor, logprobs: torch.Tensor | None,
                 where: torch.Tensor | slice) -> None:

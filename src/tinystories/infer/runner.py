@@ -6,9 +6,14 @@ sampled with, `interpret.hooks.patched`) or the model is training: then `forward
 hooks see and change what is generated. Hooks of other threads (the playground's attention
 view, another client) never act here, so they never slow this batch down.
 
+A prefill of one position (every prompt a single token: stories from scratch) is a decode
+step too, the same computation: for one token `forward`'s module calls cost 4-9x the step
+(bench/README.md, Inference). Longer prompts prefill with `forward`, whose matrix products
+over all positions at once win from a few tokens on.
+
 Per-row additions at hook points (steering, `Sequence.adds`) stay on the fast step when they
-are at a residual-stream point the step holds as [B, d] (`gpt.addable`); elsewhere, and in the
-prefill, they run as hooks on `forward` that add each row's vector to its row only.
+are at a residual-stream point the step holds as [B, d] (`gpt.addable`); elsewhere, and in a
+longer prefill, they run as hooks on `forward` that add each row's vector to its row only.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Runner:
         self.device = model.tok_emb.weight.device
         self.dtype = model.tok_emb.weight.dtype
         self.step: DecodeStep | None = None
+        self.best = torch.empty(0, dtype=torch.long, device=self.device)  # `decode`'s most likely tokens
 
     @contextlib.contextmanager
     def _adding(self, adds: Adds) -> Iterator[None]:
@@ -62,18 +68,33 @@ class Runner:
         cache = self.model.new_cache(len(seqs), self.context, pad)
         self.step = self.model.decode_step()  # looked up once per admission, not at every step
         adds = batch_adds(list(seqs), self.device, self.dtype)
+        step = self._step_for(adds)
+        if idx.shape[1] == 1 and step is not None:  # one position: a decode step (see above)
+            return step.step(idx[:, 0], cache, adds), cache
         with self._adding(adds) if adds else contextlib.nullcontext():
             logits, _ = self.model(idx, cache=cache, last=True)
         return logits[:, -1], cache
 
-    def decode(self, tokens: torch.Tensor, cache: KVCache, slots: list[Sequence | None]) -> torch.Tensor:
-        """Logits [B, V] of the next token of every slot after `tokens` [B], appended to `cache`."""
+    def _step_for(self, adds: Adds) -> DecodeStep | None:
+        """The decode step, if it computes what `forward` with these additions would."""
+        return self.step if self.step is not None and all(addable(name) for name in adds) else None
+
+    def decode(self, tokens: torch.Tensor, cache: KVCache, slots: list[Sequence | None], greedy: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, V] of the next token of every slot after `tokens` [B], appended to `cache`;
+        and, if `greedy` (some row wants it) and the decode step ran, each slot's most likely token
+        (valid until the next call: the same tensor is reused, a new one costs ~3 us a step)."""
         adds = batch_adds(slots, self.device, self.dtype) if any(s is not None and s.adds for s in slots) else {}
-        step = self.step
-        if step is not None and all(addable(name) for name in adds):
-            return step.step(tokens, cache, adds)
+        step = self._step_for(adds)
+        if step is not None:
+            best = None
+            if greedy:
+                if self.best.shape[0] != len(slots):
+                    self.best = torch.empty(len(slots), dtype=torch.long, device=self.device)
+                best = self.best
+            return step.step(tokens, cache, adds, best), best
         with self._adding(adds) if adds else contextlib.nullcontext():
-            return self.model(tokens[:, None], cache=cache)[0][:, -1]
+            return self.model(tokens[:, None], cache=cache)[0][:, -1], None
 
 
 def check_adds(model: GPT, adds: Mapping[str, torch.Tensor]) -> None:

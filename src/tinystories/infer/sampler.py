@@ -144,19 +144,21 @@ def _kept_in_order(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) ->
 
 
 def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[random.Random],
-           logprobs: torch.Tensor | None = None) -> torch.Tensor:
+           logprobs: torch.Tensor | None = None, best: torch.Tensor | None = None) -> torch.Tensor:
     """Next token ids [B] from last-position logits [B, V], row i by params[i] and generators[i].
 
     `logprobs`: the caller's `log_softmax(logits)` if it has it (the server reports them), reused
-    for rows at temperature 1; the result is the same either way.
+    for rows at temperature 1; `best`: each row's most likely token, ``logits.argmax(-1)``, if the
+    caller has it (the decode step finds it: `DecodeStep.step`), for greedy rows. The result is
+    the same either way.
     """
     V = logits.shape[-1]
     greedy = [i for i, p in enumerate(params) if p.greedy]
     if len(greedy) == len(params):  # every row greedy (a single greedy stream): no gathers
-        return _argmax(logits)
+        return best if best is not None else _argmax(logits)
     out = torch.empty(len(params), dtype=torch.long, device=logits.device)
     if greedy:
-        out[greedy] = _argmax(logits[greedy])
+        out[greedy] = best[greedy] if best is not None else _argmax(logits[greedy])
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if not rows:
         return out

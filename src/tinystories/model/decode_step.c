@@ -213,12 +213,37 @@ static void attend(float *z, const float *q, const float *K, const float *V, flo
     else attend_d(z, q, K, V, a, first, n, D, scale);
 }
 
+/* Each row's most likely token: the first index of its largest logit, as torch.argmax (with
+   -Ofast, NaN is assumed absent; a row of them gives some index in 0..V-1). Done here, in the
+   step's own call, while the logits are still in cache: from Python the same pass ran after
+   the step had pushed the interpreter's code and data out of the caches, and cost ~8% of a
+   token at the demo shape (numpy's argmax alone; a Zen 4 AMD EPYC). */
+static void argmax_rows(int64_t *best, const float *logits, int B, int V, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)B * V > 65536)
+    for (int b = 0; b < B; b++) {
+        const float *x = logits + (size_t)b * V;
+        float top = x[0];
+        #pragma omp simd reduction(max:top)
+        for (int i = 0; i < V; i++) top = x[i] > top ? x[i] : top;
+        int i = 0;
+        for (; i + LANES <= V; i += LANES) {  /* the first group of 16 holding it, then the place */
+            int hit = 0;
+            for (int l = 0; l < LANES; l++) hit |= x[i + l] == top;
+            if (hit) break;
+        }
+        while (i < V - 1 && x[i] != top) i++;
+        best[b] = i;
+    }
+}
+
 /* Logits [B, vocab] of the next token after tokens[b] for each row b, whose keys and values
    are appended to the cache at `slot`. pad[b]: row b's leading padding slots (NULL: none).
    adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions (NULL = none): hook_embed,
-   then each layer's points in the order above. scratch: room for the sizes in `scratch_floats`. */
+   then each layer's points in the order above. best: NULL, or room for B token ids, each row's
+   most likely one (`argmax_rows`). scratch: room for the sizes in `scratch_floats`. */
 void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pad, int slot, float *k_cache,
-                 float *v_cache, int cache_len, const float *const *adds, float *logits, float *scratch) {
+                 float *v_cache, int cache_len, const float *const *adds, float *logits, int64_t *best,
+                 float *scratch) {
     const int d = m->d_model, H = m->n_head, D = m->head_dim, F = m->ffn, nt = m->threads;
     const int fc_out = m->act == SWIGLU ? 2 * F : F;
     float *x = scratch, *xn = x + B * d, *qkv = xn + B * d, *z = qkv + B * 3 * d, *o = z + B * d;
@@ -291,6 +316,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
     }
     for (int b = 0; b < B; b++) norm(xn + b * d, x + b * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
     linear(logits, xn, m->head, NULL, B, d, m->vocab, nt, xt);
+    if (best) argmax_rows(best, logits, B, m->vocab, nt);
 }
 
 /* Floats of scratch `decode_step` needs for B rows with `n_keys` keys (slot + 1) at most. */

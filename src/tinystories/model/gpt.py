@@ -544,12 +544,14 @@ class DecodeStep:
             self.head = model.lm_head.weight.t().contiguous()
 
     @inference
-    def step(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None
-             ) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None,
+             best: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, V] of the next token after `tokens` [B] (one per row), appended to `cache`.
 
         `adds[name]` [B, d]: added to the activation at hook point `name` (``hook_embed`` or one of
         `ADDABLE`, as ``blocks.L.hook_resid_post``), as a hook returning ``x + add`` would in `forward`.
+        `best` [B] int64: set to each row's most likely token, ``logits.argmax(-1)`` (the C step
+        finds it while the logits are in cache: the greedy sampler's answer, `infer/sampler.sample`).
         """
         cfg, adds = self.cfg, adds or {}
         B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
@@ -559,7 +561,8 @@ class DecodeStep:
                              f"{cfg.context_length}")
         pad = cache.pad
         if self.native is not None:
-            logits = self.native.step(tokens, cache.k, cache.v, slot, pad, dict(adds))
+            assert best is None or (best.dtype == torch.int64 and best.is_contiguous() and best.shape == (B,))
+            logits = self.native.step(tokens, cache.k, cache.v, slot, pad, dict(adds), best)
             cache.length += 1
             return logits
         pos = torch.full((B,), slot, device=tokens.device) if pad is None else (slot - pad).clamp(min=0)
@@ -608,4 +611,7 @@ class DecodeStep:
                 out = out + blk.mlp.proj.bias
             x = add(at + "hook_resid_post", x + add(at + "hook_mlp_out", out))
         cache.length += 1
-        return self.model_norm(x) @ self.head
+        logits = self.model_norm(x) @ self.head
+        if best is not None:
+            torch.argmax(logits, -1, out=best)
+        return logits

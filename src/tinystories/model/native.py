@@ -66,7 +66,7 @@ def library() -> ctypes.CDLL | None:
     lib.decode_step.restype = None
     lib.decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                 ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                ctypes.c_void_p, ctypes.c_void_p]  # addresses as ints: no casts per step
+                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]  # addresses as ints: no casts
     lib.scratch_floats.restype = ctypes.c_long
     lib.scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
     return lib
@@ -168,7 +168,7 @@ class NativeStep:
         self.scratch, self.scratch_rows = torch.empty(0), 0  # room for this many rows at any length
 
     def step(self, tokens: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int,
-             pad: torch.Tensor | None, adds: dict[str, torch.Tensor]) -> torch.Tensor:
+             pad: torch.Tensor | None, adds: dict[str, torch.Tensor], best: torch.Tensor | None) -> torch.Tensor:
         cfg = self.cfg
         B = tokens.shape[0]
         assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[1] == B
@@ -186,5 +186,5 @@ class NativeStep:
         logits = torch.empty(B, cfg.vocab_size)
         self.lib.decode_step(self.ref, B, tokens.data_ptr(), None if pad is None else pad.data_ptr(), slot,
                              cache_k.data_ptr(), cache_v.data_ptr(), cache_k.shape[3], table, logits.data_ptr(),
-                             self.scratch.data_ptr())
+                             None if best is None else best.data_ptr(), self.scratch.data_ptr())
         return logits
