@@ -5,7 +5,7 @@ import torch
 
 from tinystories.errors import TinyStoriesError
 from tinystories.infer import sampler
-from tinystories.infer.offline import TokenIds, generate
+from tinystories.infer.offline import TokenIds, generate, run
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import (
     FAST_CANDIDATES,
@@ -57,6 +57,14 @@ def test_one_token_prompts_prefill_in_the_decode_step(model: GPT, cfg: SamplingP
     """Stories from scratch: every prompt one token, which the engine prefills with a decode step."""
     prompts = [[0], [7], [0]]
     assert generate(model, TokenIds(0), prompts, cfg) == generate_reference(model, prompts, cfg, eos_id=0)
+
+
+@pytest.mark.parametrize("prompt", [[10**9], [-5], [0, 3, 64]])
+def test_a_token_outside_the_vocabulary_fails_its_row_with_a_clear_error(model: GPT, prompt: list[int]) -> None:
+    """One-token prompts go to the C step, which indexes the embedding table unchecked (a crash, or
+    another row's memory read): the id is checked where prompts enter the model."""
+    with pytest.raises(TinyStoriesError, match=f"token id {prompt[-1]} .*outside the model's vocabulary"):
+        run(model, TokenIds(0), [prompt], SamplingParams(max_new_tokens=3, temperature=0))
 
 
 def test_batched_greedy_equals_one_at_a_time(model: GPT) -> None:

@@ -65,6 +65,10 @@ class Runner:
         if idx.shape[1] > self.context:
             raise ValueError(f"prompt of {idx.shape[1]} tokens is longer than the model's context of "
                              f"{self.context}")
+        vocab = self.model.cfg.vocab_size
+        if int(idx.min()) < 0 or int(idx.max()) >= vocab:  # the C step indexes the embedding table unchecked
+            bad = next(t for s in seqs for t in s.prompt if not 0 <= t < vocab)
+            raise ValueError(f"token id {bad} in a prompt is outside the model's vocabulary (0 to {vocab - 1})")
         cache = self.model.new_cache(len(seqs), self.context, pad)
         self.step = self.model.decode_step()  # looked up once per admission, not at every step
         adds = batch_adds(list(seqs), self.device, self.dtype)
