@@ -112,7 +112,7 @@ def gguf_peer(model: GPT, tmp: Path) -> Path | None:
     from tinystories.tokenizer import train_bpe
 
     tok = train_bpe(read_stories("bundled:train")[0][:200], vocab_size=300)
-    return export_gguf(LoadedModel(model, tok, {}, tmp, "m15"), tmp / "m15.gguf", "f32")
+    return export_gguf(LoadedModel(model, tok, {}, tmp, "m15"), tmp / "m15.gguf", "f32", SamplingParams())
 
 
 def llama_cpp_tok_s(path: Path, temperature: float, top_p: float, threads: int) -> float:

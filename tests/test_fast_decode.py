@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
@@ -9,12 +10,14 @@ import torch
 
 from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
+from tinystories.infer.sampling import generate_reference
 from tinystories.interpret.hooks import ablate_heads, patched
 from tinystories.model import native
-from tinystories.model.gpt import GPT, DecodeStep, GPTConfig
+from tinystories.model.gpt import GPT, DecodeStep, GPTConfig, addable
 
 ARCHS = {"neo": {"arch": "neo"}, "neo-local": {"arch": "neo", "local_window": 5}, "modern": {"arch": "modern"},
          "modern-relu2-qknorm-untied": {"arch": "modern", "mlp": "relu2", "qk_norm": True, "tie_embeddings": False},
+         "modern-gelu": {"arch": "modern", "mlp": "gelu"},
          "neo-16-wide-heads": {"arch": "neo", "n_head": 2},  # (the C step's other attention loop: head_dim >= 16)
          "neo-4-wide-heads": {"arch": "neo", "n_head": 8}}  # (the paper's 1M model's head_dim, a constant in C)
 # A larger model: a 30K output layer, in panels of 16 rows as the 15M shape's is (decode_step.c).
@@ -90,14 +93,17 @@ def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:
 
 
 @pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
-@pytest.mark.parametrize("arch", ["neo", "modern"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_additions_equal_hooks_on_the_forward_pass(arch: str, in_c: bool) -> None:
-    """Steering on the fast step (a vector per row at residual hook points) = hooks adding it in `forward`."""
+    """Steering on the fast step (a vector per row at residual hook points and the MLP's neurons) =
+    hooks adding it in `forward`."""
     m = model(**ARCHS[arch])
     g = torch.Generator().manual_seed(2)
-    adds = {name: torch.randn(2, 32, generator=g) for name in
-            ("hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid",
-             "blocks.2.hook_mlp_out", "blocks.2.hook_resid_pre")}
+    names = ("hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid",
+             "blocks.2.hook_mlp_out", "blocks.2.hook_resid_pre", "blocks.0.mlp.hook_post", "blocks.2.mlp.hook_post")
+    assert all(addable(name) for name in names)
+    adds = {name: torch.randn(2, m.cfg.ffn_dim if "mlp.hook_post" in name else 32, generator=g) for name in names}
+    adds["blocks.2.mlp.hook_post"][0] = 0
     adds["blocks.1.hook_attn_out"][1] = 0  # a row without that addition
     idx = torch.tensor([[0, 5, 6], [0, 9, 4]])
     ref, mine = m.new_cache(2, 40), m.new_cache(2, 40)
@@ -123,6 +129,7 @@ def test_generation_is_token_for_token_the_same(arch: str, params: SamplingParam
     m = model(**ARCHS[arch])
     prompts = [[0, 5, 6], [0, 9], [0, 1, 2, 3, 4]]
     fast = generate(m, TokenIds(0), prompts, params)
+    assert fast == generate_reference(m, prompts, params, eos_id=0)  # one row at a time, no cache
     with m.hooked({"hook_final": lambda x: None}):  # a listener on this thread: the plain forward pass
         assert m.decode_step() is None
         assert fast == generate(m, TokenIds(0), prompts, params)
@@ -136,9 +143,11 @@ def test_generation_is_token_for_token_the_same(arch: str, params: SamplingParam
         native.library.cache_clear()
 
 
-def test_a_c_file_that_does_not_build_says_why_and_generation_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_c_file_that_does_not_build_says_why_and_generation_goes_on(monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A bad TINYSTORIES_MARCH (or a broken compiler): both C files fall back to PyTorch, and the
-    reason names the compiler's own error, not its list of valid values."""
+    reason names the compiler's own error, not its list of valid values; it is said once, as a
+    warning, so a user learns why decoding is slow."""
     from tinystories.infer import sampler
 
     if native.library() is None:
@@ -153,6 +162,9 @@ def test_a_c_file_that_does_not_build_says_why_and_generation_goes_on(monkeypatc
         assert native.library() is None and sampler.library() is None
         flags, _, compiler_says = native.why_not().partition("could not build decode_step.c: ")
         assert "-march=no-such-cpu" in flags and "error" in compiler_says and "no-such-cpu" in compiler_says
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(said) == 2 and "decode_step.c" in said[0] and "sampler.c" in said[1]  # each said once
+        assert all("PyTorch form runs instead" in line and "no-such-cpu" in line for line in said)
         m.lm_head.weight.data = m.lm_head.weight.data.clone()  # new weights: the step is made anew
         assert m.decode_step().native is None  # type: ignore[union-attr]
         assert generate(m, TokenIds(0), [[0, 5]], params) == in_c

@@ -14,7 +14,7 @@ import torch
 from tinystories.cli import main
 from tinystories.eval.sample import sample_completions
 from tinystories.infer.offline import complete
-from tinystories.infer.params import PRESETS, SamplingParams, preset
+from tinystories.infer.params import PRESETS, STEER_ALPHA, SamplingParams, preset
 from tinystories.infer.server import create_app, load_models, running
 from tinystories.model.checkpoint import LoadedModel
 
@@ -54,15 +54,21 @@ def test_the_same_story_from_every_path(served: tuple, tiny_model_dir: Path, kin
 
 
 def test_commands_start_from_one_set_of_defaults(served: tuple) -> None:
-    url, *_ = served
+    url, name, *_ = served
     card = httpx.get(url + "/v1/models").json()["data"][0]
     story = PRESETS["story"]
-    assert card["sampling"] == {"temperature": story.temperature, "top_p": story.top_p, "top_k": story.top_k}
+    assert card["sampling"] == {"temperature": story.temperature, "top_p": story.top_p, "top_k": story.top_k,
+                                "max_tokens": story.max_new_tokens, "steer_alpha": STEER_ALPHA}
     assert card["directions"] == {"three": "blocks.1.hook_resid_post"}
     from tinystories.cli.sample import SampleConfig
     from tinystories.eval.config import SuiteConfig
 
-    assert SampleConfig().sampling == preset("story", seed=0)
+    assert SampleConfig().sampling == preset("story", seed=0) and SampleConfig().alpha == STEER_ALPHA
+    # A steer entry without alpha adds STEER_ALPHA times the direction, as `sample --steer` does.
+    direction = {"model": name, "prompt": PROMPT, "max_tokens": 30, "temperature": 0}
+    said = [httpx.post(url + "/v1/completions", timeout=60, json={**direction, "steer": [steer]}).json()
+            for steer in ({"direction": "three"}, {"direction": "three", "alpha": STEER_ALPHA})]
+    assert said[0]["choices"][0]["text"] == said[1]["choices"][0]["text"]
     assert SuiteConfig().sampling.temperature == PRESETS["api"].temperature == 1.0
 
 

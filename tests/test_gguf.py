@@ -16,7 +16,7 @@ from tinystories.cli import main
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.bpb import evaluate_bpb
 from tinystories.infer.offline import generate
-from tinystories.infer.params import SamplingParams
+from tinystories.infer.params import PRESETS, SamplingParams
 from tinystories.model.checkpoint import LoadedModel, save_model
 from tinystories.model.gguf import export_gguf
 from tinystories.model.gpt import GPT, GPTConfig
@@ -79,7 +79,7 @@ def test_refuses_what_llama_cpp_cannot_hold(tokenizer: Tokenizer, tmp_path: Path
     for kw, what in cases:
         loaded = LoadedModel(tiny(tokenizer, **kw), tokenizer, {}, tmp_path)
         with pytest.raises(TinyStoriesError, match=what) as err:
-            export_gguf(loaded, tmp_path / "m.gguf")
+            export_gguf(loaded, tmp_path / "m.gguf", "f32", PRESETS["api"])
         assert "\n" not in str(err.value)
     assert not list(tmp_path.glob("*.gguf*"))
 
@@ -105,6 +105,10 @@ def test_metadata_and_modelfile(trained: Path) -> None:
     assert names["blk.0.attn_q.weight"] == "Q8_0" and names["output_norm.weight"] == "F32"
     modelfile = out.with_suffix(".Modelfile").read_text()
     assert f"FROM ./{out.name}" in modelfile and 'PARAMETER stop "<|endoftext|>"' in modelfile
+    api = PRESETS["api"]  # the file and the Modelfile sample as our API does
+    assert (value("general.sampling.temp"), value("general.sampling.top_k"), value("general.sampling.top_p")) == (
+        pytest.approx(api.temperature), api.top_k, pytest.approx(api.top_p))
+    assert f"PARAMETER temperature {api.temperature:g}\nPARAMETER top_k {api.top_k}\n" in modelfile
 
 
 # ---------------------------------------------------------------- the real runtime

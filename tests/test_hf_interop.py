@@ -10,7 +10,7 @@ import torch
 from tinystories.cli import main
 from tinystories.errors import TinyStoriesError
 from tinystories.infer.offline import generate
-from tinystories.infer.params import SamplingParams
+from tinystories.infer.params import PRESETS, SamplingParams
 from tinystories.model.checkpoint import load_model, save_model
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.model.hf import export_hf, load_hf_model
@@ -35,7 +35,7 @@ def _tokens(vocab: int) -> torch.Tensor:
                                 {"arch": "modern", "tie_embeddings": False, "norm_eps": 1e-6, "rope_theta": 500.0}])
 def test_export_matches_transformers(tmp_path: Path, tokenizer: Tokenizer, kw: dict) -> None:
     loaded = load_model(_ours(tmp_path, tokenizer, **kw))
-    out = export_hf(loaded, tmp_path / "hf")
+    out = export_hf(loaded, tmp_path / "hf", PRESETS["story"])
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(hf).__name__ == ("GPTNeoForCausalLM" if kw["arch"] == "neo" else "LlamaForCausalLM")
     idx = _tokens(tokenizer.vocab_size)
@@ -49,6 +49,11 @@ def test_export_matches_transformers(tmp_path: Path, tokenizer: Tokenizer, kw: d
     assert card.startswith("---\nlicense: mit")
     assert "pipeline_tag: text-generation" in card and "- roneneldan/TinyStories" in card
     assert f"{loaded.model.num_params():,}" in card and '"lr": 0.001' in card
+    # `generate` starts from our story settings, not HF's (top-k 50, 20 new tokens).
+    gen, story = transformers.GenerationConfig.from_pretrained(out), PRESETS["story"]
+    assert gen.do_sample and (gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (
+        story.temperature, story.top_p, story.top_k, story.max_new_tokens)
+    assert gen.eos_token_id == gen.bos_token_id == tokenizer.eos_id
 
 
 def _save_hf(model: object, tokenizer: Tokenizer, folder: Path) -> Path:
@@ -91,7 +96,7 @@ def test_import_transformers_model(tmp_path: Path, tokenizer: Tokenizer, build: 
     assert ours == (theirs[:theirs.index(0)] if 0 in theirs else theirs)
     assert len(ours) > 3
     # ...and back out again: the round trip is exact.
-    back = transformers.AutoModelForCausalLM.from_pretrained(export_hf(loaded, tmp_path / "again")).eval()
+    back = transformers.AutoModelForCausalLM.from_pretrained(export_hf(loaded, tmp_path / "again", PRESETS["story"])).eval()
     with torch.no_grad():
         torch.testing.assert_close(back(idx).logits, hf(idx).logits, atol=1e-4, rtol=0)
 

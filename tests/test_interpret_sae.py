@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tinystories.cli import main
+from tinystories.infer.params import PRESETS
 from tinystories.interpret.hooks import run_with_cache
 from tinystories.model.checkpoint import LoadedModel, load_model, save_model
 from tinystories.model.gpt import GPT, GPTConfig
@@ -62,7 +63,7 @@ def test_transformer_lens_twin_has_our_logits_and_activations(tmp_path: Path, to
 
 def test_hugging_face_folder_converts(tmp_path: Path, tokenizer: Tokenizer) -> None:
     """A transformers Llama folder, loaded by load_any, reaches TransformerLens with the same logits."""
-    folder = export_hf(_loaded(tmp_path, tokenizer, arch="modern"), tmp_path / "hf")
+    folder = export_hf(_loaded(tmp_path, tokenizer, arch="modern"), tmp_path / "hf", PRESETS["story"])
     loaded = load_any(folder)
     idx = torch.randint(0, tokenizer.vocab_size, (1, SEQ), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tinystories.infer.offline import run
-from tinystories.infer.params import preset
+from tinystories.infer.params import STEER_ALPHA, preset
 from tinystories.infer.server import create_app, load_models, running
 from tinystories.interpret import attention_api
 
@@ -61,6 +61,14 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         browser.get(url + "/")
         wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value"))
         assert "2 layers × 4 heads" in browser.find_element(By.ID, "model-info").text
+        story_preset = preset("story")  # the sliders start where `sample` does (the server's model card)
+        for field, value in [("temperature", story_preset.temperature), ("top_p", story_preset.top_p),
+                             ("top_k", story_preset.top_k), ("steer_alpha", STEER_ALPHA)]:
+            assert float(browser.find_element(By.ID, field).get_attribute("value")) == value, field
+        wait.until(lambda d: "new ones fit" in d.find_element(By.ID, "room").text)
+        room = int(browser.find_element(By.ID, "room").text.split("up to ")[1].split()[0])
+        assert int(browser.find_element(By.ID, "max_tokens").get_attribute("value")) == min(
+            story_preset.max_new_tokens, room)
         prompt = browser.find_element(By.ID, "prompt")
         prompt.clear()
         prompt.send_keys("Once upon a time, Tom found a shiny ")
@@ -98,12 +106,12 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         wait.until(ec.text_to_be_present_in_element((By.ID, "att-top"), "%"))
         assert browser.find_element(By.CSS_SELECTOR, ".att-tok.query")
 
-        # Steering: a direction the server was started with, at the strength on the slider (4).
+        # Steering: a direction the server was started with, at the strength on the slider.
         Select(browser.find_element(By.ID, "steer")).select_by_value("three")
         browser.find_element(By.ID, "generate").click()
         wait.until(lambda d: "tokens in" in d.find_element(By.ID, "stats").text)
         steered = browser.execute_script("return state.ids")
-        assert steered == offline(add=4.0 * direction[1]) != offline()
+        assert steered == offline(add=STEER_ALPHA * direction[1]) != offline()
         Select(browser.find_element(By.ID, "steer")).select_by_value("")
 
         # Max tokens is capped by what the prompt leaves of the context (128 here).

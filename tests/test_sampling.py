@@ -5,6 +5,7 @@ import torch
 
 from tinystories.errors import TinyStoriesError
 from tinystories.infer import sampler
+from tinystories.infer.engine import Engine
 from tinystories.infer.offline import TokenIds, generate, run
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import (
@@ -49,6 +50,30 @@ def model(request: pytest.FixtureRequest) -> GPT:
 ])
 def test_kv_cache_sampling_equals_no_cache_sampling(model: GPT, cfg: SamplingParams) -> None:
     assert generate(model, TokenIds(0), PROMPTS, cfg) == generate_reference(model, PROMPTS, cfg, eos_id=0)
+
+
+def test_steered_rows_equal_the_reference_and_keep_the_batch_on_the_decode_step(
+        model: GPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows steered at the residual stream and at the MLP's neurons, beside a plain row: each
+    writes what the reference writes with hooks adding its vectors, and after the prefill every
+    token comes from the decode step (one steered request must not slow the others down)."""
+    g = torch.Generator().manual_seed(3)
+    steer = {"blocks.0.mlp.hook_post": 4 * torch.randn(model.cfg.ffn_dim, generator=g),
+             "blocks.1.hook_resid_mid": 4 * torch.randn(model.cfg.d_model, generator=g)}
+    rows = [steer, {}, {"blocks.0.mlp.hook_post": steer["blocks.0.mlp.hook_post"]}]
+    params = SamplingParams(max_new_tokens=20, temperature=0.9, top_p=0.9, seed=2, stop_at_eos=False)
+    engine = Engine(model, TokenIds(0), start=False)
+    seqs = [engine.submit(p, params.for_row(i), adds=a) for i, (p, a) in enumerate(zip(PROMPTS, rows))]
+    forwards = []
+    plain = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: forwards.append(1) or plain(*a, **k))
+    engine.run()
+    assert len(forwards) == 1 and engine.steps == 19  # the prefill; then 19 decode steps of all three rows
+    monkeypatch.undo()
+    for i, (prompt, adds) in enumerate(zip(PROMPTS, rows)):
+        with model.hooked({name: (lambda x, v=v: x + v) for name, v in adds.items()}):
+            assert seqs[i].ids == generate_reference(model, [prompt], params.for_row(i), eos_id=0)[0]
+    assert seqs[0].ids != seqs[1].ids
 
 
 @pytest.mark.parametrize("cfg", [SamplingParams(max_new_tokens=25, temperature=0, stop_at_eos=False),
@@ -178,6 +203,12 @@ def test_sampler_draws_what_the_reference_draws(sampler_path: str, scale: float)
             continue
         u = torch.tensor([new_generator(p).random()])
         assert got[i] == draw(reference_probs(logits[i:i + 1], [p]), u)[0], (i, p)
+    # The engine hands over what it has: log-probabilities (reused at temperature 1) and each
+    # row's most likely token (the decode step's). The draws stay the same.
+    ones = [p if p.greedy else dataclasses.replace(p, temperature=1.0) for p in params]
+    plain = sample(logits, ones, [new_generator(p) for p in ones])
+    given = sample(logits, ones, [new_generator(p) for p in ones], logits.log_softmax(-1), logits.argmax(-1))
+    assert given.tolist() == plain.tolist()
 
 
 @pytest.mark.parametrize("cfg", [SamplingParams(seed=0), SamplingParams(top_p=0.9, seed=0),

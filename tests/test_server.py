@@ -61,6 +61,21 @@ def test_completions_match_local_generation(client: openai.OpenAI, loaded: Loade
     assert r.object == "text_completion" and r.id.startswith("cmpl-")
 
 
+def test_without_max_tokens_each_prompt_has_its_own_room(client: openai.OpenAI, loaded: LoadedModel) -> None:
+    """A row's length limit is the context less its own prompt, not the longest prompt's, so a
+    short prompt writes the same story beside a long one as alone (and as `sample` would)."""
+    tok, context = loaded.tokenizer, loaded.model.cfg.context_length
+    long = " ".join(["Tom"] * context)
+    long = tok.decode(tok.encode(long)[: context - 4])  # leaves 3 tokens of room beside it
+    short = "Once upon a time"
+    r = client.completions.create(model=MODEL, prompt=[short, long], temperature=0)
+    alone = greedy(loaded, short, context)
+    assert len(alone) > 3, "the model ends this story at once: pick a prompt it continues"
+    assert r.choices[0].text == tok.decode(alone)
+    assert r.choices[1].text == tok.decode(greedy(loaded, long, context))
+    assert r.usage.completion_tokens == len(alone) + len(greedy(loaded, long, context))
+
+
 def test_seed_top_k_top_p_and_logprobs(client: openai.OpenAI) -> None:
     args = {"model": MODEL, "prompt": "Tom", "max_tokens": 12, "temperature": 1.3, "top_p": 0.9, "n": 2, "seed": 7,
                 "extra_body": {"top_k": 50}, "logprobs": 3}

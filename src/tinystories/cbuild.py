@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -25,6 +26,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 BASE_FLAGS = ["-Ofast", "-fopenmp", "-shared", "-fPIC"]  # -Ofast as run.c is built: vector expf, tanhf
 
 
@@ -45,9 +47,21 @@ def _first_error(stderr: str) -> str:
 
 
 def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
-    """`source` built (once) and loaded, or None and why not, in a sentence."""
+    """`source` built (once) and loaded, or None and why not, in a sentence.
+
+    A build that fails is said once, as a warning: the PyTorch forms give the same results but
+    decode several times slower (bench/README.md), and a user who installs no compiler should
+    learn why from us, not from a profiler. ``TINYSTORIES_NATIVE=0`` says it is meant: no warning."""
     if os.environ.get("TINYSTORIES_NATIVE", "1") == "0":
         return None, "turned off by TINYSTORIES_NATIVE=0"
+    lib, why = _build(source)
+    if lib is None:
+        log.warning("%s; its PyTorch form runs instead, several times slower (TINYSTORIES_NATIVE=0 says "
+                    "that is meant, and silences this)", why)
+    return lib, why
+
+
+def _build(source: Path) -> tuple[ctypes.CDLL | None, str]:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None, "no C compiler (cc or gcc) on PATH"

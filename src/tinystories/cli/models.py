@@ -56,11 +56,12 @@ def setup_export(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from tinystories.infer.params import PRESETS
     from tinystories.model.hf import export_hf
     from tinystories.model.loader import load_any
 
     cfg = build_from_args(ConvertConfig, args)
-    out = export_hf(load_any(cfg.source), cfg.out_dir)
+    out = export_hf(load_any(cfg.source), cfg.out_dir, PRESETS["story"])  # stories to read, as `sample` writes
     print(f"wrote a transformers model folder to {out} "
           "(AutoModelForCausalLM / AutoTokenizer .from_pretrained load it)")
     return 0
@@ -136,13 +137,14 @@ def setup_export_gguf(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_gguf(args: argparse.Namespace) -> int:
+    from tinystories.infer.params import PRESETS
     from tinystories.model.gguf import export_gguf, write_modelfile
     from tinystories.model.loader import load_any
 
     cfg = build_from_args(GGUFConfig, args)
     loaded = load_any(cfg.source)
-    out = export_gguf(loaded, cfg.out, cfg.dtype)
-    modelfile = write_modelfile(out, loaded.model.cfg.context_length)
+    out = export_gguf(loaded, cfg.out, cfg.dtype, PRESETS["api"])  # the whole distribution, as our API samples
+    modelfile = write_modelfile(out, loaded.model.cfg.context_length, PRESETS["api"])
     print(f"wrote {out} ({cfg.dtype}, {out.stat().st_size / 1e6:.1f} MB) and {modelfile}\n"
           f"  llama.cpp: llama-completion -m {out} -no-cnv -p 'Once upon a time' -n 200\n"
           f"  Ollama:    ollama create {out.stem} -f {modelfile}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tinystories.cli.options import add_config_flags, add_field, add_fields, build_from_args
 from tinystories.config import Config, setting
-from tinystories.infer.params import SamplingParams, preset
+from tinystories.infer.params import STEER_ALPHA, SamplingParams, preset
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class SampleConfig(Config):
     sampling: SamplingParams = setting(help="how stories are sampled", factory=lambda: preset("story", seed=0))
     steer: list[str] = setting(help="add a direction while writing (repeatable): SAE_FOLDER:FEATURE (unit length), "
                                     "FILE.pt, or FILE.npy@HOOK", factory=list)
-    alpha: float = setting(4.0, "how much of each --steer direction to add", ge=-1e4, le=1e4)
+    alpha: float = setting(STEER_ALPHA, "how much of each --steer direction to add", ge=-1e4, le=1e4)
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
     threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
 

@@ -27,7 +27,7 @@ class SuiteConfig(Config):
                                     "bundled ones")
     samples: int = setting(3, "completions per prompt", ge=1, le=10_000)
     sampling: SamplingParams = setting(help="how completions are sampled",
-                                       factory=lambda: preset("api", max_new_tokens=200, seed=0))
+                                       factory=lambda: preset("api", seed=0))
     batch_size: int = setting(32, "rows sampled or scored together", ge=1, le=65536)
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
     threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)

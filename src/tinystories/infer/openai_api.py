@@ -20,7 +20,7 @@ import torch
 from fastapi.responses import JSONResponse
 
 from tinystories.errors import TinyStoriesError
-from tinystories.infer.params import MAX_LOGPROBS, MAX_STOPS, PRESETS, SamplingParams
+from tinystories.infer.params import MAX_LOGPROBS, MAX_STOPS, PRESETS, STEER_ALPHA, SamplingParams
 from tinystories.infer.runner import check_adds
 from tinystories.infer.sequence import Event
 from tinystories.infer.server_config import Limits
@@ -180,16 +180,17 @@ def make_job(model: str, body: dict[str, Any], texts: list[str], logprobs: int, 
         max_tokens = field(body, "max_completion_tokens", int, None, 1, None)
     prompts = tokenizer.encode_stories(texts)
     longest = max(len(p) for p in prompts)
-    budget = max_tokens if max_tokens is not None else context - longest
     if longest >= context:
         raise ApiError(400, f"this model's maximum context length is {context} tokens, but the prompt alone "
                        f"has {longest} (with the start-of-story token): shorten the prompt",
                        "prompt", "context_length_exceeded")
-    if longest + budget > context:
-        raise ApiError(400, f"this model's maximum context length is {context} tokens, but {longest + budget} "
-                       f"were requested ({longest} in the prompt, {budget} for the completion); "
+    if max_tokens is not None and longest + max_tokens > context:
+        raise ApiError(400, f"this model's maximum context length is {context} tokens, but {longest + max_tokens} "
+                       f"were requested ({longest} in the prompt, {max_tokens} for the completion); "
                        "shorten the prompt or lower max_tokens", "max_tokens", "context_length_exceeded")
-    params = sampling_params(body, budget, logprobs)
+    # Without max_tokens each row writes until its story ends or its own prompt and text fill the
+    # context (`Sequence.advance`), whatever the other prompts of the request: as `sample` does.
+    params = sampling_params(body, max_tokens if max_tokens is not None else context, logprobs)
     rows = [params.for_row(i) for i in range(len(prompts) * n)]
     stream = field(body, "stream", bool, False)
     options = body.get("stream_options") or {}
@@ -207,7 +208,7 @@ def steering(body: dict[str, Any], directions: Mapping[str, tuple[str, torch.Ten
     ``"steer": [{"direction": NAME, "alpha": 4.0}, {"hook": "blocks.1.hook_resid_post",
     "vector": [...], "alpha": -2}]``: a direction the server was started with (``serve
     --direction``, listed in ``/v1/models``) or a vector of the hook point's width, times alpha
-    (default 1). Entries at the same hook point add up.
+    (default `STEER_ALPHA`, as `sample --alpha`). Entries at the same hook point add up.
     """
     items = body.get("steer")
     if items is None:
@@ -216,7 +217,7 @@ def steering(body: dict[str, Any], directions: Mapping[str, tuple[str, torch.Ten
         raise ApiError(400, f"'steer' must be a list of at most {MAX_STEER} objects", "steer", "invalid_value")
     adds: dict[str, torch.Tensor] = {}
     for item in items:
-        alpha = field(item, "alpha", (int, float), 1.0, -1e4, 1e4)
+        alpha = field(item, "alpha", (int, float), STEER_ALPHA, -1e4, 1e4)
         if "direction" in item:
             name = item["direction"]
             if not isinstance(name, str) or name not in directions:

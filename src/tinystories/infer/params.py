@@ -5,12 +5,16 @@ of generation with it, and all validate through it (on construction), so one ran
 covers every path. With the same seed and settings every path writes the same story: each
 row draws from its own random generator, seeded with `row_seed`.
 
-The defaults live here and nowhere else. The field defaults are OpenAI's (the whole
-distribution at temperature 1): what the server's API answers when a request says nothing,
-and what evaluation samples, so a model is judged on its own distribution. `PRESETS` adds
-the one other set callers need, ``story``: stories written to be read (`tinystories sample`,
-the demo, the trainer's samples, and the playground, which reads it from the server's
-``/v1/models``), slightly sharpened, as the paper's samples were.
+The defaults live here and nowhere else. The field defaults (``PRESETS["api"]``) sample as
+OpenAI's API does, from the whole distribution at temperature 1: the server answers with them
+when a request says nothing, evaluation samples with them (so a model is judged on its own
+distribution), and `export-gguf` writes them into the file. Their length, 200 new tokens, is
+ours: the server, given no ``max_tokens``, writes until the story ends or its row fills the
+context, as chat completions do. `PRESETS` adds the one other set callers need, ``story``:
+stories written to be read (`tinystories sample`, the demo, the trainer's samples, `export-hf`'s
+generation_config.json, and the playground, which reads it from the server's ``/v1/models``),
+slightly sharpened, as the paper's samples were. `STEER_ALPHA` is how much of a steering
+direction is added when a request or command does not say.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tinystories.errors import TinyStoriesError
 
 MAX_STOPS = 4
 MAX_LOGPROBS = 5
+STEER_ALPHA = 4.0  # directions are unit length (interpret/steering.py): 4 is a visible push at our sizes
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,8 @@ class SamplingParams(Config):
 
 
 PRESETS: dict[str, SamplingParams] = {
-    "api": SamplingParams(),  # OpenAI's defaults: the server's API, evaluation
-    "story": SamplingParams(temperature=0.8, top_p=0.95),  # stories to read: sample, demo, trainer, playground
+    "api": SamplingParams(),  # OpenAI's sampling: the server's API, evaluation, export-gguf
+    "story": SamplingParams(temperature=0.8, top_p=0.95),  # to read: sample, demo, trainer, playground, export-hf
 }
 
 

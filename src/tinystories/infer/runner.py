@@ -11,9 +11,10 @@ step too, the same computation: for one token `forward`'s module calls cost 4-9x
 (bench/README.md, Inference). Longer prompts prefill with `forward`, whose matrix products
 over all positions at once win from a few tokens on.
 
-Per-row additions at hook points (steering, `Sequence.adds`) stay on the fast step when they
-are at a residual-stream point the step holds as [B, d] (`gpt.addable`); elsewhere, and in a
-longer prefill, they run as hooks on `forward` that add each row's vector to its row only.
+Per-row additions at hook points (steering, `Sequence.adds`: the residual stream's points and
+the MLP's neurons, `gpt.addable`, the only ones `check_adds` lets in) stay on the fast step, so
+one steered request never takes the batch off it; in a longer prefill they run as hooks on
+`forward` that add each row's vector to its row only.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tinystories.infer.sampling import left_pad
 from tinystories.infer.sequence import Sequence
 from tinystories.model.gpt import GPT, DecodeStep, KVCache, addable
 
-Adds = Mapping[str, torch.Tensor]  # hook point -> [B, d] one vector per batch row (zeros: none)
+Adds = Mapping[str, torch.Tensor]  # hook point -> [B, width] one vector per batch row (zeros: none)
 
 
 def batch_adds(rows: list[Sequence | None], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -110,7 +111,7 @@ def check_adds(model: GPT, adds: Mapping[str, torch.Tensor]) -> None:
         if name not in points:
             raise ValueError(f"no hook point named {name!r}; e.g. blocks.0.hook_resid_post")
         width = model.cfg.ffn_dim if name.endswith("mlp.hook_post") else model.cfg.d_model
-        if not (addable(name) or name.endswith("mlp.hook_post")):
+        if not addable(name):
             raise ValueError(f"cannot add a vector at {name!r}: choose a residual-stream point "
                              "(hook_embed, blocks.L.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out) "
                              "or blocks.L.mlp.hook_post")

@@ -43,7 +43,7 @@ from tinystories.errors import TinyStoriesError
 from tinystories.infer import openai_api
 from tinystories.infer.engine import Engine, Event
 from tinystories.infer.openai_api import ApiError, Format, Job
-from tinystories.infer.params import PRESETS
+from tinystories.infer.params import PRESETS, STEER_ALPHA
 from tinystories.infer.server_config import Limits
 from tinystories.model.checkpoint import LoadedModel
 from tinystories.model.loader import load_any
@@ -244,12 +244,14 @@ def model_of(app: FastAPI, body: dict[str, Any]) -> Served:
 
 
 def model_card(s: Served) -> dict[str, Any]:
-    cfg = s.loaded.model.cfg
+    cfg, story = s.loaded.model.cfg, PRESETS["story"]
     return {"id": s.name, "object": "model", "created": s.created, "owned_by": "tinystories",
             "context_length": cfg.context_length, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
             "arch": cfg.arch, "parameters": s.loaded.model.num_params(),
-            # the playground's starting settings: stories to read (infer/params.py's one set of defaults)
-            "sampling": {k: getattr(PRESETS["story"], k) for k in ("temperature", "top_p", "top_k")},
+            # the playground's starting settings: stories to read (infer/params.py's one set of
+            # defaults), by the names of the request fields they fill
+            "sampling": {"temperature": story.temperature, "top_p": story.top_p, "top_k": story.top_k,
+                         "max_tokens": story.max_new_tokens, "steer_alpha": STEER_ALPHA},
             # what requests may steer with ("steer": [{"direction": name, "alpha": 4}])
             "directions": {name: hook for name, (hook, _) in sorted(s.directions.items())}}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -30,6 +30,20 @@ CONFIG_NAME = "config.json"
 CHECKPOINT_DIR = "checkpoint"  # a training run's model folder, inside the run folder
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
+
+
+class Sampling(Protocol):
+    """The sampling settings an exported model recommends (`export_hf`'s generation_config.json,
+    `export_gguf`'s general.sampling.*): an `infer.params.SamplingParams`, which the CLI passes
+    in, as model/ comes before infer/ and never imports it."""
+    @property
+    def max_new_tokens(self) -> int: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def top_p(self) -> float: ...
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

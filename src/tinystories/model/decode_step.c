@@ -19,7 +19,7 @@
 #include <stddef.h>
 
 enum { GELU = 0, SWIGLU = 1, RELU2 = 2 };
-enum { RESID_PRE, ATTN_OUT, RESID_MID, MLP_OUT, RESID_POST, POINTS };  /* per-layer addition points */
+enum { RESID_PRE, ATTN_OUT, RESID_MID, MLP_POST, MLP_OUT, RESID_POST, POINTS };  /* gpt.py's ADDABLE */
 
 typedef struct {
     const float *norm1_w, *norm1_b, *qkv, *out, *out_b, *q_norm, *k_norm;
@@ -238,8 +238,8 @@ static void argmax_rows(int64_t *best, const float *logits, int B, int V, int th
 
 /* Logits [B, vocab] of the next token after tokens[b] for each row b, whose keys and values
    are appended to the cache at `slot`. pad[b]: row b's leading padding slots (NULL: none).
-   adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions (NULL = none): hook_embed,
-   then each layer's points in the order above. best: NULL, or room for B token ids, each row's
+   adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn] at MLP_POST;
+   NULL = none): hook_embed, then each layer's points in the order above. best: NULL, or room for B token ids, each row's
    most likely one (`argmax_rows`). scratch: room for the sizes in `scratch_floats`. */
 void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pad, int slot, float *k_cache,
                  float *v_cache, int cache_len, const float *const *adds, float *logits, int64_t *best,
@@ -306,6 +306,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
                 else if (m->act == RELU2) hz[i] = g > 0.f ? g * g : 0.f;
                 else hz[i] = 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
             }
+            add(hz, la, MLP_POST, b, F);  /* the neurons: [B, F] additions */
         }
         linear(o, h, L->proj, L->proj_b, B, F, d, nt, xt);
         for (int b = 0; b < B; b++) {

@@ -22,8 +22,10 @@ quantisation); norm weights stay float32 as in llama.cpp's converter, and a matr
 don't split into blocks of 32 falls back to f16.
 
 Sampling defaults travel too: llama.cpp's own (top-k 40, top-p 0.95, min-p 0.05) cut the
-distribution, ours don't, so the file carries ours (``general.sampling.*``, which llama.cpp's
-tools read unless flags say otherwise), and `modelfile` writes them into the Ollama Modelfile
+distribution, ours don't, so the file carries the ones the caller passes (`export-gguf`: the
+API's, `infer/params.py`) in ``general.sampling.*``, which llama.cpp's tools read unless flags
+say otherwise; min-p and the repeat penalty, which we don't have, are off. `modelfile` writes
+them into the Ollama Modelfile
 that goes beside the GGUF, with a template that passes the prompt through (no chat) and the
 end-of-story stop token.
 """
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from tinystories.errors import TinyStoriesError
-from tinystories.model.checkpoint import LoadedModel
+from tinystories.model.checkpoint import LoadedModel, Sampling
 from tinystories.model.gpt import GPT
 from tinystories.model.llama2c import interleave_rope_rows
 from tinystories.tokenizer import EOS_TEXT, Tokenizer
@@ -51,9 +53,6 @@ if TYPE_CHECKING:
 Dtype = Literal["f32", "f16", "q8_0"]
 DTYPES: tuple[Dtype, ...] = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32  # q8_0 quantises runs of 32 weights along a row
-# How tinystories samples by default (`SamplingParams`): the whole distribution at temperature 1.
-# llama.cpp's tools read these from the file (general.sampling.*) unless flags say otherwise.
-TEMPERATURE, TOP_K, TOP_P, MIN_P = 1.0, 0, 1.0, 0.0
 
 
 def require_gguf() -> None:
@@ -148,7 +147,7 @@ def merges(tokenizer: Tokenizer) -> list[str]:
 
 
 # ---------------------------------------------------------------- the file
-def export_gguf(loaded: LoadedModel, path: str | Path, dtype: Dtype = "f32") -> Path:
+def export_gguf(loaded: LoadedModel, path: str | Path, dtype: Dtype, sampling: Sampling) -> Path:
     """Write `loaded` (model and tokenizer) as a GGUF file for llama.cpp (see the module doc)."""
     model, tokenizer = loaded.model, loaded.tokenizer
     check_exportable(model)
@@ -188,10 +187,10 @@ def export_gguf(loaded: LoadedModel, path: str | Path, dtype: Dtype = "f32") -> 
         w.add_eos_token_id(tokenizer.eos_id)
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
-        w.add_sampling_temp(TEMPERATURE)
-        w.add_sampling_top_k(TOP_K)
-        w.add_sampling_top_p(TOP_P)
-        w.add_sampling_min_p(MIN_P)
+        w.add_sampling_temp(sampling.temperature)
+        w.add_sampling_top_k(sampling.top_k)
+        w.add_sampling_top_p(sampling.top_p)
+        w.add_sampling_min_p(0.0)
         w.add_sampling_penalty_repeat(1.0)
         for name, tensor in llama_tensors(model).items():
             data, qtype = _encoded(tensor, dtype)
@@ -208,7 +207,7 @@ def export_gguf(loaded: LoadedModel, path: str | Path, dtype: Dtype = "f32") -> 
     return path
 
 
-def modelfile(gguf_path: str | Path, context_length: int) -> str:
+def modelfile(gguf_path: str | Path, context_length: int, sampling: Sampling) -> str:
     """An Ollama Modelfile for the GGUF beside it: plain completion, stop at the end of the story."""
     return "\n".join([
         f"# ollama create NAME -f {Path(gguf_path).with_suffix('.Modelfile').name}",
@@ -217,18 +216,18 @@ def modelfile(gguf_path: str | Path, context_length: int) -> str:
         'TEMPLATE """{{ .Prompt }}"""',
         f'PARAMETER stop "{EOS_TEXT}"',
         f"PARAMETER num_ctx {context_length}",
-        "# sample from the whole distribution, as tinystories does (Ollama's defaults cut it)",
-        f"PARAMETER temperature {TEMPERATURE:g}",
-        f"PARAMETER top_k {TOP_K}",
-        f"PARAMETER top_p {TOP_P:g}",
-        f"PARAMETER min_p {MIN_P:g}",
+        "# sample as tinystories does (Ollama's defaults cut the distribution more)",
+        f"PARAMETER temperature {sampling.temperature:g}",
+        f"PARAMETER top_k {sampling.top_k}",
+        f"PARAMETER top_p {sampling.top_p:g}",
+        "PARAMETER min_p 0",
         "PARAMETER repeat_penalty 1",
         "",
     ])
 
 
-def write_modelfile(gguf_path: str | Path, context_length: int) -> Path:
+def write_modelfile(gguf_path: str | Path, context_length: int, sampling: Sampling) -> Path:
     out = Path(gguf_path).with_suffix(".Modelfile")
     with atomic_write(out) as f:
-        f.write(modelfile(gguf_path, context_length))
+        f.write(modelfile(gguf_path, context_length, sampling))
     return out

@@ -422,15 +422,20 @@ class GPT(nn.Module):
         def wrap(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable[..., torch.Tensor | None]:
             return lambda _module, _inputs, out: fn(out) if threading.get_ident() == me else None
 
-        handles = []
+        # Each hook is counted before it is added and uncounted after it is gone, so another
+        # thread checking `active` meanwhile never takes it for a hook on every thread (which
+        # would put that thread's batch on `forward` until its next admission).
+        counted, handles = [], []
         try:
             for name, fn in hooks.items():
-                handles.append(points[name].register_forward_hook(wrap(fn)))
                 points[name].scoped[me] += 1
+                counted.append(name)
+                handles.append(points[name].register_forward_hook(wrap(fn)))
             yield
         finally:
-            for name, h in zip(hooks, handles):
+            for h in handles:
                 h.remove()
+            for name in counted:
                 points[name].scoped[me] -= 1
                 if not points[name].scoped[me]:
                     del points[name].scoped[me]
@@ -465,15 +470,16 @@ class GPT(nn.Module):
 # modules and weights but never the model, so this does not keep models alive.
 _DECODE_STEPS: weakref.WeakKeyDictionary[GPT, tuple[tuple[object, ...], DecodeStep]] = weakref.WeakKeyDictionary()
 
-# Hook points where the decode step can add a vector per row ([B, d], e.g. a steering direction):
-# the residual-width activations, which it holds as [B, d] tensors. Others need `forward`.
-ADDABLE = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+# Hook points of each block where the decode step can add a vector per row (e.g. a steering
+# direction), in the order a step passes them: the residual-width activations ([B, d]) and the
+# MLP's neurons (``mlp.hook_post``, [B, ffn_dim]), which it holds as tensors. Others need `forward`.
+ADDABLE = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 
 
 def addable(name: str) -> bool:
     """Whether the decode step can add a vector at hook point `name` (see `DecodeStep.step`)."""
-    return name == "hook_embed" or (name.startswith("blocks.") and name.split(".")[-1] in ADDABLE
-                                    and name.count(".") == 2)
+    block, _, point = name.partition(".")[2].partition(".")
+    return name == "hook_embed" or (name.startswith("blocks.") and block.isdigit() and point in ADDABLE)
 
 
 @dataclass
@@ -510,8 +516,8 @@ class DecodeStep:
     `forward` by the tests.
 
     Hooks are not run here: `GPT.decode_step` gives None when some listen on this thread. A
-    vector per row can still be added at the residual hook points (`ADDABLE`), which is what
-    steering needs, without leaving this path.
+    vector per row can still be added at the residual hook points and the MLP's neurons
+    (`ADDABLE`), which is what steering needs, without leaving this path.
     """
 
     def __init__(self, model: GPT, native: bool = True) -> None:
@@ -548,8 +554,8 @@ class DecodeStep:
              best: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, V] of the next token after `tokens` [B] (one per row), appended to `cache`.
 
-        `adds[name]` [B, d]: added to the activation at hook point `name` (``hook_embed`` or one of
-        `ADDABLE`, as ``blocks.L.hook_resid_post``), as a hook returning ``x + add`` would in `forward`.
+        `adds[name]` [B, width]: added to the activation at hook point `name` (``hook_embed`` or one
+        of `ADDABLE`, as ``blocks.L.hook_resid_post``), as a hook returning ``x + add`` would in `forward`.
         `best` [B] int64: set to each row's most likely token, ``logits.argmax(-1)`` (the C step
         finds it while the logits are in cache: the greedy sampler's answer, `infer/sampler.sample`).
         """
@@ -562,7 +568,9 @@ class DecodeStep:
         pad = cache.pad
         if self.native is not None:
             assert best is None or (best.dtype == torch.int64 and best.is_contiguous() and best.shape == (B,))
-            logits = self.native.step(tokens, cache.k, cache.v, slot, pad, dict(adds), best)
+            order = ["hook_embed", *(f"blocks.{i}.{point}" for i in range(cfg.n_layer) for point in ADDABLE)]
+            logits = self.native.step(tokens, cache.k, cache.v, slot, pad, [adds.get(n) for n in order] if adds
+                                      else None, best)
             cache.length += 1
             return logits
         pos = torch.full((B,), slot, device=tokens.device) if pad is None else (slot - pad).clamp(min=0)
@@ -606,7 +614,7 @@ class DecodeStep:
                 h = h + layer.fc_b
             hidden = activation("swiglu", *h.chunk(2, -1)) if blk.mlp.activation == "swiglu" \
                 else activation(blk.mlp.activation, h)
-            out = hidden @ layer.proj
+            out = add(at + "mlp.hook_post", hidden) @ layer.proj
             if blk.mlp.proj.bias is not None:
                 out = out + blk.mlp.proj.bias
             x = add(at + "hook_resid_post", x + add(at + "hook_mlp_out", out))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tinystories.errors import TinyStoriesError
-from tinystories.model.checkpoint import LoadedModel, read_config_raw, save_tensors
+from tinystories.model.checkpoint import LoadedModel, Sampling, read_config_raw, save_tensors
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.tokenizer import EOS_TEXT, Tokenizer
 from tinystories.utils import atomic_write, write_json
@@ -196,9 +196,11 @@ def to_transformers(model: GPT, eos: int = 0) -> Any:
 
 
 # ---------------------------------------------------------------- export
-def export_hf(loaded: LoadedModel, out_dir: str | Path) -> Path:
-    """Write a `transformers` folder (weights, config, tokenizer, model card) for `loaded`."""
-    from transformers import PreTrainedTokenizerFast
+def export_hf(loaded: LoadedModel, out_dir: str | Path, sampling: Sampling) -> Path:
+    """Write a `transformers` folder (weights, config, tokenizer, model card) for `loaded`, with
+    `sampling` as its generation_config.json, which `generate` starts from (HF's own defaults
+    would cut the distribution at top-k 50 and stop after 20 tokens)."""
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +214,10 @@ def export_hf(loaded: LoadedModel, out_dir: str | Path) -> Path:
                                   eos_token=EOS_TEXT, unk_token=EOS_TEXT,
                                   model_max_length=cfg.context_length)
     tok.save_pretrained(str(out))
+    eos = loaded.tokenizer.eos_id
+    GenerationConfig(do_sample=sampling.temperature > 0, temperature=sampling.temperature or 1.0,
+                     top_p=sampling.top_p, top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
+                     bos_token_id=eos, eos_token_id=eos, pad_token_id=eos).save_pretrained(str(out))
     with atomic_write(out / "README.md") as f:
         f.write(model_card(loaded, config.architectures[0]))
     return out
@@ -240,7 +246,7 @@ def model_card(loaded: LoadedModel, architecture: str) -> str:
         'tok = AutoTokenizer.from_pretrained("PATH_OR_ID")',
         'model = AutoModelForCausalLM.from_pretrained("PATH_OR_ID")',
         'ids = tok("<|endoftext|>Once upon a time", return_tensors="pt").input_ids',
-        "out = model.generate(ids, max_new_tokens=100, do_sample=True, temperature=0.8)",
+        "out = model.generate(ids)  # sampling settings: generation_config.json",
         "print(tok.decode(out[0][1:]))", "```", "",
         "Or with tinystories: `tinystories import-hf PATH_OR_ID my-model`.", "",
     ]

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 ACTS = {"gelu": 0, "swiglu": 1, "relu2": 2}
-POINTS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 _F = ctypes.POINTER(ctypes.c_float)
 
 
@@ -168,7 +167,10 @@ class NativeStep:
         self.scratch, self.scratch_rows = torch.empty(0), 0  # room for this many rows at any length
 
     def step(self, tokens: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int,
-             pad: torch.Tensor | None, adds: dict[str, torch.Tensor], best: torch.Tensor | None) -> torch.Tensor:
+             pad: torch.Tensor | None, adds: list[torch.Tensor | None] | None, best: torch.Tensor | None
+             ) -> torch.Tensor:
+        """decode_step.c's step; `adds`: None, or [B, width] additions (None = none) in its order:
+        hook_embed, then each block's `gpt.ADDABLE` points."""
         cfg = self.cfg
         B = tokens.shape[0]
         assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[1] == B
@@ -180,9 +182,8 @@ class NativeStep:
             self.scratch_rows = B
         table = None
         if adds:
-            names = ["hook_embed"] + [f"blocks.{i}.{point}" for i in range(cfg.n_layer) for point in POINTS]
-            held = {name: adds[name].float().contiguous() for name in adds}
-            table = (ctypes.c_void_p * len(names))(*[held[n].data_ptr() if n in held else None for n in names])
+            held = [None if a is None else a.float().contiguous() for a in adds]
+            table = (ctypes.c_void_p * len(held))(*[None if a is None else a.data_ptr() for a in held])
         logits = torch.empty(B, cfg.vocab_size)
         self.lib.decode_step(self.ref, B, tokens.data_ptr(), None if pad is None else pad.data_ptr(), slot,
                              cache_k.data_ptr(), cache_v.data_ptr(), cache_k.shape[3], table, logits.data_ptr(),

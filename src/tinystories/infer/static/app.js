@@ -38,7 +38,8 @@ async function loadModels() {
       state.models[m.id] = m;
       $("model").add(new Option(m.id, m.id));
     }
-    // The sampling sliders start at the server's story preset (infer/params.py), as `sample` does.
+    // The sliders start at the server's story preset and steering strength (infer/params.py), as
+    // `sample` does: the card names them by their slider (and request field) ids.
     for (const [id, value] of Object.entries((data.data[0] || {}).sampling || {})) {
       $(id).value = value;
       $(id + "-val").textContent = value;
@@ -263,7 +264,6 @@ function renderAttention() {
     `<li><b>${show(j === 0 ? "[start]" : a.tokens[j])}</b> ${(100 * x).toFixed(1)}%</li>`).join("");
 }
 
-$("steer_alpha-val").textContent = $("steer_alpha").value;
 for (const id of ["temperature", "top_p", "top_k", "max_tokens", "steer_alpha"]) {
   $(id).addEventListener("input", () => { $(id + "-val").textContent = $(id).value; });
 }
