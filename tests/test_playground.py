@@ -91,9 +91,10 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         text = "Once upon a time, Tom found a shiny \U0001F41A"
         tok = loaded.tokenizer
 
-        def offline(**adds: torch.Tensor) -> list[int]:
-            return run(loaded.model, tok, tok.encode_stories([text]), preset("story", max_new_tokens=60, seed=3),
-                       adds={direction[0]: adds["add"]} if adds else None)[0].ids
+        def offline(add: torch.Tensor | None = None, **settings: float) -> list[int]:
+            params = preset("story", max_new_tokens=60, seed=3, **settings)
+            return run(loaded.model, tok, tok.encode_stories([text]), params,
+                       adds={direction[0]: add} if add is not None else None)[0].ids
         assert browser.execute_script("return state.ids") == offline()
 
         tokens[5].click()  # the attention of a generated token
@@ -113,6 +114,15 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         steered = browser.execute_script("return state.ids")
         assert steered == offline(add=STEER_ALPHA * direction[1]) != offline()
         Select(browser.find_element(By.ID, "steer")).select_by_value("")
+
+        # Top-k, and top-k with top-p, as the sliders set them: again the story `sample` writes.
+        for settings in ({"top_k": 20, "top_p": 1.0}, {"top_k": 50, "top_p": 0.8}):
+            for field, value in settings.items():
+                browser.execute_script(f"const s = document.getElementById('{field}'); s.value = {value};"
+                                       "s.dispatchEvent(new Event('input'))")
+            browser.find_element(By.ID, "generate").click()
+            wait.until(lambda d: "tokens in" in d.find_element(By.ID, "stats").text)
+            assert browser.execute_script("return state.ids") == offline(**settings) != offline(), settings
 
         # Max tokens is capped by what the prompt leaves of the context (128 here).
         story = out.text

@@ -9,7 +9,8 @@ view, another client) never act here, so they never slow this batch down.
 A prefill of one position (every prompt a single token: stories from scratch) is a decode
 step too, the same computation: for one token `forward`'s module calls cost 4-9x the step
 (bench/README.md, Inference). Longer prompts prefill with `forward`, whose matrix products
-over all positions at once win from a few tokens on.
+over all positions at once win from a few tokens on, one prompt at a time (`_prefill_alone`:
+so that a row's story never depends on the rows beside it).
 
 Per-row additions at hook points (steering, `Sequence.adds`: the residual stream's points and
 the MLP's neurons, `gpt.addable`, the only ones `check_adds` lets in) stay on the fast step, so
@@ -76,9 +77,35 @@ class Runner:
         step = self._step_for(adds)
         if idx.shape[1] == 1 and step is not None:  # one position: a decode step (see above)
             return step.step(idx[:, 0], cache, adds), cache
-        with self._adding(adds) if adds else contextlib.nullcontext():
-            logits, _ = self.model(idx, cache=cache, last=True)
-        return logits[:, -1], cache
+        return self._prefill_alone(seqs, adds, cache), cache
+
+    def _prefill_alone(self, seqs: list[Sequence], adds: Adds, cache: KVCache) -> torch.Tensor:
+        """Each prompt through `forward` by itself, its keys and values put in its row of `cache`
+        (after the row's padding); the logits of each one's next token [n, V].
+
+        Not one batched pass: a matrix product's rounding depends on how many rows it multiplies
+        (1e-7 to 4e-6 in a logit here), so a batched prefill made a row's story depend, now and
+        then, on the prompts that arrived with it. Alone, a prompt gives what `sample` gives it,
+        in a server under any load and in an evaluation's batch alike; the decode step (C) is
+        the same for a row in any batch, bit for bit (tests/test_sampling.py). Rows with the same
+        prompt and no additions share one pass (`sample -n`, evaluation's samples of a prompt)."""
+        end = cache.length + max(len(s.prompt) for s in seqs)
+        logits = []
+        passes: dict[object, tuple[KVCache, torch.Tensor]] = {}
+        for i, s in enumerate(seqs):
+            key = tuple(s.prompt) if not s.adds else i  # a row with additions passes by itself
+            if key not in passes:
+                row = self.model.new_cache(1, len(s.prompt))
+                mine = {name: add[i:i + 1] for name, add in adds.items() if name in s.adds}
+                with self._adding(mine) if mine else contextlib.nullcontext():
+                    out, _ = self.model(torch.tensor([s.prompt], device=self.device), cache=row, last=True)
+                passes[key] = row, out[0, -1]
+            row, last = passes[key]
+            cache.k[:, i, :, end - len(s.prompt):end] = row.k[:, 0]
+            cache.v[:, i, :, end - len(s.prompt):end] = row.v[:, 0]
+            logits.append(last)
+        cache.length = end
+        return torch.stack(logits)
 
     def _step_for(self, adds: Adds) -> DecodeStep | None:
         """The decode step, if it computes what `forward` with these additions would."""

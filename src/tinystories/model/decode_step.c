@@ -239,8 +239,9 @@ static void argmax_rows(int64_t *best, const float *logits, int B, int V, int th
 /* Logits [B, vocab] of the next token after tokens[b] for each row b, whose keys and values
    are appended to the cache at `slot`. pad[b]: row b's leading padding slots (NULL: none).
    adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn] at MLP_POST;
-   NULL = none): hook_embed, then each layer's points in the order above. best: NULL, or room for B token ids, each row's
-   most likely one (`argmax_rows`). scratch: room for the sizes in `scratch_floats`. */
+   NULL = none): hook_embed, then each layer's points in the order above. best: NULL, or room
+   for B token ids, each row's most likely one (`argmax_rows`). scratch: room for the sizes in
+   `scratch_floats`. */
 void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pad, int slot, float *k_cache,
                  float *v_cache, int cache_len, const float *const *adds, float *logits, int64_t *best,
                  float *scratch) {

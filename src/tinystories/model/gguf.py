@@ -25,9 +25,8 @@ Sampling defaults travel too: llama.cpp's own (top-k 40, top-p 0.95, min-p 0.05)
 distribution, ours don't, so the file carries the ones the caller passes (`export-gguf`: the
 API's, `infer/params.py`) in ``general.sampling.*``, which llama.cpp's tools read unless flags
 say otherwise; min-p and the repeat penalty, which we don't have, are off. `modelfile` writes
-them into the Ollama Modelfile
-that goes beside the GGUF, with a template that passes the prompt through (no chat) and the
-end-of-story stop token.
+them into the Ollama Modelfile that goes beside the GGUF, with a template that passes the
+prompt through (no chat) and the end-of-story stop token.
 """
 
 from __future__ import annotations

@@ -523,6 +523,7 @@ class DecodeStep:
     def __init__(self, model: GPT, native: bool = True) -> None:
         cfg = self.cfg = model.cfg
         self.model_norm, self.tok_emb, self.pos_emb = model.norm, model.tok_emb, model.pos_emb
+        self.add_order = ["hook_embed", *(f"blocks.{i}.{point}" for i in range(cfg.n_layer) for point in ADDABLE)]
         device = model.tok_emb.weight.device
         self.rope = None
         if self.pos_emb is None:  # [ctx, head_dim] each
@@ -568,9 +569,8 @@ class DecodeStep:
         pad = cache.pad
         if self.native is not None:
             assert best is None or (best.dtype == torch.int64 and best.is_contiguous() and best.shape == (B,))
-            order = ["hook_embed", *(f"blocks.{i}.{point}" for i in range(cfg.n_layer) for point in ADDABLE)]
-            logits = self.native.step(tokens, cache.k, cache.v, slot, pad, [adds.get(n) for n in order] if adds
-                                      else None, best)
+            logits = self.native.step(tokens, cache.k, cache.v, slot, pad,
+                                      [adds.get(n) for n in self.add_order] if adds else None, best)
             cache.length += 1
             return logits
         pos = torch.full((B,), slot, device=tokens.device) if pad is None else (slot - pad).clamp(min=0)
