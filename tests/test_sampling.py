@@ -8,6 +8,7 @@ from tinystories.infer import sampler
 from tinystories.infer.engine import Engine
 from tinystories.infer.offline import TokenIds, generate, run
 from tinystories.infer.params import SamplingParams
+from tinystories.infer.runner import STEPPED, Runner
 from tinystories.infer.sampler import (
     FAST_CANDIDATES,
     _kept,
@@ -18,9 +19,12 @@ from tinystories.infer.sampler import (
     sample,
 )
 from tinystories.infer.sampling import generate_reference
+from tinystories.infer.sequence import Sequence
+from tinystories.model import native
 from tinystories.model.gpt import GPT, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
+LONG = [0, *range(1, 21)]  # longer than STEPPED: prefilled by `forward`
 
 
 @pytest.fixture(params=["C", "PyTorch"])
@@ -49,7 +53,8 @@ def model(request: pytest.FixtureRequest) -> GPT:
     SamplingParams(max_new_tokens=25, temperature=1.5, seed=3),
 ])
 def test_kv_cache_sampling_equals_no_cache_sampling(model: GPT, cfg: SamplingParams) -> None:
-    assert generate(model, TokenIds(0), PROMPTS, cfg) == generate_reference(model, PROMPTS, cfg, eos_id=0)
+    prompts = [*PROMPTS, LONG]  # short ones prefill in the decode step, LONG through `forward`
+    assert generate(model, TokenIds(0), prompts, cfg) == generate_reference(model, prompts, cfg, eos_id=0)
 
 
 def test_steered_rows_equal_the_reference_and_keep_the_batch_on_the_decode_step(
@@ -68,7 +73,8 @@ def test_steered_rows_equal_the_reference_and_keep_the_batch_on_the_decode_step(
     plain = model.forward
     monkeypatch.setattr(model, "forward", lambda *a, **k: forwards.append(1) or plain(*a, **k))
     engine.run()
-    assert len(forwards) == 3 and engine.steps == 19  # each prompt's prefill; then 19 decode steps of all rows
+    stepped = native.library() is not None  # short prompts prefill in the C step too
+    assert len(forwards) == (0 if stepped else 3) and engine.steps == 19  # then 19 steps of all rows
     monkeypatch.undo()
     for i, (prompt, adds) in enumerate(zip(PROMPTS, rows)):
         with model.hooked({name: (lambda x, v=v: x + v) for name, v in adds.items()}):
@@ -81,12 +87,11 @@ def test_a_row_writes_the_same_whatever_shares_its_batch(model: GPT) -> None:
     beside longer, shorter and identical prompts: the prefill runs each prompt by itself and the
     C decode step computes each row by itself. So a seeded story never depends on what else a
     server or an evaluation batch is writing (a batched prefill's rounding made it, now and then)."""
-    from tinystories.model import native
-
     if native.library() is None:
         pytest.skip(f"the C step is unavailable here: {native.why_not()}")
+    assert len(LONG) > STEPPED
     params = SamplingParams(max_new_tokens=12, seed=4, stop_at_eos=False)
-    prompts = [*PROMPTS, PROMPTS[0], [0, 3]]
+    prompts = [*PROMPTS, PROMPTS[0], [0, 3], LONG, LONG]  # LONG: past STEPPED, through `forward`
 
     def logprobs(batch: list[list[int]]) -> list[list[float]]:
         got: list[list[float]] = [[] for _ in batch]
@@ -97,6 +102,11 @@ def test_a_row_writes_the_same_whatever_shares_its_batch(model: GPT) -> None:
     assert all(len(row) == 12 for row in together)
     for prompt, row in zip(prompts, together):
         assert logprobs([prompt]) == [row]
+    # The prefill's cache: padding slots stepped before a row's prompt begins hold finite values
+    # (`forward` on this cache later, under hooks, multiplies them by zero weights).
+    seqs = [Sequence(p, params) for p in prompts]
+    _, cache = Runner(model).prefill(seqs, 0)
+    assert bool(torch.isfinite(cache.k).all()) and bool(torch.isfinite(cache.v).all())
 
 
 @pytest.mark.parametrize("cfg", [SamplingParams(max_new_tokens=25, temperature=0, stop_at_eos=False),

@@ -6,16 +6,24 @@ sampled with, `interpret.hooks.patched`) or the model is training: then `forward
 hooks see and change what is generated. Hooks of other threads (the playground's attention
 view, another client) never act here, so they never slow this batch down.
 
-A prefill of one position (every prompt a single token: stories from scratch) is a decode
-step too, the same computation: for one token `forward`'s module calls cost 4-9x the step
-(bench/README.md, Inference). Longer prompts prefill with `forward`, whose matrix products
-over all positions at once win from a few tokens on, one prompt at a time (`_prefill_alone`:
-so that a row's story never depends on the rows beside it).
+Every row is prefilled as it would be alone, so that its story never depends on the rows
+that arrive with it: a matrix product's rounding depends on how many rows it multiplies (1e-7
+to 4e-6 in a logit at our shapes), and a batched `forward` made a seeded story change, now and
+then, with its neighbours (bench/README.md, Server). The C decode step computes each row by
+itself, the same bit for bit in any batch (tests/test_sampling.py), so:
+
+* prompts of up to `STEPPED` tokens go through the decode step together, one position at a
+  time (the output layer only at the last): for one token `forward`'s module calls cost 4-9x
+  a step, and a batch of short prompts costs a few steps (bench/README.md, Inference);
+* longer ones through `forward`, one prompt at a time (identical prompts once), whose products
+  over all positions at once win there. Which way a row goes depends on its own length only.
+
+With the step's PyTorch form (no C compiler) only one-token prompts take the step.
 
 Per-row additions at hook points (steering, `Sequence.adds`: the residual stream's points and
 the MLP's neurons, `gpt.addable`, the only ones `check_adds` lets in) stay on the fast step, so
-one steered request never takes the batch off it; in a longer prefill they run as hooks on
-`forward` that add each row's vector to its row only.
+one steered request never takes the batch off it; in a `forward` prefill they run as hooks
+that add the row's vector.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from tinystories.infer.sequence import Sequence
 from tinystories.model.gpt import GPT, DecodeStep, KVCache, addable
 
 Adds = Mapping[str, torch.Tensor]  # hook point -> [B, width] one vector per batch row (zeros: none)
+STEPPED = 16  # prompts up to this many tokens prefill through the C decode step (see above)
 
 
 def batch_adds(rows: list[Sequence | None], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -42,6 +51,12 @@ def batch_adds(rows: list[Sequence | None], device: torch.device, dtype: torch.d
         out[name] = torch.stack([v.to(device, dtype) if v is not None else torch.zeros(d, device=device, dtype=dtype)
                                  for v in vecs])
     return out
+
+
+def _place(cache: KVCache, i: int, src: KVCache, j: int, n: int, end: int) -> None:
+    """Row j's last `n` keys and values in `src` into row i of `cache`, ending at slot `end`."""
+    cache.k[:, i, :, end - n:end] = src.k[:, j, :, src.length - n:src.length]
+    cache.v[:, i, :, end - n:end] = src.v[:, j, :, src.length - n:src.length]
 
 
 class Runner:
@@ -62,7 +77,8 @@ class Runner:
             yield
 
     def prefill(self, seqs: list[Sequence], pad_id: int) -> tuple[torch.Tensor, KVCache]:
-        """Prompts of `seqs` into a new cache; the logits of each one's next token [n, V]."""
+        """Prompts of `seqs` into a new cache; the logits of each one's next token [n, V]. Each row
+        is prefilled as it would be alone (see the module doc)."""
         idx, pad = left_pad([s.prompt for s in seqs], pad_id, self.device)
         if idx.shape[1] > self.context:
             raise ValueError(f"prompt of {idx.shape[1]} tokens is longer than the model's context of "
@@ -71,41 +87,52 @@ class Runner:
         if int(idx.min()) < 0 or int(idx.max()) >= vocab:  # the C step indexes the embedding table unchecked
             bad = next(t for s in seqs for t in s.prompt if not 0 <= t < vocab)
             raise ValueError(f"token id {bad} in a prompt is outside the model's vocabulary (0 to {vocab - 1})")
-        cache = self.model.new_cache(len(seqs), self.context, pad)
         self.step = self.model.decode_step()  # looked up once per admission, not at every step
         adds = batch_adds(list(seqs), self.device, self.dtype)
         step = self._step_for(adds)
-        if idx.shape[1] == 1 and step is not None:  # one position: a decode step (see above)
-            return step.step(idx[:, 0], cache, adds), cache
-        return self._prefill_alone(seqs, adds, cache), cache
-
-    def _prefill_alone(self, seqs: list[Sequence], adds: Adds, cache: KVCache) -> torch.Tensor:
-        """Each prompt through `forward` by itself, its keys and values put in its row of `cache`
-        (after the row's padding); the logits of each one's next token [n, V].
-
-        Not one batched pass: a matrix product's rounding depends on how many rows it multiplies
-        (1e-7 to 4e-6 in a logit here), so a batched prefill made a row's story depend, now and
-        then, on the prompts that arrived with it. Alone, a prompt gives what `sample` gives it,
-        in a server under any load and in an evaluation's batch alike; the decode step (C) is
-        the same for a row in any batch, bit for bit (tests/test_sampling.py). Rows with the same
-        prompt and no additions share one pass (`sample -n`, evaluation's samples of a prompt)."""
-        end = cache.length + max(len(s.prompt) for s in seqs)
-        logits = []
+        # The prompts the decode step prefills: short ones with its C form, which computes each row
+        # by itself and a row's padding slots as nothing; one-token ones (no padding) with its
+        # PyTorch form, whose batched products round by the batch as `forward`'s do.
+        most = 0 if step is None else STEPPED if step.native is not None else 1
+        short = [i for i, s in enumerate(seqs) if len(s.prompt) <= most]
+        if step is not None and len(short) == len(seqs):
+            return self._stepped(step, idx, pad, adds)
+        cache = self.model.new_cache(len(seqs), self.context, pad)
+        end = idx.shape[1]
+        logits: dict[int, torch.Tensor] = {}
+        if step is not None and short:
+            sub_idx, sub_pad = left_pad([seqs[i].prompt for i in short], pad_id, self.device)
+            sub_logits, sub = self._stepped(step, sub_idx, sub_pad, {n: a[short] for n, a in adds.items()})
+            for j, i in enumerate(short):
+                _place(cache, i, sub, j, len(seqs[i].prompt), end)
+                logits[i] = sub_logits[j]
         passes: dict[object, tuple[KVCache, torch.Tensor]] = {}
         for i, s in enumerate(seqs):
+            if i in logits:
+                continue
             key = tuple(s.prompt) if not s.adds else i  # a row with additions passes by itself
             if key not in passes:
-                row = self.model.new_cache(1, len(s.prompt))
-                mine = {name: add[i:i + 1] for name, add in adds.items() if name in s.adds}
-                with self._adding(mine) if mine else contextlib.nullcontext():
-                    out, _ = self.model(torch.tensor([s.prompt], device=self.device), cache=row, last=True)
-                passes[key] = row, out[0, -1]
-            row, last = passes[key]
-            cache.k[:, i, :, end - len(s.prompt):end] = row.k[:, 0]
-            cache.v[:, i, :, end - len(s.prompt):end] = row.v[:, 0]
-            logits.append(last)
+                passes[key] = self._forward_alone(s.prompt, {n: a[i:i + 1] for n, a in adds.items() if n in s.adds})
+            row, logits[i] = passes[key]
+            _place(cache, i, row, 0, len(s.prompt), end)
         cache.length = end
-        return torch.stack(logits)
+        return torch.stack([logits[i] for i in range(len(seqs))]), cache
+
+    def _stepped(self, step: DecodeStep, idx: torch.Tensor, pad: torch.Tensor, adds: Adds
+                 ) -> tuple[torch.Tensor, KVCache]:
+        """Left-padded prompts `idx` [n, T] through the decode step, one position at a time (no
+        output layer before the last): the logits [n, V] after them, and their cache."""
+        cache = self.model.new_cache(idx.shape[0], self.context, pad)
+        for t in range(idx.shape[1] - 1):
+            step.fill(idx[:, t], cache, adds)
+        return step.step(idx[:, -1], cache, adds), cache
+
+    def _forward_alone(self, prompt: list[int], adds: Adds) -> tuple[KVCache, torch.Tensor]:
+        """One prompt through `forward` by itself: its cache, and the logits [V] after it."""
+        cache = self.model.new_cache(1, len(prompt))
+        with self._adding(adds) if adds else contextlib.nullcontext():
+            out, _ = self.model(torch.tensor([prompt], device=self.device), cache=cache, last=True)
+        return cache, out[0, -1]
 
     def _step_for(self, adds: Adds) -> DecodeStep | None:
         """The decode step, if it computes what `forward` with these additions would."""

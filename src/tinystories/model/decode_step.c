@@ -208,6 +208,10 @@ static inline __attribute__((always_inline)) void attend_d(float *z, const float
    load them as fixed-stride vectors instead of gathering them. */
 static void attend(float *z, const float *q, const float *K, const float *V, float *a, int first, int n, int D,
                    float scale) {
+    if (first >= n) {  /* no keys: a row's padding slot, stepped before its prompt begins */
+        for (int i = 0; i < D; i++) z[i] = 0.f;
+        return;
+    }
     if (D == 4) attend_d(z, q, K, V, a, first, n, 4, scale);
     else if (D == 8) attend_d(z, q, K, V, a, first, n, 8, scale);
     else attend_d(z, q, K, V, a, first, n, D, scale);
@@ -239,9 +243,11 @@ static void argmax_rows(int64_t *best, const float *logits, int B, int V, int th
 /* Logits [B, vocab] of the next token after tokens[b] for each row b, whose keys and values
    are appended to the cache at `slot`. pad[b]: row b's leading padding slots (NULL: none).
    adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn] at MLP_POST;
-   NULL = none): hook_embed, then each layer's points in the order above. best: NULL, or room
-   for B token ids, each row's most likely one (`argmax_rows`). scratch: room for the sizes in
-   `scratch_floats`. */
+   NULL = none): hook_embed, then each layer's points in the order above. logits: NULL to skip
+   the output layer (a prompt position before its last). best: NULL, or room for B token ids,
+   each row's most likely one (`argmax_rows`). scratch: room for the sizes in `scratch_floats`.
+   A row whose padding reaches past `slot` (stepped before its prompt begins) attends to nothing
+   there and writes finite keys and values that nothing reads. */
 void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pad, int slot, float *k_cache,
                  float *v_cache, int cache_len, const float *const *adds, float *logits, int64_t *best,
                  float *scratch) {
@@ -316,6 +322,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
             add(x + b * d, la, RESID_POST, b, d);
         }
     }
+    if (!logits) return;  /* a prompt position before its last: only its keys and values are wanted */
     for (int b = 0; b < B; b++) norm(xn + b * d, x + b * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
     linear(logits, xn, m->head, NULL, B, d, m->vocab, nt, xt);
     if (best) argmax_rows(best, logits, B, m->vocab, nt);

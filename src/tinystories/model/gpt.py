@@ -550,7 +550,6 @@ class DecodeStep:
                     proj=m.proj.weight.t().contiguous()))
             self.head = model.lm_head.weight.t().contiguous()
 
-    @inference
     def step(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None,
              best: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, V] of the next token after `tokens` [B] (one per row), appended to `cache`.
@@ -560,6 +559,18 @@ class DecodeStep:
         `best` [B] int64: set to each row's most likely token, ``logits.argmax(-1)`` (the C step
         finds it while the logits are in cache: the greedy sampler's answer, `infer/sampler.sample`).
         """
+        logits = self._run(tokens, cache, adds, best, head=True)
+        assert logits is not None
+        return logits
+
+    def fill(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None) -> None:
+        """`step` without the output layer: `tokens` appended to `cache`, no logits (a prompt
+        position before its last; the output layer is the step's largest matrix at our shapes)."""
+        self._run(tokens, cache, adds, None, head=False)
+
+    @inference
+    def _run(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None,
+             best: torch.Tensor | None, head: bool) -> torch.Tensor | None:
         cfg, adds = self.cfg, adds or {}
         B, H, D = tokens.shape[0], cfg.n_head, cfg.head_dim
         slot = cache.length
@@ -570,7 +581,7 @@ class DecodeStep:
         if self.native is not None:
             assert best is None or (best.dtype == torch.int64 and best.is_contiguous() and best.shape == (B,))
             logits = self.native.step(tokens, cache.k, cache.v, slot, pad,
-                                      [adds.get(n) for n in self.add_order] if adds else None, best)
+                                      [adds.get(n) for n in self.add_order] if adds else None, best, head)
             cache.length += 1
             return logits
         pos = torch.full((B,), slot, device=tokens.device) if pad is None else (slot - pad).clamp(min=0)
@@ -619,6 +630,8 @@ class DecodeStep:
                 out = out + blk.mlp.proj.bias
             x = add(at + "hook_resid_post", x + add(at + "hook_mlp_out", out))
         cache.length += 1
+        if not head:
+            return None
         logits = self.model_norm(x) @ self.head
         if best is not None:
             torch.argmax(logits, -1, out=best)

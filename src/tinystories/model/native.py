@@ -167,10 +167,10 @@ class NativeStep:
         self.scratch, self.scratch_rows = torch.empty(0), 0  # room for this many rows at any length
 
     def step(self, tokens: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int,
-             pad: torch.Tensor | None, adds: list[torch.Tensor | None] | None, best: torch.Tensor | None
-             ) -> torch.Tensor:
+             pad: torch.Tensor | None, adds: list[torch.Tensor | None] | None, best: torch.Tensor | None,
+             head: bool = True) -> torch.Tensor | None:
         """decode_step.c's step; `adds`: None, or [B, width] additions (None = none) in its order:
-        hook_embed, then each block's `gpt.ADDABLE` points."""
+        hook_embed, then each block's `gpt.ADDABLE` points. `head=False`: no output layer, no logits."""
         cfg = self.cfg
         B = tokens.shape[0]
         assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[1] == B
@@ -184,8 +184,9 @@ class NativeStep:
         if adds:
             held = [None if a is None else a.float().contiguous() for a in adds]
             table = (ctypes.c_void_p * len(held))(*[None if a is None else a.data_ptr() for a in held])
-        logits = torch.empty(B, cfg.vocab_size)
+        logits = torch.empty(B, cfg.vocab_size) if head else None
         self.lib.decode_step(self.ref, B, tokens.data_ptr(), None if pad is None else pad.data_ptr(), slot,
-                             cache_k.data_ptr(), cache_v.data_ptr(), cache_k.shape[3], table, logits.data_ptr(),
-                             None if best is None else best.data_ptr(), self.scratch.data_ptr())
+                             cache_k.data_ptr(), cache_v.data_ptr(), cache_k.shape[3], table,
+                             None if logits is None else logits.data_ptr(), None if best is None else best.data_ptr(),
+                             self.scratch.data_ptr())
         return logits
