@@ -92,6 +92,25 @@ def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:
     assert seen == {base + 17, base + 46}
 
 
+@pytest.mark.parametrize("arch", ["neo", "modern"])
+def test_a_bfloat16_model_decodes_as_its_forward_pass(arch: str) -> None:
+    """The step's PyTorch form in the model's own dtype (the C form is float32 only)."""
+    m = model(**ARCHS[arch]).to(torch.bfloat16)
+    fast = m.decode_step()
+    assert fast is not None and fast.native is None
+    ref, mine = m.new_cache(2, 40), m.new_cache(2, 40)
+    token = torch.tensor([3, 7])
+    with torch.no_grad():
+        m(torch.tensor([[0, 5, 6], [0, 9, 4]]), cache=ref)
+        m(torch.tensor([[0, 5, 6], [0, 9, 4]]), cache=mine)
+        for _ in range(3):
+            expected = m(token[:, None], cache=ref)[0][:, -1]
+            got = fast.step(token, mine)
+            assert got.dtype == torch.bfloat16
+            torch.testing.assert_close(got.float(), expected.float(), atol=0.1, rtol=0.02)
+            token = expected.argmax(-1)
+
+
 @pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_additions_equal_hooks_on_the_forward_pass(arch: str, in_c: bool) -> None:

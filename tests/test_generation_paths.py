@@ -65,10 +65,12 @@ def test_commands_start_from_one_set_of_defaults(served: tuple) -> None:
 
     assert SampleConfig().sampling == preset("story", seed=0) and SampleConfig().alpha == STEER_ALPHA
     # A steer entry without alpha adds STEER_ALPHA times the direction, as `sample --steer` does.
-    direction = {"model": name, "prompt": PROMPT, "max_tokens": 30, "temperature": 0}
+    direction = {"model": name, "prompt": PROMPT, "max_tokens": 5, "temperature": 0, "logprobs": 1}
     said = [httpx.post(url + "/v1/completions", timeout=60, json={**direction, "steer": [steer]}).json()
-            for steer in ({"direction": "three"}, {"direction": "three", "alpha": STEER_ALPHA})]
-    assert said[0]["choices"][0]["text"] == said[1]["choices"][0]["text"]
+            ["choices"][0]["logprobs"]["token_logprobs"]
+            for steer in ({"direction": "three"}, {"direction": "three", "alpha": STEER_ALPHA},
+                          {"direction": "three", "alpha": 1.0})]
+    assert said[0] == said[1] != said[2]
     assert SuiteConfig().sampling.temperature == PRESETS["api"].temperature == 1.0
 
 

@@ -51,8 +51,8 @@ def test_export_matches_transformers(tmp_path: Path, tokenizer: Tokenizer, kw: d
     assert f"{loaded.model.num_params():,}" in card and '"lr": 0.001' in card
     # `generate` starts from our story settings, not HF's (top-k 50, 20 new tokens).
     gen, story = transformers.GenerationConfig.from_pretrained(out), PRESETS["story"]
-    assert gen.do_sample and (gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (
-        story.temperature, story.top_p, story.top_k, story.max_new_tokens)
+    assert gen.do_sample and (gen.temperature, gen.top_p, gen.top_k, gen.max_length) == (
+        story.temperature, story.top_p, story.top_k, loaded.model.cfg.context_length)
     assert gen.eos_token_id == gen.bos_token_id == tokenizer.eos_id
 
 

@@ -102,11 +102,13 @@ def test_a_row_writes_the_same_whatever_shares_its_batch(model: GPT) -> None:
     assert all(len(row) == 12 for row in together)
     for prompt, row in zip(prompts, together):
         assert logprobs([prompt]) == [row]
-    # The prefill's cache: padding slots stepped before a row's prompt begins hold finite values
-    # (`forward` on this cache later, under hooks, multiplies them by zero weights).
-    seqs = [Sequence(p, params) for p in prompts]
-    _, cache = Runner(model).prefill(seqs, 0)
-    assert bool(torch.isfinite(cache.k).all()) and bool(torch.isfinite(cache.v).all())
+    # Short prompts step together: a row's padding slots, stepped before its prompt begins, hold
+    # finite keys and values (`forward` on this cache later, under hooks, weighs them by zero).
+    _, cache = Runner(model).prefill([Sequence(p, params) for p in PROMPTS], 0)
+    assert cache.pad is not None and int(cache.pad.max()) > 0
+    for row, pad in enumerate(cache.pad.tolist()):
+        stepped = torch.cat([cache.k[:, row, :, :pad], cache.v[:, row, :, :pad]])
+        assert bool(torch.isfinite(stepped).all()) and (pad == 0 or bool(stepped.ne(0).any()))
 
 
 @pytest.mark.parametrize("cfg", [SamplingParams(max_new_tokens=25, temperature=0, stop_at_eos=False),

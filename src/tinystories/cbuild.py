@@ -49,9 +49,9 @@ def _first_error(stderr: str) -> str:
 def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
     """`source` built (once) and loaded, or None and why not, in a sentence.
 
-    A build that fails is said once, as a warning: the PyTorch forms give the same results but
-    decode several times slower (bench/README.md), and a user who installs no compiler should
-    learn why from us, not from a profiler. ``TINYSTORIES_NATIVE=0`` says it is meant: no warning."""
+    A build that fails is said once, as a warning: the PyTorch forms compute the same (to
+    rounding: tests pin them to 1e-5) but decode several times slower (bench/README.md), and a
+    user who installs no compiler should learn why from us, not from a profiler. ``TINYSTORIES_NATIVE=0`` says it is meant: no warning."""
     if os.environ.get("TINYSTORIES_NATIVE", "1") == "0":
         return None, "turned off by TINYSTORIES_NATIVE=0"
     lib, why = _build(source)

@@ -138,7 +138,7 @@ class Engine:
             self._decode()
 
     def _admit(self, new: list[Sequence]) -> None:
-        """Prefill the new prompts together, choose their first tokens, and put them in the batch.
+        """Prefill the new prompts (`Runner.prefill`), choose their first tokens, and put them in the batch.
 
         Everything that can fail (the forward pass, the first draw) happens before the batch is
         touched, so a failure here leaves the running rows as they were.

@@ -18,7 +18,9 @@ itself, the same bit for bit in any batch (tests/test_sampling.py), so:
 * longer ones through `forward`, one prompt at a time (identical prompts once), whose products
   over all positions at once win there. Which way a row goes depends on its own length only.
 
-With the step's PyTorch form (no C compiler) only one-token prompts take the step.
+Without the C step (no compiler, another device or dtype, hooks on this thread) decoding's
+batched products round by the batch too, so nothing is gained by passes alone: prompts of one
+token take the step, longer ones one batched `forward`.
 
 Per-row additions at hook points (steering, `Sequence.adds`: the residual stream's points and
 the MLP's neurons, `gpt.addable`, the only ones `check_adds` lets in) stay on the fast step, so
@@ -77,8 +79,8 @@ class Runner:
             yield
 
     def prefill(self, seqs: list[Sequence], pad_id: int) -> tuple[torch.Tensor, KVCache]:
-        """Prompts of `seqs` into a new cache; the logits of each one's next token [n, V]. Each row
-        is prefilled as it would be alone (see the module doc)."""
+        """Prompts of `seqs` into a new cache; the logits of each one's next token [n, V]. With the
+        C step each row is prefilled as it would be alone (see the module doc)."""
         idx, pad = left_pad([s.prompt for s in seqs], pad_id, self.device)
         if idx.shape[1] > self.context:
             raise ValueError(f"prompt of {idx.shape[1]} tokens is longer than the model's context of "
@@ -90,19 +92,20 @@ class Runner:
         self.step = self.model.decode_step()  # looked up once per admission, not at every step
         adds = batch_adds(list(seqs), self.device, self.dtype)
         step = self._step_for(adds)
-        # The prompts the decode step prefills: short ones with its C form, which computes each row
-        # by itself and a row's padding slots as nothing; one-token ones (no padding) with its
-        # PyTorch form, whose batched products round by the batch as `forward`'s do.
-        most = 0 if step is None else STEPPED if step.native is not None else 1
-        short = [i for i, s in enumerate(seqs) if len(s.prompt) <= most]
-        if step is not None and len(short) == len(seqs):
-            return self._stepped(step, idx, pad, adds)
-        cache = self.model.new_cache(len(seqs), self.context, pad)
         end = idx.shape[1]
+        if step is None or step.native is None:  # no C step: decoding rounds by the batch anyway
+            if end == 1 and step is not None:
+                return self._stepped(step, idx, pad, adds, self.context)
+            return self._forward_together(idx, pad, adds)
+        short = [i for i, s in enumerate(seqs) if len(s.prompt) <= STEPPED]
+        if len(short) == len(seqs):
+            return self._stepped(step, idx, pad, adds, self.context)
+        cache = self.model.new_cache(len(seqs), self.context, pad)
         logits: dict[int, torch.Tensor] = {}
-        if step is not None and short:
+        if short:
             sub_idx, sub_pad = left_pad([seqs[i].prompt for i in short], pad_id, self.device)
-            sub_logits, sub = self._stepped(step, sub_idx, sub_pad, {n: a[short] for n, a in adds.items()})
+            sub_logits, sub = self._stepped(step, sub_idx, sub_pad, {n: a[short] for n, a in adds.items()},
+                                            sub_idx.shape[1])
             for j, i in enumerate(short):
                 _place(cache, i, sub, j, len(seqs[i].prompt), end)
                 logits[i] = sub_logits[j]
@@ -118,14 +121,22 @@ class Runner:
         cache.length = end
         return torch.stack([logits[i] for i in range(len(seqs))]), cache
 
-    def _stepped(self, step: DecodeStep, idx: torch.Tensor, pad: torch.Tensor, adds: Adds
+    def _stepped(self, step: DecodeStep, idx: torch.Tensor, pad: torch.Tensor, adds: Adds, max_len: int
                  ) -> tuple[torch.Tensor, KVCache]:
         """Left-padded prompts `idx` [n, T] through the decode step, one position at a time (no
         output layer before the last): the logits [n, V] after them, and their cache."""
-        cache = self.model.new_cache(idx.shape[0], self.context, pad)
+        cache = self.model.new_cache(idx.shape[0], max_len, pad)
         for t in range(idx.shape[1] - 1):
             step.fill(idx[:, t], cache, adds)
         return step.step(idx[:, -1], cache, adds), cache
+
+    def _forward_together(self, idx: torch.Tensor, pad: torch.Tensor, adds: Adds) -> tuple[torch.Tensor, KVCache]:
+        """Left-padded prompts `idx` [n, T] through one `forward`: the logits [n, V] after them,
+        and their cache."""
+        cache = self.model.new_cache(idx.shape[0], self.context, pad)
+        with self._adding(adds) if adds else contextlib.nullcontext():
+            logits, _ = self.model(idx, cache=cache, last=True)
+        return logits[:, -1], cache
 
     def _forward_alone(self, prompt: list[int], adds: Adds) -> tuple[KVCache, torch.Tensor]:
         """One prompt through `forward` by itself: its cache, and the logits [V] after it."""

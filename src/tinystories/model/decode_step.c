@@ -328,6 +328,9 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
     if (best) argmax_rows(best, logits, B, m->vocab, nt);
 }
 
+/* Addition points per layer (`adds`' layout), for the caller to check against its own list. */
+int addition_points(void) { return POINTS; }
+
 /* Floats of scratch `decode_step` needs for B rows with `n_keys` keys (slot + 1) at most. */
 long scratch_floats(const Model *m, int B, int n_keys) {
     int fc_out = m->act == SWIGLU ? 2 * m->ffn : m->ffn, widest = m->ffn > m->d_model ? m->ffn : m->d_model;

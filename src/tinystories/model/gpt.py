@@ -78,6 +78,12 @@ class KVCache:
 
 
 
+# Held while a hook is added or removed with its count, and while `HookPoint.active` compares
+# them: otherwise another thread could see one without the other, and take a hook meant for every
+# thread for one of `hooked`'s (skipping it), or one of those for one meant for every thread.
+_HOOKING = threading.Lock()
+
+
 class HookPoint(nn.Module):
     """The identity, at a named place in the forward pass, for hooks to read or replace.
 
@@ -96,10 +102,11 @@ class HookPoint(nn.Module):
     @property
     def active(self) -> bool:
         """Whether a hook listens here on this thread (the attention pattern is only computed then)."""
-        hooks = len(self._forward_hooks) + len(self._forward_pre_hooks)
-        if not hooks:
-            return False
-        return hooks > self.scoped.total() or self.scoped[threading.get_ident()] > 0
+        with _HOOKING:  # hooks and their count change together (`GPT.hooked`)
+            hooks = len(self._forward_hooks) + len(self._forward_pre_hooks)
+            if not hooks:
+                return False
+            return hooks > self.scoped.total() or self.scoped[threading.get_ident()] > 0
 
 
 def attention_mask(start: int, q_len: int, k_len: int, pad: torch.Tensor | None,
@@ -422,23 +429,20 @@ class GPT(nn.Module):
         def wrap(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable[..., torch.Tensor | None]:
             return lambda _module, _inputs, out: fn(out) if threading.get_ident() == me else None
 
-        # Each hook is counted before it is added and uncounted after it is gone, so another
-        # thread checking `active` meanwhile never takes it for a hook on every thread (which
-        # would put that thread's batch on `forward` until its next admission).
-        counted, handles = [], []
+        handles = []
         try:
-            for name, fn in hooks.items():
-                points[name].scoped[me] += 1
-                counted.append(name)
-                handles.append(points[name].register_forward_hook(wrap(fn)))
+            with _HOOKING:
+                for name, fn in hooks.items():
+                    handles.append(points[name].register_forward_hook(wrap(fn)))
+                    points[name].scoped[me] += 1
             yield
         finally:
-            for h in handles:
-                h.remove()
-            for name in counted:
-                points[name].scoped[me] -= 1
-                if not points[name].scoped[me]:
-                    del points[name].scoped[me]
+            with _HOOKING:
+                for name, h in zip(hooks, handles):
+                    h.remove()
+                    points[name].scoped[me] -= 1
+                    if not points[name].scoped[me]:
+                        del points[name].scoped[me]
 
     def listened(self) -> bool:
         """Whether any hook acts on this thread's forward passes (then only `forward` computes them):
@@ -536,6 +540,9 @@ class DecodeStep:
 
             lib = c.library()
             if lib is not None:
+                if lib.addition_points() != len(ADDABLE):  # `adds` is a table in ADDABLE's order
+                    raise RuntimeError(f"decode_step.c has {lib.addition_points()} addition points a layer, "
+                                       f"gpt.ADDABLE {len(ADDABLE)}: change both together")
                 self.native = c.NativeStep(model, lib, self.rope)
         self.layers = []
         if self.native is not None:
@@ -615,7 +622,7 @@ class DecodeStep:
                 mask = recent if mask is None else mask & recent
             probs = attention_probs(q[:, :, None], cache.k[i, :, :, :slot + 1],
                                     None if mask is None else mask[:, None, None], blk.attn.scale)
-            z = (probs @ cache.v[i, :, :, :slot + 1]).reshape(B, -1)  # [B, H * D]
+            z = (probs.to(x.dtype) @ cache.v[i, :, :, :slot + 1]).reshape(B, -1)  # [B, H * D]
             attn = z @ layer.out
             if blk.attn.out.bias is not None:
                 attn = attn + blk.attn.out.bias

@@ -199,7 +199,8 @@ def to_transformers(model: GPT, eos: int = 0) -> Any:
 def export_hf(loaded: LoadedModel, out_dir: str | Path, sampling: Sampling) -> Path:
     """Write a `transformers` folder (weights, config, tokenizer, model card) for `loaded`, with
     `sampling` as its generation_config.json, which `generate` starts from (HF's own defaults
-    would cut the distribution at top-k 50 and stop after 20 tokens)."""
+    would cut the distribution at top-k 50 and stop after 20 tokens), writing until the story
+    ends or the context is full."""
     from transformers import GenerationConfig, PreTrainedTokenizerFast
 
     out = Path(out_dir)
@@ -215,9 +216,13 @@ def export_hf(loaded: LoadedModel, out_dir: str | Path, sampling: Sampling) -> P
                                   model_max_length=cfg.context_length)
     tok.save_pretrained(str(out))
     eos = loaded.tokenizer.eos_id
-    GenerationConfig(do_sample=sampling.temperature > 0, temperature=sampling.temperature or 1.0,
-                     top_p=sampling.top_p, top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
-                     bos_token_id=eos, eos_token_id=eos, pad_token_id=eos).save_pretrained(str(out))
+    how: dict[str, Any] = {"do_sample": False}  # greedy (HF refuses sampling settings beside it)
+    if sampling.temperature > 0:
+        how = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+               "top_k": sampling.top_k}
+    # max_length, not max_new_tokens: a story stops where the model's positions end, whatever the prompt
+    GenerationConfig(**how, max_length=cfg.context_length, bos_token_id=eos, eos_token_id=eos,
+                     pad_token_id=eos).save_pretrained(str(out))
     with atomic_write(out / "README.md") as f:
         f.write(model_card(loaded, config.architectures[0]))
     return out

@@ -68,6 +68,8 @@ def library() -> ctypes.CDLL | None:
                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]  # addresses as ints: no casts
     lib.scratch_floats.restype = ctypes.c_long
     lib.scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
+    lib.addition_points.restype = ctypes.c_int
+    lib.addition_points.argtypes = []
     return lib
 
 
