@@ -51,7 +51,8 @@ def load(source: Path) -> tuple[ctypes.CDLL | None, str]:
 
     A build that fails is said once, as a warning: the PyTorch forms compute the same (to
     rounding: tests pin them to 1e-5) but decode several times slower (bench/README.md), and a
-    user who installs no compiler should learn why from us, not from a profiler. ``TINYSTORIES_NATIVE=0`` says it is meant: no warning."""
+    user who installs no compiler should learn why from us, not from a profiler.
+    ``TINYSTORIES_NATIVE=0`` says it is meant: no warning."""
     if os.environ.get("TINYSTORIES_NATIVE", "1") == "0":
         return None, "turned off by TINYSTORIES_NATIVE=0"
     lib, why = _build(source)

@@ -14,8 +14,8 @@ from tinystories.model.checkpoint import LoadedModel
 def sample_completions(loaded: LoadedModel, texts: Sequence[str], n: int, params: SamplingParams,
                        batch_size: int = 32, progress: bool = True, name: str = "") -> list[list[str]]:
     """`n` samples per text ([text][sample]); row j of the (text, sample) list uses seed + j, and
-    its story is the one `tinystories sample` writes for that text and seed (with the C decode
-    step a row computes the same in any batch: `infer/runner.py`).
+    its story is the one `tinystories sample` writes for that text, seed and settings (with the
+    C decode step a row computes the same in any batch: `infer/runner.py`).
 
     Each prompt is a story beginning (`encode_story`); a prompt too long for the context keeps
     its last tokens, leaving room for at least half the context (or max_new_tokens) to write.

@@ -14,7 +14,8 @@ itself, the same bit for bit in any batch (tests/test_sampling.py), so:
 
 * prompts of up to `STEPPED` tokens go through the decode step together, one position at a
   time (the output layer only at the last): for one token `forward`'s module calls cost 4-9x
-  a step, and a batch of short prompts costs a few steps (bench/README.md, Inference);
+  a step, and a batch of short prompts costs as many steps as its longest has tokens, each
+  reading the weights once for all rows (bench/README.md, Inference);
 * longer ones through `forward`, one prompt at a time (identical prompts once), whose products
   over all positions at once win there. Which way a row goes depends on its own length only.
 
