@@ -84,9 +84,10 @@ def test_steered_rows_equal_the_reference_and_keep_the_batch_on_the_decode_step(
 
 def test_a_row_writes_the_same_whatever_shares_its_batch(model: GPT) -> None:
     """Each row's log-probabilities, token by token, are the same bit for bit alone and in a batch
-    beside longer, shorter and identical prompts: the prefill runs each prompt by itself and the
-    C decode step computes each row by itself. So a seeded story never depends on what else a
-    server or an evaluation batch is writing (a batched prefill's rounding made it, now and then)."""
+    beside longer, shorter and identical prompts: short prompts prefill through the C decode step,
+    which computes each row by itself, and longer ones through `forward`, each by itself. So a
+    seeded story never depends on what else a server or an evaluation batch is writing (a batched
+    prefill's rounding made it, now and then)."""
     if native.library() is None:
         pytest.skip(f"the C step is unavailable here: {native.why_not()}")
     assert len(LONG) > STEPPED
