@@ -3,7 +3,10 @@
 1. Single stream at llama2.c's stories15M shape (d 288, 6 layers, 6 heads, vocab 32K, context
    256), random weights, one prompt token, 255 new tokens; greedy and top-p 0.9; ours with the
    decode step in C (the default where it builds) and, greedy, as PyTorch operations
-   (``TINYSTORIES_NATIVE=0``), for contrast. Peer: llama2.c's
+   (``TINYSTORIES_NATIVE=0``), for contrast. Ours greedy reports nothing but the tokens, so its
+   C step finds the most likely token without computing every logit (`DecodeStep.argmax`); the
+   row "every logit" is ours greedy reporting log-probabilities (as the server does when asked),
+   which computes them all, as the peers do. Peer: llama2.c's
    run.c (../shared/peers/llama2c, built here with ``gcc -Ofast -march=native``, 1 thread; with
    ``-fopenmp`` too, 2 threads) on the very same weights, exported with `export_llama2c`; and
    llama.cpp through llama-cpp-python (1 and 2 threads) on the same weights exported with
@@ -49,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from tinystories.infer.offline import TokenIds, generate
+from tinystories.infer.offline import TokenIds, generate, run
 from tinystories.infer.params import SamplingParams
 from tinystories.model.gpt import GPT, GPTConfig
 
@@ -60,12 +63,15 @@ SHAPE_1M = GPTConfig(vocab_size=10_000, context_length=512, n_layer=8, n_head=16
 SHAPE_DEMO = GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, d_model=128, arch="modern")
 
 
-def ours_tok_s(model: GPT, prompts: list[list[int]], params: SamplingParams, after_first: bool = False) -> float:
+def ours_tok_s(model: GPT, prompts: list[list[int]], params: SamplingParams, after_first: bool = False,
+               logprobs: bool = False) -> float:
     """Tokens per second of the engine, offline; `after_first`: of the tokens after each row's first,
-    as run.c reports its own rate (the time of a one-token run taken off: set-up, prefill, first draw)."""
+    as run.c reports its own rate (the time of a one-token run taken off: set-up, prefill, first draw);
+    `logprobs`: each token's log-probability reported too (so every logit is computed)."""
     def seconds(p: SamplingParams) -> float:
         start = time.perf_counter()
-        out = generate(model, TokenIds(0), prompts, p)
+        out = [s.ids for s in run(model, TokenIds(0), prompts, p, emit=lambda i, ev: None, logprobs=True)] \
+            if logprobs else generate(model, TokenIds(0), prompts, p)
         assert all(len(o) == p.max_new_tokens for o in out)
         return time.perf_counter() - start
 
@@ -184,6 +190,8 @@ def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M, thread_c
                 results[f"{mode} | tinystories, {threads} thread(s)"].append(
                     ours_tok_s(model, [[1]], params, after_first=True))
                 if t == 0:
+                    results[f"{mode} | tinystories, every logit, {threads} thread(s)"].append(
+                        ours_tok_s(model, [[1]], params, after_first=True, logprobs=True))
                     results[f"{mode} | tinystories, PyTorch step, {threads} thread(s)"].append(
                         pytorch_step_tok_s(model, params))
             for name, exe in peers.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 
@@ -12,7 +13,7 @@ from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampling import generate_reference
 from tinystories.interpret.hooks import ablate_heads, patched
-from tinystories.model import native
+from tinystories.model import gpt, native
 from tinystories.model.gpt import GPT, DecodeStep, GPTConfig, addable
 
 ARCHS = {"neo": {"arch": "neo"}, "neo-local": {"arch": "neo", "local_window": 5}, "modern": {"arch": "modern"},
@@ -90,6 +91,79 @@ def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:
             seen |= set(best.tolist())
             tokens = (tokens + 1) % vocab
     assert seen == {base + 17, base + 46}
+
+
+@pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
+@pytest.mark.parametrize("arch,batch", [*((a, 1) for a in ARCHS), ("big", 1), ("big", 3), ("big", 15), ("neo", 19)])
+def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int, in_c: bool, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """`DecodeStep.argmax` (no logits: in C, float32 logits only for the tokens a bfloat16 copy of
+    the output layer cannot rule out) gives the token `step` gives, at every step; 19 rows: all
+    the logits, by outer products. (`STREAMED` 0: the copy at 3 and 15 rows too.)"""
+    monkeypatch.setattr(gpt, "STREAMED", 0)
+    m = model(**ARCHS.get(arch, BIG))
+    fast = step_of(m, in_c)
+    g = torch.Generator().manual_seed(2)
+    token = torch.randint(0, 97, (batch,), generator=g)
+    full, alone = m.new_cache(batch, 40), m.new_cache(batch, 40)
+    best, only = torch.empty(batch, dtype=torch.long), torch.empty(batch, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(39):
+            fast.step(token, full, best=best)
+            fast.argmax(token, alone, None, only)
+            assert only.tolist() == best.tolist()
+            token = torch.where(torch.arange(batch) % 2 == 0, best, torch.randint(0, 97, (batch,), generator=g))
+    torch.testing.assert_close(alone.k, full.k, atol=0, rtol=0)
+
+
+def test_argmax_alone_separates_what_bfloat16_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output rows that bfloat16 orders the other way: the float32 logits decide, as in `step`, and
+    an exact tie goes to the first. Rows 10 and 40 differ in two weights: at index 3 row 10 is the
+    larger by a fiftieth of bfloat16's step there but rounds a whole step above row 40; at index 5
+    row 40 is the larger by less than half a step, which bfloat16 drops. So where the input is
+    positive at both, float32 can choose row 40 where the bfloat16 copy would choose row 10 (the
+    test checks that happens). Row 25 equals row 10 and is never chosen. 15 rows, with the copy."""
+    monkeypatch.setattr(gpt, "STREAMED", 0)
+    m = model(arch="modern", tie_embeddings=False, vocab_size=97, d_model=32)
+    with torch.no_grad():
+        head = m.lm_head.weight
+        v = head[10].abs().to(torch.bfloat16).float()  # positive, and exact in bfloat16
+        head.mul_(0.01)
+        step3, step5 = (2.0 ** (torch.floor(torch.log2(v[i])) - 7) for i in (3, 5))
+        head[10], head[25], head[40] = v, v, v
+        head[10, 3], head[25, 3], head[40, 3] = v[3] + 0.51 * step3, v[3] + 0.51 * step3, v[3] + 0.49 * step3
+        head[40, 5] = v[5] + 0.3 * step5
+    rounded = copy.deepcopy(m)
+    with torch.no_grad():
+        rounded.lm_head.weight.copy_(head.to(torch.bfloat16).float())
+    fast, approx = step_of(m, True), step_of(rounded, False)
+    seen: set[int] = set()
+    flips = 0
+    tokens = torch.arange(15)
+    full, alone, bf = m.new_cache(15, 40), m.new_cache(15, 40), m.new_cache(15, 40)
+    best, only = torch.empty(15, dtype=torch.long), torch.empty(15, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(39):
+            logits = fast.step(tokens, full, best=best)
+            fast.argmax(tokens, alone, None, only)
+            assert only.tolist() == best.tolist() == logits.argmax(-1).tolist()
+            flips += int((approx.step(tokens, bf).argmax(-1) != best).sum())
+            seen |= set(best.tolist())
+            tokens = (tokens * 7 + 3) % 97
+    assert flips > 0 and {10, 40} <= seen and 25 not in seen
+
+
+def test_the_bfloat16_radius_bounds_the_logits_it_approximates() -> None:
+    """`native.rounding_radius`: |logit from bfloat16 weights - logit from float32 weights| <= r |x|,
+    for inputs along each row's rounding error (where Cauchy-Schwarz is tight) and random ones."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(500, 288, generator=g) * torch.rand(500, 1, generator=g)
+    err = w - w.to(torch.bfloat16).float()
+    r = native.rounding_radius(w)
+    for x in (err / err.norm(dim=1, keepdim=True) * 3, torch.randn(500, 288, generator=g)):
+        gap = ((w.to(torch.bfloat16).float() * x).sum(1) - (w * x).sum(1)).abs()
+        assert bool((gap <= r * x.norm(dim=1)).all())
+        assert bool((gap >= 0.5 * r * x.norm(dim=1)).any()) or x is not err  # tight along the error
 
 
 @pytest.mark.parametrize("arch", ["neo", "modern"])

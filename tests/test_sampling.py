@@ -21,7 +21,7 @@ from tinystories.infer.sampler import (
 from tinystories.infer.sampling import generate_reference
 from tinystories.infer.sequence import Sequence
 from tinystories.model import native
-from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.model.gpt import GPT, DecodeStep, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
 LONG = [0, *range(1, 21)]  # longer than STEPPED: prefilled by `forward`
@@ -96,7 +96,8 @@ def test_a_row_writes_the_same_whatever_shares_its_batch(model: GPT) -> None:
 
     def logprobs(batch: list[list[int]]) -> list[list[float]]:
         got: list[list[float]] = [[] for _ in batch]
-        run(model, TokenIds(0), batch, [params] * len(batch), emit=lambda i, ev: got[i].extend(ev.logprobs))
+        run(model, TokenIds(0), batch, [params] * len(batch), emit=lambda i, ev: got[i].extend(ev.logprobs),
+            logprobs=True)
         return got
 
     together = logprobs(prompts)
@@ -132,6 +133,24 @@ def test_batched_greedy_equals_one_at_a_time(model: GPT) -> None:
     cfg = SamplingParams(max_new_tokens=20, temperature=0, stop_at_eos=False)
     batched = generate(model, TokenIds(0), PROMPTS, cfg)
     assert batched == [generate(model, TokenIds(0), [p], cfg)[0] for p in PROMPTS]
+
+
+def test_greedy_rows_that_report_nothing_ask_only_for_the_most_likely_tokens(
+        model: GPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row greedy and none reporting log-probabilities: each step asks the decode step for
+    the most likely tokens only (`DecodeStep.argmax`, which in C skips most of the output layer),
+    and writes what a run that reports them writes."""
+    cfg = SamplingParams(max_new_tokens=20, temperature=0, stop_at_eos=False)
+    calls: list[int] = []
+    plain = DecodeStep.argmax
+    monkeypatch.setattr(DecodeStep, "argmax", lambda self, t, *a: calls.append(len(t)) or plain(self, t, *a))
+    ids = generate(model, TokenIds(0), PROMPTS, cfg)
+    assert calls == [len(PROMPTS)] * 19  # the first token comes from the prefill's logits
+    calls.clear()
+    reported: list[float] = []
+    seqs = run(model, TokenIds(0), PROMPTS, cfg, emit=lambda i, ev: reported.extend(ev.logprobs), logprobs=True)
+    assert not calls and [s.ids for s in seqs] == ids
+    assert len(reported) == 20 * len(PROMPTS) and all(lp <= 0 for lp in reported) and min(reported) < 0
 
 
 def test_seed_reproduces_and_stops_at_context_end(model: GPT) -> None:

@@ -88,6 +88,20 @@ def test_seed_top_k_top_p_and_logprobs(client: openai.OpenAI) -> None:
     assert "".join(lp.tokens) == a.choices[0].text or "\ufffd" in "".join(lp.tokens)
 
 
+def test_greedy_writes_the_same_with_and_without_logprobs(client: openai.OpenAI, loaded: LoadedModel) -> None:
+    """Greedy rows that report nothing ask the decode step for the most likely token alone (no
+    logits); `logprobs: 0` asks for the chosen token's log-probability, so every logit. Both write
+    what `sample` writes; only the second reports log-probabilities."""
+    args = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}
+    plain, reported = client.completions.create(**args), client.completions.create(**args, logprobs=0)
+    assert plain.choices[0].text == reported.choices[0].text == loaded.tokenizer.decode(
+        greedy(loaded, "Once upon a time", 12))
+    assert plain.choices[0].logprobs is None
+    lp = reported.choices[0].logprobs
+    assert len(lp.token_logprobs) == reported.usage.completion_tokens > 0 and all(x <= 0 for x in lp.token_logprobs)
+    assert min(lp.token_logprobs) < 0 and all(t == {} or t is None for t in (lp.top_logprobs or []))
+
+
 def test_stop_strings(client: openai.OpenAI, loaded: LoadedModel) -> None:
     text = loaded.tokenizer.decode(greedy(loaded, "Lily", 40))
     stop = text[10:13]

@@ -70,8 +70,9 @@ class Engine:
         return self.batch.rows
 
     def submit(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None] | None = None,
-               job: object = None, adds: Mapping[str, torch.Tensor] | None = None) -> Sequence:
-        seq = Sequence(prompt, params, emit, job, adds)
+               job: object = None, adds: Mapping[str, torch.Tensor] | None = None, logprobs: bool = False
+               ) -> Sequence:
+        seq = Sequence(prompt, params, emit, job, adds, logprobs)
         if params.max_new_tokens == 0:
             seq.end("length")
             return seq
@@ -151,19 +152,25 @@ class Engine:
         b = self.batch
         assert b.cache is not None
         rows = b.rows
-        logits, best = self.runner.decode(b.last, b.cache, b.slots, any(r.params.greedy for r in rows))
+        greedy = [r.params.greedy for r in rows]
+        only_best = all(greedy) and not any(r.logprobs for r in rows)  # no row needs the logits themselves
+        logits, best = self.runner.decode(b.last, b.cache, b.slots, any(greedy), logits=not only_best)
         self.steps += 1
         where = b.gather()
         if not isinstance(where, slice):  # free slots rode along
-            logits, best = logits[where], None if best is None else best[where]
-        self._report(rows, *self._choose(logits, rows, best), where)
+            logits, best = None if logits is None else logits[where], None if best is None else best[where]
+        if logits is None:
+            assert best is not None
+            self._report(rows, best, None, where)
+        else:
+            self._report(rows, *self._choose(logits, rows, best), where)
 
     def _choose(self, logits: torch.Tensor, rows: list[Sequence], best: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next token of each row (`best`: each one's most likely, if the step gave it), and the
-        model's log-probabilities (temperature 1, as OpenAI's logprobs report) when some row has a
-        consumer to report them to."""
-        logprobs = logits.float().log_softmax(-1) if any(r.emit is not None for r in rows) else None
+        model's log-probabilities (temperature 1, as OpenAI's logprobs report) when some row reports
+        them (`Sequence.logprobs`)."""
+        logprobs = logits.float().log_softmax(-1) if any(r.logprobs for r in rows) else None
         return sample(logits, [r.params for r in rows], [r.generator for r in rows], logprobs, best), logprobs
 
     def _report(self, rows: list[Sequence], nxt: torch.Tensor, logprobs: torch.Tensor | None,

@@ -35,11 +35,13 @@ class TokenIds:
 
 def run(model: GPT, tokenizer: Detokenizer, prompts: list[list[int]],
         params: SamplingParams | Sequence[SamplingParams], max_batch: int | None = None,
-        emit: Emit | None = None, adds: Mapping[str, torch.Tensor] | None = None) -> list[sequence.Sequence]:
+        emit: Emit | None = None, adds: Mapping[str, torch.Tensor] | None = None, logprobs: bool = False
+        ) -> list[sequence.Sequence]:
     """Every prompt continued; the finished sequences, in order.
 
     `params`: one for all (row i gets seed + i) or one per prompt. `max_batch`: rows decoded
     together (default: all). `adds`: vectors added at hook points for every row (steering).
+    `logprobs`: `emit`'s events carry the model's log-probabilities (`Sequence`).
     """
     ctx = model.cfg.context_length
     for p in prompts:
@@ -54,7 +56,7 @@ def run(model: GPT, tokenizer: Detokenizer, prompts: list[list[int]],
             return None
         return lambda ev: emit(i, ev)
 
-    seqs = [engine.submit(p, r, to(i), adds=adds) for i, (p, r) in enumerate(zip(prompts, rows))]
+    seqs = [engine.submit(p, r, to(i), adds=adds, logprobs=logprobs) for i, (p, r) in enumerate(zip(prompts, rows))]
     engine.run()
     failed = [s for s in seqs if s.finish_reason == "error"]
     if failed:

@@ -150,6 +150,7 @@ class Job:
     params: list[SamplingParams]
     stream: bool
     include_usage: bool
+    logprobs: bool  # the response reports log-probabilities (the engine computes them only then)
     adds: dict[str, torch.Tensor] = dataclass_field(default_factory=dict)  # steering, for these rows only
 
 
@@ -168,9 +169,10 @@ def sampling_params(body: dict[str, Any], max_new_tokens: int, logprobs: int) ->
         raise ApiError(400, str(exc).removeprefix("sampling."), name and name.group(1), "invalid_value") from exc
 
 
-def make_job(model: str, body: dict[str, Any], texts: list[str], logprobs: int, tokenizer: Tokenizer,
+def make_job(model: str, body: dict[str, Any], texts: list[str], logprobs: int | None, tokenizer: Tokenizer,
              context: int, limits: Limits) -> Job:
-    """Rows for `texts` (n choices each) with budget, context and size checks."""
+    """Rows for `texts` (n choices each) with budget, context and size checks. `logprobs`: the
+    alternatives to report per token, or None to report no log-probabilities."""
     n = field(body, "n", int, 1, 1, MAX_N)
     if len(texts) * n > limits.max_rows:
         raise ApiError(400, f"{len(texts)} prompts x n={n} = {len(texts) * n} rows; this server takes at most "
@@ -190,12 +192,12 @@ def make_job(model: str, body: dict[str, Any], texts: list[str], logprobs: int, 
                        "shorten the prompt or lower max_tokens", "max_tokens", "context_length_exceeded")
     # Without max_tokens each row writes until its story ends or its own prompt and text fill the
     # context (`Sequence.advance`), whatever the other prompts of the request: as `sample` does.
-    params = sampling_params(body, max_tokens if max_tokens is not None else context, logprobs)
+    params = sampling_params(body, max_tokens if max_tokens is not None else context, logprobs or 0)
     rows = [params.for_row(i) for i in range(len(prompts) * n)]
     stream = field(body, "stream", bool, False)
     options = body.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return Job(model, prompts, n, rows, stream, include_usage)
+    return Job(model, prompts, n, rows, stream, include_usage, logprobs is not None)
 
 
 MAX_STEER = 8
@@ -240,14 +242,17 @@ def steering(body: dict[str, Any], directions: Mapping[str, tuple[str, torch.Ten
     return adds
 
 
-def completion_logprobs(body: dict[str, Any]) -> int:
-    return field(body, "logprobs", int, 0, 0, MAX_LOGPROBS)
+def completion_logprobs(body: dict[str, Any]) -> int | None:
+    """Alternatives per token a completions request wants reported (0: the chosen token's only), or
+    None when it wants no log-probabilities."""
+    return None if body.get("logprobs") is None else field(body, "logprobs", int, 0, 0, MAX_LOGPROBS)
 
 
-def chat_logprobs(body: dict[str, Any]) -> int:
+def chat_logprobs(body: dict[str, Any]) -> int | None:
+    """`completion_logprobs` for chat: ``logprobs`` true, with ``top_logprobs`` alternatives."""
     want = field(body, "logprobs", bool, False)
     top = field(body, "top_logprobs", int, 0, 0, MAX_LOGPROBS)
-    return top if want else 0
+    return top if want else None
 
 
 # ---------------------------------------------------------------- responses
@@ -257,8 +262,8 @@ class Format:
     chunk_name = ""
     prefix = ""
 
-    def __init__(self, j: Job, tokenizer: Tokenizer, logprobs: bool) -> None:
-        self.j, self.logprobs, self.tok = j, logprobs, tokenizer
+    def __init__(self, j: Job, tokenizer: Tokenizer) -> None:
+        self.j, self.logprobs, self.tok = j, j.logprobs, tokenizer
         self.id = f"{self.prefix}-{secrets.token_hex(12)}"
         self.created = int(time.time())
         self.offsets = [0] * len(j.params)
@@ -306,8 +311,8 @@ class CompletionFormat(Format):
 class ChatFormat(Format):
     object_name, chunk_name, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
-    def __init__(self, j: Job, tokenizer: Tokenizer, logprobs: bool) -> None:
-        super().__init__(j, tokenizer, logprobs)
+    def __init__(self, j: Job, tokenizer: Tokenizer) -> None:
+        super().__init__(j, tokenizer)
         self.started: set[int] = set()
 
     def _logprobs(self, events: list[Event]) -> dict[str, Any] | None:

@@ -150,19 +150,24 @@ class Runner:
         """The decode step, if it computes what `forward` with these additions would."""
         return self.step if self.step is not None and all(addable(name) for name in adds) else None
 
-    def decode(self, tokens: torch.Tensor, cache: KVCache, slots: list[Sequence | None], greedy: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def decode(self, tokens: torch.Tensor, cache: KVCache, slots: list[Sequence | None], greedy: bool = False,
+               logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits [B, V] of the next token of every slot after `tokens` [B], appended to `cache`;
         and, if `greedy` (some row wants it) and the decode step ran, each slot's most likely token
-        (valid until the next call: the same tensor is reused, a new one costs ~3 us a step)."""
+        (valid until the next call: the same tensor is reused, a new one costs ~3 us a step).
+        `logits=False` (every row greedy, none reporting log-probabilities): the logits are None
+        when the decode step ran (`DecodeStep.argmax` then skips most of the output layer)."""
         adds = batch_adds(slots, self.device, self.dtype) if any(s is not None and s.adds for s in slots) else {}
         step = self._step_for(adds)
         if step is not None:
             best = None
-            if greedy:
+            if greedy or not logits:
                 if self.best.shape[0] != len(slots):
                     self.best = torch.empty(len(slots), dtype=torch.long, device=self.device)
                 best = self.best
+            if not logits:
+                step.argmax(tokens, cache, adds, self.best)
+                return None, self.best
             return step.step(tokens, cache, adds, best), best
         with self._adding(adds) if adds else contextlib.nullcontext():
             return self.model(tokens[:, None], cache=cache)[0][:, -1], None

@@ -28,7 +28,7 @@ class Event:
     """New text of one row; `finish_reason` is set on the row's last event."""
     text: str
     token_ids: list[int]
-    logprobs: list[float]  # log-probability of each new token under the model (temperature 1)
+    logprobs: list[float]  # log-probability of each new token under the model (temperature 1; 0.0 unless asked)
     top_logprobs: list[dict[int, float]]
     finish_reason: str | None = None
     completion_tokens: int = 0
@@ -36,11 +36,14 @@ class Event:
 
 class Sequence:
     """One prompt being continued. `adds`: vectors added at hook points at every step (steering:
-    ``{"blocks.1.hook_resid_post": alpha * direction}``); they act on this row only."""
+    ``{"blocks.1.hook_resid_post": alpha * direction}``); they act on this row only. `logprobs`:
+    whether its events carry the model's log-probabilities (else 0.0 and no alternatives; not
+    computing them lets a greedy batch skip most of the output layer, `DecodeStep.argmax`)."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None] | None = None,
-                 job: object = None, adds: Mapping[str, torch.Tensor] | None = None) -> None:
+                 job: object = None, adds: Mapping[str, torch.Tensor] | None = None, logprobs: bool = False) -> None:
         self.prompt, self.params, self.emit = prompt, params, emit
+        self.logprobs = logprobs or params.logprobs > 0
         self.adds = dict(adds or {})
         self.job = job if job is not None else self  # the request the row belongs to (fair shares)
         self.stream = TextStream(params.stop)

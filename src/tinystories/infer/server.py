@@ -168,7 +168,7 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limit
             openai_api.make_job, s.name, body, texts, openai_api.completion_logprobs(body), s.loaded.tokenizer,
             s.loaded.model.cfg.context_length, limits)
         j.adds = openai_api.steering(body, s.directions, s.loaded.model)
-        fmt = openai_api.CompletionFormat(j, s.loaded.tokenizer, "logprobs" in body and body["logprobs"] is not None)
+        fmt = openai_api.CompletionFormat(j, s.loaded.tokenizer)
         return await respond(request, s, j, fmt, mailbox)
 
     @app.post("/v1/chat/completions")
@@ -179,7 +179,7 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limit
         j = await asyncio.to_thread(openai_api.make_job, s.name, body, [text], openai_api.chat_logprobs(body),
                                     s.loaded.tokenizer, s.loaded.model.cfg.context_length, limits)
         j.adds = openai_api.steering(body, s.directions, s.loaded.model)
-        fmt = openai_api.ChatFormat(j, s.loaded.tokenizer, bool(body.get("logprobs")))
+        fmt = openai_api.ChatFormat(j, s.loaded.tokenizer)
         return await respond(request, s, j, fmt, mailbox)
 
     @app.post("/v1/internal/tokenize")
@@ -271,7 +271,7 @@ async def run_rows(s: Served, j: Job, mailbox: Mailbox) -> AsyncGenerator[list[t
     for i, params in enumerate(j.params):
         def emit(ev: Event, i: int = i) -> None:
             post(queue, (i, ev))
-        rows.append(s.engine.submit(j.prompts[i // j.n], params, emit, job, j.adds))
+        rows.append(s.engine.submit(j.prompts[i // j.n], params, emit, job, j.adds, j.logprobs))
     left = len(rows)
     try:
         while left:

@@ -11,7 +11,8 @@
 
    Layouts (row-major, float32): a linear layer's weight in panels of 16 output rows (`gemv`),
    the embedding table as nn.Embedding stores it, [vocab, d]; the KV cache is
-   [layer, batch, head, max_len, head_dim]. */
+   [layer, batch, head, max_len, head_dim]; and a bfloat16 copy of the output layer's panels,
+   four interleaved (`panel_rows16`), with a radius per output row (`argmax_pruned`). */
 
 #include <float.h>
 #include <math.h>
@@ -32,6 +33,8 @@ typedef struct {
     int n_layer, n_head, head_dim, d_model, ffn, vocab, context, act, layer_norm, threads;
     float eps, qk_eps;
     const float *tok_emb, *pos_emb, *rope_cos, *rope_sin, *norm_w, *norm_b, *head;
+    const uint16_t *head16;  /* the output layer in bfloat16, [blocks][d][PANELS][16] (NULL: none; `argmax_pruned`) */
+    const float *head_err;   /* per output row: how far its bfloat16 logit can be from its float32 one, per unit of |x| */
     const Layer *layers;
 } Model;
 
@@ -240,11 +243,95 @@ static void argmax_rows(int64_t *best, const float *logits, int B, int V, int th
     }
 }
 
+/* bfloat16 as float: its bits are a float's top half. */
+static inline float from_bf16(uint16_t h) {
+    union { uint32_t u; float f; } c = {.u = (uint32_t)h << 16};
+    return c.f;
+}
+
+/* `panel_rows` over the bfloat16 copy of the output layer (`head16`), for the PANELS panels of
+   block `blk` (np of them real): its panels interleaved, [blocks][n_in][PANELS][16], so that a
+   block is read as one stream (as four, the 9 KB panels of the 15M shape streamed from memory at
+   about half the rate). No bias. */
+static inline __attribute__((always_inline)) void panel_rows16(float *y, const float *x, const uint16_t *p0, int np,
+                                                               int n_in, int n_out, int first, const int R) {
+    float acc[2][PANELS][LANES] = {{{0}}};
+    for (int j = 0; j < n_in; j++) {
+        float v[2];
+        for (int r = 0; r < R; r++) v[r] = x[(size_t)r * n_in + j];
+        for (int q = 0; q < PANELS; q++) {
+            const uint16_t *w = p0 + ((size_t)j * PANELS + q) * LANES;
+            for (int r = 0; r < R; r++) {
+                #pragma omp simd
+                for (int l = 0; l < LANES; l++) acc[r][q][l] += v[r] * from_bf16(w[l]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int q = 0; q < np; q++)
+            for (int l = 0; l < LANES && first + q * LANES + l < n_out; l++)
+                y[(size_t)r * n_out + first + q * LANES + l] = acc[r][q][l];
+}
+
+/* Each row's most likely token, as `argmax_rows` of the output layer's logits gives it, while
+   reading half of that layer: the largest matrix of the 15M shape (37 of its 61 MB), which
+   decoding streams from memory at every token. The logits are first computed from a bfloat16
+   copy of the layer (approx, [B, vocab]). Row j's bfloat16 logit A_j is within
+   R_j = head_err[j] * |x| of its float32 logit L_j (Cauchy-Schwarz on the rounding of its
+   weights, plus the float32 rounding of both sums: `native.py` computes head_err), so no token
+   can beat M = max_j (A_j - R_j), and a token with A_j + R_j < M is strictly below the most
+   likely one. The others (one to a few at our shapes) get their float32 logits, computed as
+   `gemv` computes them (the same panel, the same order of operations: the same bits), and the
+   first of the largest is the answer. tests/test_fast_decode.py checks it against argmax_rows. */
+static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B, float *approx, int threads) {
+    const int d = m->d_model, V = m->vocab, W = PANELS * LANES;
+    const int panels = (V + LANES - 1) / LANES, blocks = (panels + PANELS - 1) / PANELS;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int blk = 0; blk < blocks; blk++) {
+        const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
+        const uint16_t *p0 = m->head16 + (size_t)p * d * LANES;
+        int b = 0;
+        for (; b + 2 <= B; b += 2) panel_rows16(approx + (size_t)b * V, xn + (size_t)b * d, p0, np, d, V, p * LANES, 2);
+        if (b < B) panel_rows16(approx + (size_t)b * V, xn + (size_t)b * d, p0, np, d, V, p * LANES, 1);
+    }
+    const float *err = m->head_err;
+    for (int b = 0; b < B; b++) {
+        const float *A = approx + (size_t)b * V, *x = xn + (size_t)b * d;
+        float ss = 0.f, floor = -FLT_MAX;
+        #pragma omp simd reduction(+:ss)
+        for (int i = 0; i < d; i++) ss += x[i] * x[i];
+        const float size = sqrtf(ss);
+        #pragma omp simd reduction(max:floor)
+        for (int j = 0; j < V; j++) floor = A[j] - err[j] * size > floor ? A[j] - err[j] * size : floor;
+        int64_t top = 0;
+        float top_v = -INFINITY, exact[PANELS * LANES];
+        int done = -1;  /* the block whose float32 logits are in `exact` */
+        for (int j0 = 0; j0 < V; j0 += LANES) {
+            const int n = V - j0 < LANES ? V - j0 : LANES;
+            int hit = 0;
+            for (int l = 0; l < n; l++) hit |= A[j0 + l] + err[j0 + l] * size >= floor;
+            if (!hit) continue;
+            for (int j = j0; j < j0 + n; j++) {
+                if (!(A[j] + err[j] * size >= floor)) continue;
+                const int blk = j / W;
+                if (blk != done) {
+                    const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
+                    panel_rows(exact, x, m->head + (size_t)p * d * LANES, np, NULL, d, V - blk * W, 0, 1);
+                    done = blk;
+                }
+                if (exact[j - blk * W] > top_v) { top_v = exact[j - blk * W]; top = j; }
+            }
+        }
+        best[b] = top;
+    }
+}
+
 /* Logits [B, vocab] of the next token after tokens[b] for each row b, whose keys and values
    are appended to the cache at `slot`. pad[b]: row b's leading padding slots (NULL: none).
    adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn] at MLP_POST;
    NULL = none): hook_embed, then each layer's points in the order above. logits: NULL to skip
-   the output layer (a prompt position before its last). best: NULL, or room for B token ids,
+   the output layer (a prompt position before its last), or, with `best` and `head16` and B < 16,
+   to find only the most likely tokens (`argmax_pruned`). best: NULL, or room for B token ids,
    each row's most likely one (`argmax_rows`). scratch: room for the sizes in `scratch_floats`.
    A row whose padding reaches past `slot` (stepped before its prompt begins) attends to nothing
    there and writes finite keys and values that nothing reads. */
@@ -322,8 +409,12 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
             add(x + b * d, la, RESID_POST, b, d);
         }
     }
-    if (!logits) return;  /* a prompt position before its last: only its keys and values are wanted */
+    if (!logits && !(best && m->head16)) return;  /* a prompt position before its last: only its keys and values */
     for (int b = 0; b < B; b++) norm(xn + b * d, x + b * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
+    if (!logits) {  /* only the most likely tokens are wanted (B < 16: `scratch_floats`) */
+        argmax_pruned(best, m, xn, B, xt + (size_t)(B + 15) / 16 * 16 * (F > d ? F : d), nt);
+        return;
+    }
     linear(logits, xn, m->head, NULL, B, d, m->vocab, nt, xt);
     if (best) argmax_rows(best, logits, B, m->vocab, nt);
 }
@@ -334,5 +425,6 @@ int addition_points(void) { return POINTS; }
 /* Floats of scratch `decode_step` needs for B rows with `n_keys` keys (slot + 1) at most. */
 long scratch_floats(const Model *m, int B, int n_keys) {
     int fc_out = m->act == SWIGLU ? 2 * m->ffn : m->ffn, widest = m->ffn > m->d_model ? m->ffn : m->d_model;
-    return (long)B * (7L * m->d_model + fc_out) + (long)B * m->n_head * n_keys + (B + 15L) / 16 * 16 * widest;
+    return (long)B * (7L * m->d_model + fc_out) + (long)B * m->n_head * n_keys + (B + 15L) / 16 * 16 * widest +
+           (m->head16 ? (long)(B < 16 ? B : 15) * m->vocab : 0);  /* argmax_pruned's approximate logits */
 }

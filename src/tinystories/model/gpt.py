@@ -480,6 +480,12 @@ _DECODE_STEPS: weakref.WeakKeyDictionary[GPT, tuple[tuple[object, ...], DecodeSt
 ADDABLE = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 
 
+# Output-layer weights (16 MB in float32) past which `DecodeStep.argmax` reads the bfloat16 copy
+# for any batch below 16 rows: the 15M shape's 9.2M stream from memory at every token, the 1M
+# and demo shapes' 0.6M stay in cache, where the copy pays only at one or two rows.
+STREAMED = 4 << 20
+
+
 def addable(name: str) -> bool:
     """Whether the decode step can add a vector at hook point `name` (see `DecodeStep.step`)."""
     block, _, point = name.partition(".")[2].partition(".")
@@ -569,6 +575,22 @@ class DecodeStep:
         logits = self._run(tokens, cache, adds, best, head=True)
         assert logits is not None
         return logits
+
+    def argmax(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None,
+               best: torch.Tensor) -> None:
+        """`step` when only each row's most likely token is wanted (greedy rows, no log-probabilities
+        to report): set in `best`, the same token `step` gives, with no logits. The C step then reads
+        a bfloat16 copy of the output layer and computes float32 logits only for the tokens that
+        copy cannot rule out (`argmax_pruned` in decode_step.c: half the bytes of the 15M shape's
+        largest matrix, which it streams from memory at every token). That pays at one or two
+        rows, and below 16 rows where the output layer is too large to stay in cache (more than
+        `STREAMED` weights); elsewhere converting the copy costs more than it saves, and the step
+        computes all the logits, as the PyTorch step always does (bench/README.md, Inference)."""
+        B = tokens.shape[0]
+        if self.native is not None and (B <= 2 or (B < 16 and self.cfg.vocab_size * self.cfg.d_model > STREAMED)):
+            self._run(tokens, cache, adds, best, head=False)
+        else:
+            self._run(tokens, cache, adds, best, head=True)
 
     def fill(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None) -> None:
         """`step` without the output layer: `tokens` appended to `cache`, no logits (a prompt

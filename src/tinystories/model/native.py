@@ -43,7 +43,7 @@ class _Layer(ctypes.Structure):  # decode_step.c's Layer, field for field
 class _Model(ctypes.Structure):  # decode_step.c's Model
     _fields_ = [*((name, ctypes.c_int) for name in _MODEL_INTS), ("eps", ctypes.c_float),  # type: ignore[assignment]
                 ("qk_eps", ctypes.c_float), *((name, _F) for name in _MODEL_POINTERS),
-                ("layers", ctypes.POINTER(_Layer))]
+                ("head16", ctypes.c_void_p), ("head_err", _F), ("layers", ctypes.POINTER(_Layer))]
 
 
 _why_not = ""
@@ -83,6 +83,26 @@ def _ptr(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type
     return None if t is None else ctypes.cast(t.data_ptr(), _F)
 
 
+def rounding_radius(weight: torch.Tensor) -> torch.Tensor:
+    """Per output row j of `weight` [out, in]: r_j such that, for any input x, the row's logit
+    computed in float32 from its bfloat16 copy is within r_j * |x| of the one computed in float32
+    from the weight itself (`argmax_pruned` in decode_step.c), whatever order either sum takes.
+
+    |(w - w16) . x| <= |w - w16| |x| (Cauchy-Schwarz), and a float32 sum of n products is within
+    gamma_n sum |w_i x_i| <= gamma_n |w| |x| of the exact one (gamma_n = n u / (1 - n u), u = 2^-24),
+    once for each of the two sums. The margins on top (1%, and 2^-20 of the row's size) cover the
+    float32 rounding of these norms (w - w16 itself is exact in float32), of |x| and of the
+    comparisons made with the radius. Rounded up to float32."""
+    w = weight.detach().float()
+    w16 = w.to(torch.bfloat16).float()
+    n = w.shape[1]
+    gamma = n * 2.0**-24 / (1 - n * 2.0**-24)
+    size = w.norm(dim=1).double() + w16.norm(dim=1).double()
+    r = ((w - w16).norm(dim=1).double() + gamma * size) * 1.01 + 2.0**-20 * size
+    r32 = r.float()
+    return torch.where(r32.double() < r, torch.nextafter(r32, torch.tensor(float("inf"))), r32)
+
+
 def panels(weight: torch.Tensor) -> torch.Tensor:
     """A linear layer's weight [out, in] as decode_step.c's `gemv` reads it: 16 output rows side
     by side, [ceil(out / 16), in, 16], zeros past `out`."""
@@ -90,6 +110,14 @@ def panels(weight: torch.Tensor) -> torch.Tensor:
     padded = weight.new_zeros(-(-out // 16) * 16, n_in)
     padded[:out] = weight
     return padded.view(-1, 16, n_in).transpose(1, 2).contiguous()
+
+
+def interleaved(weight: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """`panels` in bfloat16, each `group` of panels (decode_step.c's PANELS) interleaved:
+    [ceil(panels / group), in, group, 16], zeros past `out` (`panel_rows16` reads it)."""
+    p = panels(weight.detach().to(torch.bfloat16))
+    p = torch.cat([p, p.new_zeros(-p.shape[0] % group, *p.shape[1:])])
+    return p.view(-1, group, *p.shape[1:]).transpose(1, 2).contiguous()
 
 
 class _Arena:
@@ -113,9 +141,9 @@ class _Arena:
 
     def put(self, t: torch.Tensor) -> torch.Tensor:
         """A copy of `t` in the arena, 64-byte aligned."""
-        n = 4 * t.numel()
+        n = t.element_size() * t.numel()
         assert self.used + n <= self.bytes.numel(), "the arena was sized too small"
-        copy = self.bytes[self.used:self.used + n].view(torch.float32).view(t.shape)
+        copy = self.bytes[self.used:self.used + n].view(t.dtype).view(t.shape)
         copy.copy_(t)
         self.used += -(-n // 64) * 64
         return copy
@@ -127,7 +155,9 @@ class NativeStep:
     The copy sits in one `_Arena`, in the order the step reads it (as llama2.c's run.c reads its
     checkpoint file), each linear layer's weight in `panels`. The token embedding table is not
     copied: a step reads one row of it per token, and the model's own table serves (with tied
-    embeddings the output layer's panels are the copy). `GPT.decode_step` makes a new step when
+    embeddings the output layer's panels are the copy). The output layer also goes in bfloat16
+    (`interleaved`, with its `rounding_radius`), for steps that want only the most likely token
+    (`DecodeStep.argmax`): 18 MB more at the 15M shape. `GPT.decode_step` makes a new step when
     the model's weights change."""
 
     def __init__(self, model: GPT, lib: ctypes.CDLL, rope: tuple[torch.Tensor, torch.Tensor] | None) -> None:
@@ -135,7 +165,9 @@ class NativeStep:
         self.lib, self.cfg = lib, cfg
         floats = sum(t.numel() for t in model.parameters()) + (2 * rope[0].numel() if rope else 0)
         pad = 16 * max(cfg.d_model, cfg.ffn_dim) * (4 * cfg.n_layer + 1)  # panels round outputs up to 16
-        arena = self.arena = _Arena(4 * (floats + pad) + 64 * (16 * cfg.n_layer + 16))
+        head = model.lm_head.weight.detach()
+        head_floats = -(-cfg.vocab_size // 64) * 32 * cfg.d_model + cfg.vocab_size  # `interleaved` and `rounding_radius`
+        arena = self.arena = _Arena(4 * (floats + pad + head_floats) + 64 * (16 * cfg.n_layer + 20))
         self.tok_emb = model.tok_emb.weight.detach().contiguous()  # held: the step points into it
 
         def p(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type-arg]
@@ -162,7 +194,8 @@ class NativeStep:
             layer_norm=int(cfg.arch == "neo"), threads=1, eps=cfg.norm_eps, qk_eps=cfg.norm_eps,
             tok_emb=_ptr(self.tok_emb), pos_emb=p(model.pos_emb.weight if model.pos_emb is not None else None),
             rope_cos=p(rope[0] if rope else None), rope_sin=p(rope[1] if rope else None),
-            norm_w=p(_param(model.norm, "weight")), norm_b=p(_param(model.norm, "bias")), head=w(model.lm_head.weight),
+            norm_w=p(_param(model.norm, "weight")), norm_b=p(_param(model.norm, "bias")), head=w(head),
+            head16=arena.put(interleaved(head)).data_ptr(), head_err=p(rounding_radius(head)),
             layers=layers)
         self.layers = layers
         self.ref = ctypes.byref(self.model)
@@ -172,7 +205,8 @@ class NativeStep:
              pad: torch.Tensor | None, adds: list[torch.Tensor | None] | None, best: torch.Tensor | None,
              head: bool = True) -> torch.Tensor | None:
         """decode_step.c's step; `adds`: None, or [B, width] additions (None = none) in its order:
-        hook_embed, then each block's `gpt.ADDABLE` points. `head=False`: no output layer, no logits."""
+        hook_embed, then each block's `gpt.ADDABLE` points. `head=False`: no logits; with `best`
+        (B < 16), only each row's most likely token (`argmax_pruned`), else no output layer."""
         cfg = self.cfg
         B = tokens.shape[0]
         assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[1] == B
