@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -93,18 +95,23 @@ def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:
     assert seen == {base + 17, base + 46}
 
 
+# Vocabularies that end inside a panel of 16 rows, and inside a block of 64 (four panels).
+VOCABS = {"vocab-5": {"arch": "modern", "vocab_size": 5}, "vocab-50": {"arch": "neo", "vocab_size": 50}}
+
+
 @pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
-@pytest.mark.parametrize("arch,batch", [*((a, 1) for a in ARCHS), ("big", 1), ("big", 3), ("big", 15), ("neo", 19)])
+@pytest.mark.parametrize("arch,batch", [*((a, 1) for a in ARCHS), ("big", 1), ("big", 3), ("big", 15), ("neo", 19),
+                                        ("vocab-5", 2), ("vocab-50", 3)])
 def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int, in_c: bool, monkeypatch: pytest.MonkeyPatch
                                          ) -> None:
     """`DecodeStep.argmax` (no logits: in C, float32 logits only for the tokens a bfloat16 copy of
     the output layer cannot rule out) gives the token `step` gives, at every step; 19 rows: all
     the logits, by outer products. (`STREAMED` 0: the copy at 3 and 15 rows too.)"""
     monkeypatch.setattr(gpt, "STREAMED", 0)
-    m = model(**ARCHS.get(arch, BIG))
+    m = model(**{**ARCHS, **VOCABS}.get(arch, BIG))
     fast = step_of(m, in_c)
     g = torch.Generator().manual_seed(2)
-    token = torch.randint(0, 97, (batch,), generator=g)
+    token = torch.randint(0, m.cfg.vocab_size, (batch,), generator=g)
     full, alone = m.new_cache(batch, 40), m.new_cache(batch, 40)
     best, only = torch.empty(batch, dtype=torch.long), torch.empty(batch, dtype=torch.long)
     with torch.no_grad():
@@ -112,8 +119,23 @@ def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int, in_c: bool, mon
             fast.step(token, full, best=best)
             fast.argmax(token, alone, None, only)
             assert only.tolist() == best.tolist()
-            token = torch.where(torch.arange(batch) % 2 == 0, best, torch.randint(0, 97, (batch,), generator=g))
+            token = torch.where(torch.arange(batch) % 2 == 0, best,
+                                torch.randint(0, m.cfg.vocab_size, (batch,), generator=g))
     torch.testing.assert_close(alone.k, full.k, atol=0, rtol=0)
+
+
+def crafted_head() -> GPT:
+    """A model whose output rows 10 and 40 bfloat16 can order the other way (see below)."""
+    m = model(arch="modern", tie_embeddings=False, vocab_size=97, d_model=32)
+    with torch.no_grad():
+        head = m.lm_head.weight
+        v = head[10].abs().to(torch.bfloat16).float()  # positive, and exact in bfloat16
+        head.mul_(0.01)
+        step3, step5 = (2.0 ** (torch.floor(torch.log2(v[i])) - 7) for i in (3, 5))
+        head[10], head[25], head[40] = v, v, v
+        head[10, 3], head[25, 3], head[40, 3] = v[3] + 0.51 * step3, v[3] + 0.51 * step3, v[3] + 0.49 * step3
+        head[40, 5] = v[5] + 0.3 * step5
+    return m
 
 
 def test_argmax_alone_separates_what_bfloat16_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,18 +146,10 @@ def test_argmax_alone_separates_what_bfloat16_cannot(monkeypatch: pytest.MonkeyP
     positive at both, float32 can choose row 40 where the bfloat16 copy would choose row 10 (the
     test checks that happens). Row 25 equals row 10 and is never chosen. 15 rows, with the copy."""
     monkeypatch.setattr(gpt, "STREAMED", 0)
-    m = model(arch="modern", tie_embeddings=False, vocab_size=97, d_model=32)
-    with torch.no_grad():
-        head = m.lm_head.weight
-        v = head[10].abs().to(torch.bfloat16).float()  # positive, and exact in bfloat16
-        head.mul_(0.01)
-        step3, step5 = (2.0 ** (torch.floor(torch.log2(v[i])) - 7) for i in (3, 5))
-        head[10], head[25], head[40] = v, v, v
-        head[10, 3], head[25, 3], head[40, 3] = v[3] + 0.51 * step3, v[3] + 0.51 * step3, v[3] + 0.49 * step3
-        head[40, 5] = v[5] + 0.3 * step5
+    m = crafted_head()
     rounded = copy.deepcopy(m)
     with torch.no_grad():
-        rounded.lm_head.weight.copy_(head.to(torch.bfloat16).float())
+        rounded.lm_head.weight.copy_(m.lm_head.weight.to(torch.bfloat16).float())
     fast, approx = step_of(m, True), step_of(rounded, False)
     seen: set[int] = set()
     flips = 0
@@ -153,17 +167,52 @@ def test_argmax_alone_separates_what_bfloat16_cannot(monkeypatch: pytest.MonkeyP
     assert flips > 0 and {10, 40} <= seen and 25 not in seen
 
 
+@pytest.mark.parametrize("where", ["head", "norm", "inf"])
+def test_argmax_alone_holds_at_any_scale(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights and inputs small enough that products fall among denormal numbers, with this thread
+    flushing those to zero (as `torch.set_flush_denormal` makes it): the radius still bounds the
+    bfloat16 logits (`crafted_head`: where they order rows the other way). And a row with
+    infinite values: all its logits, as `step`'s."""
+    monkeypatch.setattr(gpt, "STREAMED", 0)
+    m = crafted_head()
+    with torch.no_grad():
+        if where == "head":
+            m.lm_head.weight.mul_(2.0**-50)
+        elif where == "norm":
+            m.norm.weight.mul_(2.0**-66)
+        else:
+            m.norm.weight[3] = float("inf")
+    fast = step_of(m, True)
+    assert torch.set_flush_denormal(True)
+    try:
+        for B in (1, 2, 15):
+            tokens = torch.arange(B)
+            full, alone = m.new_cache(B, 40), m.new_cache(B, 40)
+            best, only = torch.empty(B, dtype=torch.long), torch.empty(B, dtype=torch.long)
+            with torch.no_grad():
+                for _ in range(39):
+                    fast.step(tokens, full, best=best)
+                    fast.argmax(tokens, alone, None, only)
+                    assert only.tolist() == best.tolist()
+                    tokens = (tokens * 7 + 3) % 97
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_the_bfloat16_radius_bounds_the_logits_it_approximates() -> None:
     """`native.rounding_radius`: |logit from bfloat16 weights - logit from float32 weights| <= r |x|,
-    for inputs along each row's rounding error (where Cauchy-Schwarz is tight) and random ones."""
+    for inputs along each row's rounding error (where Cauchy-Schwarz is tight: within 10% there)
+    and random ones."""
     g = torch.Generator().manual_seed(0)
     w = torch.randn(500, 288, generator=g) * torch.rand(500, 1, generator=g)
     err = w - w.to(torch.bfloat16).float()
     r = native.rounding_radius(w)
-    for x in (err / err.norm(dim=1, keepdim=True) * 3, torch.randn(500, 288, generator=g)):
+    along = err / err.norm(dim=1, keepdim=True) * 3
+    for x in (along, torch.randn(500, 288, generator=g)):
         gap = ((w.to(torch.bfloat16).float() * x).sum(1) - (w * x).sum(1)).abs()
         assert bool((gap <= r * x.norm(dim=1)).all())
-        assert bool((gap >= 0.5 * r * x.norm(dim=1)).any()) or x is not err  # tight along the error
+        if x is along:
+            assert bool((gap >= 0.9 * r * x.norm(dim=1)).all())
 
 
 @pytest.mark.parametrize("arch", ["neo", "modern"])
@@ -264,6 +313,20 @@ def test_a_c_file_that_does_not_build_says_why_and_generation_goes_on(monkeypatc
     finally:
         native.library.cache_clear()
         sampler.library.cache_clear()
+
+
+def test_loading_the_c_files_leaves_the_processes_arithmetic_alone() -> None:
+    """A library linked with -Ofast by GCC 12 set the whole process to flush denormal numbers to
+    zero when it loaded (`cbuild`'s doc): PyTorch's own results changed once something sampled.
+    In a new process, so that nothing loaded before counts."""
+    from tinystories.infer import sampler
+
+    if native.library() is None or sampler.library() is None:
+        pytest.skip(f"the C files are unavailable here: {native.why_not()}")
+    code = ("import torch; from tinystories.model import native; from tinystories.infer import sampler; "
+            "assert native.library() and sampler.library(); print((torch.tensor([1e-39]) * 1.0).item())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(out) > 0
 
 
 def test_the_step_is_per_thread_and_follows_the_weights() -> None:

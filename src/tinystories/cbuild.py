@@ -2,11 +2,16 @@
 
 Two hot loops are written in C, each beside its PyTorch form and pinned to it by the tests: the
 model's decode step (`model/decode_step.c`) and the sampler's filter and draw
-(`infer/sampler.c`). Each is built on first use with ``cc -Ofast -march=native -fopenmp
--shared`` (as llama2.c's run.c is built; about a second) into ``$XDG_CACHE_HOME/tinystories/native/``
-(or ``~/.cache/...``), under a name that hashes the source, the compiler and the flags, so a new
-version or another machine builds its own. OpenMP comes from the ``libgomp`` PyTorch already
-loaded, so one thread pool serves all.
+(`infer/sampler.c`). Each is compiled on first use with ``cc -Ofast -march=native -fopenmp``
+(as llama2.c's run.c is built; about a second) and linked with ``-shared`` into
+``$XDG_CACHE_HOME/tinystories/native/`` (or ``~/.cache/...``), under a name that hashes the
+source, the compiler and the flags, so a new version or another machine builds its own. OpenMP
+comes from the ``libgomp`` PyTorch already loaded, so one thread pool serves all.
+
+Compiled and linked apart because a link with ``-Ofast`` (GCC before 13, even with ``-shared``)
+adds ``crtfastmath.o``, whose start-up code sets the CPU to flush denormal numbers to zero for
+the whole process as soon as the library loads: every later PyTorch operation, training's
+included, then computed differently from a process that never sampled (tested).
 
 Environment: ``TINYSTORIES_NATIVE=0`` turns every C path off (the PyTorch forms run);
 ``TINYSTORIES_MARCH`` sets ``-march`` (default ``native``; ``x86-64-v3`` builds code any AVX2
@@ -27,7 +32,8 @@ from functools import cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-BASE_FLAGS = ["-Ofast", "-fopenmp", "-shared", "-fPIC"]  # -Ofast as run.c is built: vector expf, tanhf
+BASE_FLAGS = ["-Ofast", "-fopenmp", "-fPIC"]  # -Ofast as run.c is built: vector expf, tanhf
+LINK_FLAGS = ["-shared", "-fopenmp"]  # no -Ofast here: see the module's doc
 
 
 def flags() -> list[str]:
@@ -73,12 +79,13 @@ def _build(source: Path) -> tuple[ctypes.CDLL | None, str]:
         if not path.exists():
             base.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=base) as tmp:  # built aside, then renamed: never half a file
-                built = Path(tmp) / path.name
-                done = subprocess.run([compiler, *flags(), "-o", str(built), str(source), "-lm"],
-                                      check=False, capture_output=True, text=True, timeout=300)
-                if done.returncode != 0:
-                    why = _first_error(done.stderr)
-                    return None, f"{compiler} {' '.join(flags())} could not build {source.name}: {why}"
+                built, obj = Path(tmp) / path.name, Path(tmp) / f"{source.stem}.o"
+                for command in ([compiler, *flags(), "-c", "-o", str(obj), str(source)],
+                                [compiler, *LINK_FLAGS, "-o", str(built), str(obj), "-lm"]):
+                    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+                    if done.returncode != 0:
+                        why = _first_error(done.stderr)
+                        return None, f"{compiler} {' '.join(flags())} could not build {source.name}: {why}"
                 os.replace(built, path)
         return ctypes.CDLL(str(path)), ""
     except (OSError, subprocess.SubprocessError) as exc:

@@ -243,6 +243,12 @@ static void argmax_rows(int64_t *best, const float *logits, int B, int V, int th
     }
 }
 
+/* Whether f is finite, from its bits: -Ofast lets the compiler assume isfinite() is always true. */
+static inline int finite_float(float f) {
+    union { float f; uint32_t u; } c = {.f = f};
+    return (c.u & 0x7f800000u) != 0x7f800000u;
+}
+
 /* bfloat16 as float: its bits are a float's top half. */
 static inline float from_bf16(uint16_t h) {
     union { uint32_t u; float f; } c = {.u = (uint32_t)h << 16};
@@ -277,12 +283,14 @@ static inline __attribute__((always_inline)) void panel_rows16(float *y, const f
    reading half of that layer: the largest matrix of the 15M shape (37 of its 61 MB), which
    decoding streams from memory at every token. The logits are first computed from a bfloat16
    copy of the layer (approx, [B, vocab]). Row j's bfloat16 logit A_j is within
-   R_j = head_err[j] * |x| of its float32 logit L_j (Cauchy-Schwarz on the rounding of its
-   weights, plus the float32 rounding of both sums: `native.py` computes head_err), so no token
+   R_j = head_err[j] * |x| + slack of its float32 logit L_j (Cauchy-Schwarz on the rounding of
+   its weights, plus the float32 rounding of both sums: `native.py` computes head_err; slack
+   covers denormal results flushed to zero, should the caller's thread do that), so no token
    can beat M = max_j (A_j - R_j), and a token with A_j + R_j < M is strictly below the most
    likely one. The others (one to a few at our shapes) get their float32 logits, computed as
    `gemv` computes them (the same panel, the same order of operations: the same bits), and the
-   first of the largest is the answer. tests/test_fast_decode.py checks it against argmax_rows. */
+   first of the largest is the answer; a row with infinite or NaN values gets all its logits.
+   tests/test_fast_decode.py checks it against argmax_rows. */
 static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B, float *approx, int threads) {
     const int d = m->d_model, V = m->vocab, W = PANELS * LANES;
     const int panels = (V + LANES - 1) / LANES, blocks = (panels + PANELS - 1) / PANELS;
@@ -295,24 +303,37 @@ static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B,
         if (b < B) panel_rows16(approx + (size_t)b * V, xn + (size_t)b * d, p0, np, d, V, p * LANES, 1);
     }
     const float *err = m->head_err;
+    const float slack = 4.f * d * FLT_MIN;  /* what flushing denormal results to zero can move two sums */
     for (int b = 0; b < B; b++) {
         const float *A = approx + (size_t)b * V, *x = xn + (size_t)b * d;
-        float ss = 0.f, floor = -FLT_MAX;
-        #pragma omp simd reduction(+:ss)
-        for (int i = 0; i < d; i++) ss += x[i] * x[i];
-        const float size = sqrtf(ss);
+        double ss = 0.0;
+        for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
+        const float size = (float)sqrt(ss);
+        if (!finite_float(size)) {  /* inf or NaN in x: every logit, as `argmax_rows` would see them */
+            float *y = approx + (size_t)b * V;
+            for (int blk = 0; blk < blocks; blk++) {
+                const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
+                panel_rows(y, x, m->head + (size_t)p * d * LANES, np, NULL, d, V, p * LANES, 1);
+            }
+            argmax_rows(best + b, y, 1, V, 1);
+            continue;
+        }
+        float floor = -FLT_MAX;
         #pragma omp simd reduction(max:floor)
-        for (int j = 0; j < V; j++) floor = A[j] - err[j] * size > floor ? A[j] - err[j] * size : floor;
+        for (int j = 0; j < V; j++) {
+            const float low = A[j] - (err[j] * size + slack);
+            floor = low > floor ? low : floor;
+        }
         int64_t top = 0;
         float top_v = -INFINITY, exact[PANELS * LANES];
         int done = -1;  /* the block whose float32 logits are in `exact` */
         for (int j0 = 0; j0 < V; j0 += LANES) {
             const int n = V - j0 < LANES ? V - j0 : LANES;
             int hit = 0;
-            for (int l = 0; l < n; l++) hit |= A[j0 + l] + err[j0 + l] * size >= floor;
+            for (int l = 0; l < n; l++) hit |= A[j0 + l] + (err[j0 + l] * size + slack) >= floor;
             if (!hit) continue;
             for (int j = j0; j < j0 + n; j++) {
-                if (!(A[j] + err[j] * size >= floor)) continue;
+                if (!(A[j] + (err[j] * size + slack) >= floor)) continue;
                 const int blk = j / W;
                 if (blk != done) {
                     const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
@@ -409,9 +430,9 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
             add(x + b * d, la, RESID_POST, b, d);
         }
     }
-    if (!logits && !(best && m->head16)) return;  /* a prompt position before its last: only its keys and values */
+    if (!logits && !(best && m->head16 && B < LANES)) return;  /* a prompt position before its last */
     for (int b = 0; b < B; b++) norm(xn + b * d, x + b * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
-    if (!logits) {  /* only the most likely tokens are wanted (B < 16: `scratch_floats`) */
+    if (!logits) {  /* only the most likely tokens are wanted (B < 16: `scratch_floats`, the condition above) */
         argmax_pruned(best, m, xn, B, xt + (size_t)(B + 15) / 16 * 16 * (F > d ? F : d), nt);
         return;
     }

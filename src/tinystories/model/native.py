@@ -91,16 +91,18 @@ def rounding_radius(weight: torch.Tensor) -> torch.Tensor:
     |(w - w16) . x| <= |w - w16| |x| (Cauchy-Schwarz), and a float32 sum of n products is within
     gamma_n sum |w_i x_i| <= gamma_n |w| |x| of the exact one (gamma_n = n u / (1 - n u), u = 2^-24),
     once for each of the two sums. The margins on top (1%, and 2^-20 of the row's size) cover the
-    float32 rounding of these norms (w - w16 itself is exact in float32), of |x| and of the
-    comparisons made with the radius. Rounded up to float32."""
-    w = weight.detach().float()
-    w16 = w.to(torch.bfloat16).float()
+    rounding of |x| and of the comparisons made with the radius. In float64, where no square of
+    a float32 underflows; rounded up to float32, and to its smallest normal number at least (a
+    denormal radius could be read as zero)."""
+    w = weight.detach().double()
+    w16 = weight.detach().to(torch.bfloat16).double()
     n = w.shape[1]
     gamma = n * 2.0**-24 / (1 - n * 2.0**-24)
-    size = w.norm(dim=1).double() + w16.norm(dim=1).double()
-    r = ((w - w16).norm(dim=1).double() + gamma * size) * 1.01 + 2.0**-20 * size
+    size = w.norm(dim=1) + w16.norm(dim=1)
+    r = ((w - w16).norm(dim=1) + gamma * size) * 1.01 + 2.0**-20 * size
     r32 = r.float()
-    return torch.where(r32.double() < r, torch.nextafter(r32, torch.tensor(float("inf"))), r32)
+    r32 = torch.where(r32.double() < r, torch.nextafter(r32, torch.tensor(float("inf"))), r32)
+    return r32.clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def panels(weight: torch.Tensor) -> torch.Tensor:
@@ -210,6 +212,7 @@ class NativeStep:
         cfg = self.cfg
         B = tokens.shape[0]
         assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[1] == B
+        assert head or best is None or B < 16, "the most likely tokens alone: below 16 rows (decode_step.c)"
         tokens = tokens.contiguous()
         pad = pad.contiguous() if pad is not None else None
         self.model.threads = torch.get_num_threads()
