@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampling import generate_reference
 from tinystories.interpret.hooks import ablate_heads, patched
 from tinystories.model import gpt, native
-from tinystories.model.gpt import GPT, DecodeStep, GPTConfig, addable
+from tinystories.model.gpt import GPT, DecodeStep, GPTConfig, KVCache, addable
 
 ARCHS = {"neo": {"arch": "neo"}, "neo-local": {"arch": "neo", "local_window": 5}, "modern": {"arch": "modern"},
          "modern-relu2-qknorm-untied": {"arch": "modern", "mlp": "relu2", "qk_norm": True, "tie_embeddings": False},
@@ -95,6 +96,22 @@ def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:
     assert seen == {base + 17, base + 46}
 
 
+def in_lockstep(m: GPT, fast: DecodeStep, tokens: torch.Tensor,
+                after: Callable[[torch.Tensor], torch.Tensor]) -> tuple[KVCache, KVCache]:
+    """`fast.step` and `fast.argmax` side by side from `tokens` to the context's end, each step
+    checked to choose the same tokens (`after(best)`: the next tokens); their two caches."""
+    B = tokens.shape[0]
+    full, alone = m.new_cache(B, 40), m.new_cache(B, 40)
+    best, only = torch.empty(B, dtype=torch.long), torch.empty(B, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(39):
+            fast.step(tokens, full, best=best)
+            fast.argmax(tokens, alone, None, only)
+            assert only.tolist() == best.tolist()
+            tokens = after(best)
+    return full, alone
+
+
 # Vocabularies that end inside a panel of 16 rows, and inside a block of 64 (four panels).
 VOCABS = {"vocab-5": {"arch": "modern", "vocab_size": 5}, "vocab-50": {"arch": "neo", "vocab_size": 50}}
 
@@ -111,16 +128,9 @@ def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int, in_c: bool, mon
     m = model(**{**ARCHS, **VOCABS}.get(arch, BIG))
     fast = step_of(m, in_c)
     g = torch.Generator().manual_seed(2)
-    token = torch.randint(0, m.cfg.vocab_size, (batch,), generator=g)
-    full, alone = m.new_cache(batch, 40), m.new_cache(batch, 40)
-    best, only = torch.empty(batch, dtype=torch.long), torch.empty(batch, dtype=torch.long)
-    with torch.no_grad():
-        for _ in range(39):
-            fast.step(token, full, best=best)
-            fast.argmax(token, alone, None, only)
-            assert only.tolist() == best.tolist()
-            token = torch.where(torch.arange(batch) % 2 == 0, best,
-                                torch.randint(0, m.cfg.vocab_size, (batch,), generator=g))
+    full, alone = in_lockstep(m, fast, torch.randint(0, m.cfg.vocab_size, (batch,), generator=g),
+                              lambda best: torch.where(torch.arange(batch) % 2 == 0, best,
+                                                       torch.randint(0, m.cfg.vocab_size, (batch,), generator=g)))
     torch.testing.assert_close(alone.k, full.k, atol=0, rtol=0)
 
 
@@ -167,12 +177,12 @@ def test_argmax_alone_separates_what_bfloat16_cannot(monkeypatch: pytest.MonkeyP
     assert flips > 0 and {10, 40} <= seen and 25 not in seen
 
 
-@pytest.mark.parametrize("where", ["head", "norm", "inf"])
+@pytest.mark.parametrize("where", ["head", "norm", "inf", "overflow"])
 def test_argmax_alone_holds_at_any_scale(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Weights and inputs small enough that products fall among denormal numbers, with this thread
     flushing those to zero (as `torch.set_flush_denormal` makes it): the radius still bounds the
     bfloat16 logits (`crafted_head`: where they order rows the other way). And a row with
-    infinite values: all its logits, as `step`'s."""
+    infinite values, or logits that overflow: all its logits, as `step`'s. 17 rows: all logits."""
     monkeypatch.setattr(gpt, "STREAMED", 0)
     m = crafted_head()
     with torch.no_grad():
@@ -180,21 +190,16 @@ def test_argmax_alone_holds_at_any_scale(where: str, monkeypatch: pytest.MonkeyP
             m.lm_head.weight.mul_(2.0**-50)
         elif where == "norm":
             m.norm.weight.mul_(2.0**-66)
-        else:
+        elif where == "inf":
             m.norm.weight[3] = float("inf")
+        else:  # logits that overflow to infinity, at a late token
+            m.lm_head.weight[90] = m.lm_head.weight[90].sign() * 3e38
+            m.lm_head.weight[3, 0] = 1e-39  # a denormal weight, read as zero by this thread
     fast = step_of(m, True)
     assert torch.set_flush_denormal(True)
     try:
-        for B in (1, 2, 15):
-            tokens = torch.arange(B)
-            full, alone = m.new_cache(B, 40), m.new_cache(B, 40)
-            best, only = torch.empty(B, dtype=torch.long), torch.empty(B, dtype=torch.long)
-            with torch.no_grad():
-                for _ in range(39):
-                    fast.step(tokens, full, best=best)
-                    fast.argmax(tokens, alone, None, only)
-                    assert only.tolist() == best.tolist()
-                    tokens = (tokens * 7 + 3) % 97
+        for B in (1, 2, 15, 17):
+            in_lockstep(m, fast, torch.arange(B), lambda best: (best * 7 + 3) % 97)
     finally:
         torch.set_flush_denormal(False)
 

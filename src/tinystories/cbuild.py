@@ -73,19 +73,21 @@ def _build(source: Path) -> tuple[ctypes.CDLL | None, str]:
     if compiler is None:
         return None, "no C compiler (cc or gcc) on PATH"
     try:
-        key = hashlib.sha256("\0".join([source.read_text(), _version(compiler), *flags(), platform.machine()]).encode())
+        key = hashlib.sha256("\0".join([source.read_text(), _version(compiler), *flags(), *LINK_FLAGS,
+                                         platform.machine()]).encode())
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories" / "native"
         path = base / f"{source.stem}-{key.hexdigest()[:16]}.so"
         if not path.exists():
             base.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=base) as tmp:  # built aside, then renamed: never half a file
                 built, obj = Path(tmp) / path.name, Path(tmp) / f"{source.stem}.o"
-                for command in ([compiler, *flags(), "-c", "-o", str(obj), str(source)],
-                                [compiler, *LINK_FLAGS, "-o", str(built), str(obj), "-lm"]):
-                    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+                for step, opts, args in (("build", flags(), ["-c", "-o", str(obj), str(source)]),
+                                         ("link", LINK_FLAGS, ["-o", str(built), str(obj), "-lm"])):
+                    done = subprocess.run([compiler, *opts, *args], check=False, capture_output=True, text=True,
+                                          timeout=300)
                     if done.returncode != 0:
                         why = _first_error(done.stderr)
-                        return None, f"{compiler} {' '.join(flags())} could not build {source.name}: {why}"
+                        return None, f"{compiler} {' '.join(opts)} could not {step} {source.name}: {why}"
                 os.replace(built, path)
         return ctypes.CDLL(str(path)), ""
     except (OSError, subprocess.SubprocessError) as exc:

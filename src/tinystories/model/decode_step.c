@@ -289,7 +289,8 @@ static inline __attribute__((always_inline)) void panel_rows16(float *y, const f
    can beat M = max_j (A_j - R_j), and a token with A_j + R_j < M is strictly below the most
    likely one. The others (one to a few at our shapes) get their float32 logits, computed as
    `gemv` computes them (the same panel, the same order of operations: the same bits), and the
-   first of the largest is the answer; a row with infinite or NaN values gets all its logits.
+   first of the largest is the answer; a row with infinite or NaN values, or whose logits
+   overflow, gets all its logits.
    tests/test_fast_decode.py checks it against argmax_rows. */
 static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B, float *approx, int threads) {
     const int d = m->d_model, V = m->vocab, W = PANELS * LANES;
@@ -309,20 +310,20 @@ static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B,
         double ss = 0.0;
         for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
         const float size = (float)sqrt(ss);
-        if (!finite_float(size)) {  /* inf or NaN in x: every logit, as `argmax_rows` would see them */
-            float *y = approx + (size_t)b * V;
+        float floor = -FLT_MAX;
+        #pragma omp simd reduction(max:floor)
+        for (int j = 0; j < V; j++) {
+            const float low = A[j] - (err[j] * size + slack);
+            floor = low > floor ? low : floor;
+        }
+        if (!finite_float(size) || !finite_float(floor)) {  /* inf or NaN in x, or logits that overflow */
+            float *y = approx + (size_t)b * V;  /* every logit, as `argmax_rows` would see them */
             for (int blk = 0; blk < blocks; blk++) {
                 const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
                 panel_rows(y, x, m->head + (size_t)p * d * LANES, np, NULL, d, V, p * LANES, 1);
             }
             argmax_rows(best + b, y, 1, V, 1);
             continue;
-        }
-        float floor = -FLT_MAX;
-        #pragma omp simd reduction(max:floor)
-        for (int j = 0; j < V; j++) {
-            const float low = A[j] - (err[j] * size + slack);
-            floor = low > floor ? low : floor;
         }
         int64_t top = 0;
         float top_v = -INFINITY, exact[PANELS * LANES];
@@ -351,8 +352,8 @@ static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B,
    are appended to the cache at `slot`. pad[b]: row b's leading padding slots (NULL: none).
    adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn] at MLP_POST;
    NULL = none): hook_embed, then each layer's points in the order above. logits: NULL to skip
-   the output layer (a prompt position before its last), or, with `best` and `head16` and B < 16,
-   to find only the most likely tokens (`argmax_pruned`). best: NULL, or room for B token ids,
+   the output layer (a prompt position before its last), or, with `best` and `head16`, to find
+   only the most likely tokens (`argmax_pruned`). best: NULL, or room for B token ids,
    each row's most likely one (`argmax_rows`). scratch: room for the sizes in `scratch_floats`.
    A row whose padding reaches past `slot` (stepped before its prompt begins) attends to nothing
    there and writes finite keys and values that nothing reads. */
@@ -430,10 +431,12 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
             add(x + b * d, la, RESID_POST, b, d);
         }
     }
-    if (!logits && !(best && m->head16 && B < LANES)) return;  /* a prompt position before its last */
+    if (!logits && !(best && m->head16)) return;  /* a prompt position before its last */
     for (int b = 0; b < B; b++) norm(xn + b * d, x + b * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
-    if (!logits) {  /* only the most likely tokens are wanted (B < 16: `scratch_floats`, the condition above) */
-        argmax_pruned(best, m, xn, B, xt + (size_t)(B + 15) / 16 * 16 * (F > d ? F : d), nt);
+    if (!logits) {  /* only the most likely tokens are wanted: 15 rows at a time (`scratch_floats`) */
+        for (int b0 = 0; b0 < B; b0 += LANES - 1)
+            argmax_pruned(best + b0, m, xn + (size_t)b0 * d, B - b0 < LANES - 1 ? B - b0 : LANES - 1,
+                          xt + (size_t)(B + 15) / 16 * 16 * (F > d ? F : d), nt);
         return;
     }
     linear(logits, xn, m->head, NULL, B, d, m->vocab, nt, xt);

@@ -83,6 +83,14 @@ def _ptr(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type
     return None if t is None else ctypes.cast(t.data_ptr(), _F)
 
 
+def bfloat16(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` rounded to bfloat16, its denormal values to zero: a thread that reads denormals as
+    zero (``torch.set_flush_denormal``) would drop them from the float32 sum while their bfloat16
+    copies, rounded up to the smallest normal number, still counted (`rounding_radius`)."""
+    w = weight.detach()
+    return w.masked_fill(w.abs() < torch.finfo(w.dtype).tiny, 0).to(torch.bfloat16)
+
+
 def rounding_radius(weight: torch.Tensor) -> torch.Tensor:
     """Per output row j of `weight` [out, in]: r_j such that, for any input x, the row's logit
     computed in float32 from its bfloat16 copy is within r_j * |x| of the one computed in float32
@@ -95,7 +103,7 @@ def rounding_radius(weight: torch.Tensor) -> torch.Tensor:
     a float32 underflows; rounded up to float32, and to its smallest normal number at least (a
     denormal radius could be read as zero)."""
     w = weight.detach().double()
-    w16 = weight.detach().to(torch.bfloat16).double()
+    w16 = bfloat16(weight).double()
     n = w.shape[1]
     gamma = n * 2.0**-24 / (1 - n * 2.0**-24)
     size = w.norm(dim=1) + w16.norm(dim=1)
@@ -117,7 +125,7 @@ def panels(weight: torch.Tensor) -> torch.Tensor:
 def interleaved(weight: torch.Tensor, group: int = 4) -> torch.Tensor:
     """`panels` in bfloat16, each `group` of panels (decode_step.c's PANELS) interleaved:
     [ceil(panels / group), in, group, 16], zeros past `out` (`panel_rows16` reads it)."""
-    p = panels(weight.detach().to(torch.bfloat16))
+    p = panels(bfloat16(weight))
     p = torch.cat([p, p.new_zeros(-p.shape[0] % group, *p.shape[1:])])
     return p.view(-1, group, *p.shape[1:]).transpose(1, 2).contiguous()
 
@@ -208,11 +216,10 @@ class NativeStep:
              head: bool = True) -> torch.Tensor | None:
         """decode_step.c's step; `adds`: None, or [B, width] additions (None = none) in its order:
         hook_embed, then each block's `gpt.ADDABLE` points. `head=False`: no logits; with `best`
-        (B < 16), only each row's most likely token (`argmax_pruned`), else no output layer."""
+        only each row's most likely token (`argmax_pruned`), else no output layer."""
         cfg = self.cfg
         B = tokens.shape[0]
         assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[1] == B
-        assert head or best is None or B < 16, "the most likely tokens alone: below 16 rows (decode_step.c)"
         tokens = tokens.contiguous()
         pad = pad.contiguous() if pad is not None else None
         self.model.threads = torch.get_num_threads()
