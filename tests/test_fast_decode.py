@@ -71,6 +71,45 @@ def test_step_logits_equal_the_forward_pass(arch: str, batch: int, in_c: bool) -
     torch.testing.assert_close(mine.k[:, :, :, :ref.length], ref.k[:, :, :, :ref.length], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch,rows", [*((a, 256) for a in ARCHS), ("big", 256), ("neo-local", 7), ("modern", 7)])
+def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`DecodeStep.prefill` in C (every position of every prompt a row of one call) gives the
+    logits and cache that stepping through the prompts a position at a time gives: the same bits,
+    with additions, prompts of 1 to 23 positions (past the local window; 16 rows and more take the
+    outer products), and the logits to `forward`'s at 1e-5. rows 7: the 70 positions in calls of
+    7, a prompt's split between calls, some calls with no prompt's last position."""
+    monkeypatch.setattr(gpt, "PREFILL_ROWS", rows)
+    m = model(**ARCHS.get(arch, BIG))
+    fast = step_of(m, True)
+    g = torch.Generator().manual_seed(3)
+    lengths = [23, 1, 7, 23, 16]
+    idx = torch.randint(0, 97, (5, 23), generator=g)
+    pad = torch.tensor([23 - n for n in lengths])
+    adds = {"blocks.1.hook_resid_mid": torch.randn(5, m.cfg.d_model, generator=g),
+            "blocks.0.mlp.hook_post": torch.randn(5, m.cfg.ffn_dim, generator=g)}
+    adds["blocks.1.hook_resid_mid"][2] = 0
+    plain = None
+    for with_adds in (False, True):
+        a = adds if with_adds else None
+        stepped, together = m.new_cache(5, 40, pad), m.new_cache(5, 40, pad)
+        for t in range(22):
+            fast.fill(idx[:, t], stepped, a)
+        expected = fast.step(idx[:, 22], stepped, a)
+        got = fast.prefill(idx, together, a)
+        assert together.length == stepped.length == 23
+        assert torch.equal(got, expected)
+        plain = got if plain is None else plain
+        for row, n in enumerate(lengths):  # padding slots: stepped with the pad token, or left alone
+            for c in ("k", "v"):
+                assert torch.equal(getattr(together, c)[:, row, :, 23 - n:23], getattr(stepped, c)[:, row, :, 23 - n:23])
+    ref = m.new_cache(5, 40, pad)
+    with torch.no_grad():
+        torch.testing.assert_close(plain, m(idx, cache=ref)[0][:, -1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="empty cache"):
+        fast.prefill(idx, together)
+
+
 @pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
 @pytest.mark.parametrize("vocab", [97, 30_000])
 def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:

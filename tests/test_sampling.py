@@ -8,7 +8,7 @@ from tinystories.infer import sampler
 from tinystories.infer.engine import Engine
 from tinystories.infer.offline import TokenIds, generate, run
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.runner import STEPPED, Runner
+from tinystories.infer.runner import Runner
 from tinystories.infer.sampler import (
     FAST_CANDIDATES,
     _kept,
@@ -24,7 +24,7 @@ from tinystories.model import native
 from tinystories.model.gpt import GPT, DecodeStep, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
-LONG = [0, *range(1, 21)]  # longer than STEPPED: prefilled by `forward`
+LONG = [0, *range(1, 21)]  # 21 positions: 16 rows or more take the C step's other products
 
 
 @pytest.fixture(params=["C", "PyTorch"])
@@ -53,7 +53,7 @@ def model(request: pytest.FixtureRequest) -> GPT:
     SamplingParams(max_new_tokens=25, temperature=1.5, seed=3),
 ])
 def test_kv_cache_sampling_equals_no_cache_sampling(model: GPT, cfg: SamplingParams) -> None:
-    prompts = [*PROMPTS, LONG]  # short ones prefill in the decode step, LONG through `forward`
+    prompts = [*PROMPTS, LONG]
     assert generate(model, TokenIds(0), prompts, cfg) == generate_reference(model, prompts, cfg, eos_id=0)
 
 
@@ -84,15 +84,13 @@ def test_steered_rows_equal_the_reference_and_keep_the_batch_on_the_decode_step(
 
 def test_a_row_writes_the_same_whatever_shares_its_batch(model: GPT) -> None:
     """Each row's log-probabilities, token by token, are the same bit for bit alone and in a batch
-    beside longer, shorter and identical prompts: short prompts prefill through the C decode step,
-    which computes each row by itself, and longer ones through `forward`, each by itself. So a
-    seeded story never depends on what else a server or an evaluation batch is writing (a batched
-    prefill's rounding made it, now and then)."""
+    beside longer, shorter and identical prompts: every prompt prefills through the C decode step,
+    which computes each row by itself. So a seeded story never depends on what else a server or an
+    evaluation batch is writing (a batched prefill's rounding made it, now and then)."""
     if native.library() is None:
         pytest.skip(f"the C step is unavailable here: {native.why_not()}")
-    assert len(LONG) > STEPPED
     params = SamplingParams(max_new_tokens=12, seed=4, stop_at_eos=False)
-    prompts = [*PROMPTS, PROMPTS[0], [0, 3], LONG, LONG]  # LONG: past STEPPED, through `forward`
+    prompts = [*PROMPTS, PROMPTS[0], [0, 3], LONG, LONG]
 
     def logprobs(batch: list[list[int]]) -> list[list[float]]:
         got: list[list[float]] = [[] for _ in batch]
@@ -104,13 +102,11 @@ def test_a_row_writes_the_same_whatever_shares_its_batch(model: GPT) -> None:
     assert all(len(row) == 12 for row in together)
     for prompt, row in zip(prompts, together):
         assert logprobs([prompt]) == [row]
-    # Short prompts step together: a row's padding slots, stepped before its prompt begins, hold
-    # finite keys and values (`forward` on this cache later, under hooks, weighs them by zero).
-    _, cache = Runner(model).prefill([Sequence(p, params) for p in PROMPTS], 0)
+    # A row's padding slots hold finite keys and values (`forward` on this cache later, under
+    # hooks, weighs them by zero).
+    _, cache = Runner(model).prefill([Sequence(p, params) for p in [*PROMPTS, LONG]], 0)
     assert cache.pad is not None and int(cache.pad.max()) > 0
-    for row, pad in enumerate(cache.pad.tolist()):
-        stepped = torch.cat([cache.k[:, row, :, :pad], cache.v[:, row, :, :pad]])
-        assert bool(torch.isfinite(stepped).all()) and (pad == 0 or bool(stepped.ne(0).any()))
+    assert bool(torch.isfinite(cache.k).all()) and bool(torch.isfinite(cache.v).all())
 
 
 @pytest.mark.parametrize("cfg", [SamplingParams(max_new_tokens=25, temperature=0, stop_at_eos=False),

@@ -10,14 +10,11 @@ Every row is prefilled as it would be alone, so that its story never depends on 
 that arrive with it: a matrix product's rounding depends on how many rows it multiplies (1e-7
 to 4e-6 in a logit at our shapes), and a batched `forward` made a seeded story change, now and
 then, with its neighbours (bench/README.md, Server). The C decode step computes each row by
-itself, the same bit for bit in any batch (tests/test_sampling.py), so:
-
-* prompts of up to `STEPPED` tokens go through the decode step together, one position at a
-  time (the output layer only at the last): for one token `forward`'s module calls cost 4-9x
-  a step, and a batch of short prompts costs as many steps as its longest has tokens, each
-  reading the weights once for all rows (bench/README.md, Inference);
-* longer ones through `forward`, one prompt at a time (identical prompts once), whose products
-  over all positions at once win there. Which way a row goes depends on its own length only.
+itself, the same bit for bit in any batch (tests/test_sampling.py), so every prompt goes through
+it (`DecodeStep.prefill`): all positions of all new prompts as the rows of one call, each
+computed as a step of its own would, the output layer only at each prompt's last. Its matrices
+are read once for all of them, with no module calls: for a 30-token prompt 2-3.5x faster than a
+`forward` of it alone (bench/README.md, Inference). Identical prompts go through once.
 
 Without the C step (no compiler, another device or dtype, hooks on this thread) decoding's
 batched products round by the batch too, so nothing is gained by passes alone: prompts of one
@@ -41,7 +38,6 @@ from tinystories.infer.sequence import Sequence
 from tinystories.model.gpt import GPT, DecodeStep, KVCache, addable
 
 Adds = Mapping[str, torch.Tensor]  # hook point -> [B, width] one vector per batch row (zeros: none)
-STEPPED = 16  # prompts up to this many tokens prefill through the C decode step (see above)
 
 
 def batch_adds(rows: list[Sequence | None], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -54,12 +50,6 @@ def batch_adds(rows: list[Sequence | None], device: torch.device, dtype: torch.d
         out[name] = torch.stack([v.to(device, dtype) if v is not None else torch.zeros(d, device=device, dtype=dtype)
                                  for v in vecs])
     return out
-
-
-def _place(cache: KVCache, i: int, src: KVCache, j: int, n: int, end: int) -> None:
-    """Row j's last `n` keys and values in `src` into row i of `cache`, ending at slot `end`."""
-    cache.k[:, i, :, end - n:end] = src.k[:, j, :, src.length - n:src.length]
-    cache.v[:, i, :, end - n:end] = src.v[:, j, :, src.length - n:src.length]
 
 
 class Runner:
@@ -93,43 +83,21 @@ class Runner:
         self.step = self.model.decode_step()  # looked up once per admission, not at every step
         adds = batch_adds(list(seqs), self.device, self.dtype)
         step = self._step_for(adds)
-        end = idx.shape[1]
-        if step is None or step.native is None:  # no C step: decoding rounds by the batch anyway
-            if end == 1 and step is not None:
-                return self._stepped(step, idx, pad, adds, self.context)
+        if step is None or (step.native is None and idx.shape[1] > 1):
             return self._forward_together(idx, pad, adds)
-        short = [i for i, s in enumerate(seqs) if len(s.prompt) <= STEPPED]
-        if len(short) == len(seqs):
-            return self._stepped(step, idx, pad, adds, self.context)
-        cache = self.model.new_cache(len(seqs), self.context, pad)
-        logits: dict[int, torch.Tensor] = {}
-        if short:
-            sub_idx, sub_pad = left_pad([seqs[i].prompt for i in short], pad_id, self.device)
-            sub_logits, sub = self._stepped(step, sub_idx, sub_pad, {n: a[short] for n, a in adds.items()},
-                                            sub_idx.shape[1])
-            for j, i in enumerate(short):
-                _place(cache, i, sub, j, len(seqs[i].prompt), end)
-                logits[i] = sub_logits[j]
-        passes: dict[object, tuple[KVCache, torch.Tensor]] = {}
-        for i, s in enumerate(seqs):
-            if i in logits:
-                continue
-            key = tuple(s.prompt) if not s.adds else i  # a row with additions passes by itself
-            if key not in passes:
-                passes[key] = self._forward_alone(s.prompt, {n: a[i:i + 1] for n, a in adds.items() if n in s.adds})
-            row, logits[i] = passes[key]
-            _place(cache, i, row, 0, len(s.prompt), end)
-        cache.length = end
-        return torch.stack([logits[i] for i in range(len(seqs))]), cache
-
-    def _stepped(self, step: DecodeStep, idx: torch.Tensor, pad: torch.Tensor, adds: Adds, max_len: int
-                 ) -> tuple[torch.Tensor, KVCache]:
-        """Left-padded prompts `idx` [n, T] through the decode step, one position at a time (no
-        output layer before the last): the logits [n, V] after them, and their cache."""
-        cache = self.model.new_cache(idx.shape[0], max_len, pad)
-        for t in range(idx.shape[1] - 1):
-            step.fill(idx[:, t], cache, adds)
-        return step.step(idx[:, -1], cache, adds), cache
+        # Identical prompts (without additions) once: `sample -n`, evaluation's samples per prompt.
+        keys = [tuple(s.prompt) if not s.adds else i for i, s in enumerate(seqs)]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        if len(first) == len(seqs):
+            cache = self.model.new_cache(len(seqs), self.context, pad)
+            return step.prefill(idx, cache, adds), cache
+        unique = sorted(first.values())
+        place = {i: j for j, i in enumerate(unique)}
+        of = torch.tensor([place[first[key]] for key in keys], device=self.device)
+        cache = self.model.new_cache(len(unique), self.context, pad[unique])
+        logits = step.prefill(idx[unique], cache, {n: a[unique] for n, a in adds.items()})
+        cache.k, cache.v, cache.pad = cache.k[:, of], cache.v[:, of], pad
+        return logits[of], cache
 
     def _forward_together(self, idx: torch.Tensor, pad: torch.Tensor, adds: Adds) -> tuple[torch.Tensor, KVCache]:
         """Left-padded prompts `idx` [n, T] through one `forward`: the logits [n, V] after them,
@@ -138,13 +106,6 @@ class Runner:
         with self._adding(adds) if adds else contextlib.nullcontext():
             logits, _ = self.model(idx, cache=cache, last=True)
         return logits[:, -1], cache
-
-    def _forward_alone(self, prompt: list[int], adds: Adds) -> tuple[KVCache, torch.Tensor]:
-        """One prompt through `forward` by itself: its cache, and the logits [V] after it."""
-        cache = self.model.new_cache(1, len(prompt))
-        with self._adding(adds) if adds else contextlib.nullcontext():
-            out, _ = self.model(torch.tensor([prompt], device=self.device), cache=cache, last=True)
-        return cache, out[0, -1]
 
     def _step_for(self, adds: Adds) -> DecodeStep | None:
         """The decode step, if it computes what `forward` with these additions would."""

@@ -4,7 +4,8 @@
    out in the order read here, in huge pages: `model/native.py`), for rows of a batch whose keys
    and values sit in the model's `KVCache`. Written for speed where Python and PyTorch's
    per-operation overhead cost more than the arithmetic: single streams and batches, ~12
-   operations per layer that each take microseconds. `cbuild.py` compiles it once per machine
+   operations per layer that each take microseconds. A prompt's positions go through it too, as
+   the rows of one call (`DecodeStep.prefill`). `cbuild.py` compiles it once per machine
    with the C compiler that is there, and `DecodeStep` runs its PyTorch operations when there is
    none; tests/test_fast_decode.py checks its logits against `GPT.forward` to 1e-5 for every
    architecture, at batches that take each path here.
@@ -18,6 +19,12 @@
 #include <math.h>
 #include <stdint.h>
 #include <stddef.h>
+#ifdef _OPENMP
+#include <omp.h>
+static inline int thread_num(void) { return omp_get_thread_num(); }
+#else
+static inline int thread_num(void) { return 0; }
+#endif
 
 enum { GELU = 0, SWIGLU = 1, RELU2 = 2 };
 enum { RESID_PRE, ATTN_OUT, RESID_MID, MLP_POST, MLP_OUT, RESID_POST, POINTS };  /* gpt.py's ADDABLE */
@@ -348,27 +355,39 @@ static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B,
     }
 }
 
-/* Logits [B, vocab] of the next token after tokens[b] for each row b, whose keys and values
-   are appended to the cache at `slot`. pad[b]: row b's leading padding slots (NULL: none).
-   adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn] at MLP_POST;
-   NULL = none): hook_embed, then each layer's points in the order above. logits: NULL to skip
-   the output layer (a prompt position before its last), or, with `best` and `head16`, to find
-   only the most likely tokens (`argmax_pruned`). best: NULL, or room for B token ids,
-   each row's most likely one (`argmax_rows`). scratch: room for the sizes in `scratch_floats`.
-   A row whose padding reaches past `slot` (stepped before its prompt begins) attends to nothing
-   there and writes finite keys and values that nothing reads. */
-void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pad, int slot, float *k_cache,
-                 float *v_cache, int cache_len, const float *const *adds, float *logits, int64_t *best,
-                 float *scratch) {
+/* Logits of the next token after tokens[b] for each row b, whose keys and values are
+   appended to the cache ([layer, cache_rows, head, cache_len, head_dim]). Two uses:
+   - a decode step (at == NULL): row b is cache row b, at slot `slot`;
+   - a prefill (at: [B][2], cache row and slot of each row): a prompt's positions are rows of
+     one call, so each matrix is read once for all of them. Every row is computed as a step of
+     its own would compute it (the same operations on the same values: the same bits, tested),
+     and attends to the keys before it, which each layer writes for every row first.
+   pad[r]: cache row r's leading padding slots (NULL: none); a row at a slot inside its padding
+   (stepped before its prompt begins) attends to nothing and writes finite keys and values that
+   nothing reads. adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn]
+   at MLP_POST; NULL = none): hook_embed, then each layer's points in the order above. out: NULL
+   (every row's logits), or the n_out rows whose logits are wanted (a prompt's last position).
+   logits: NULL to skip the output layer (a prompt position before its last), or, with `best`
+   and `head16`, to find only the most likely tokens (`argmax_pruned`). best: NULL, or room for
+   a token id per row out, its most likely one (`argmax_rows`). scratch: room for
+   `scratch_floats` of B rows. */
+void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *at, const int64_t *pad, int slot,
+                 float *k_cache, float *v_cache, int cache_rows, int cache_len, const float *const *adds,
+                 int n_out, const int64_t *out, float *logits, int64_t *best, float *scratch) {
     const int d = m->d_model, H = m->n_head, D = m->head_dim, F = m->ffn, nt = m->threads;
     const int fc_out = m->act == SWIGLU ? 2 * F : F;
     float *x = scratch, *xn = x + B * d, *qkv = xn + B * d, *z = qkv + B * 3 * d, *o = z + B * d;
-    float *h = o + B * d, *att = h + (size_t)B * fc_out;  /* att: [B, H, slot + 1] */
-    float *xt = att + (size_t)B * H * (slot + 1);  /* matmat's transposed inputs */
-    const int n = slot + 1;
+    float *h = o + B * d, *att = h + (size_t)B * fc_out;  /* att: [threads, context] */
+    float *xt = att + (size_t)nt * m->context;  /* matmat's transposed inputs */
+    int keys = 0;  /* the most keys a row attends to */
+    for (int b = 0; b < B; b++) {
+        const int s = at ? (int)at[2 * b + 1] : slot;
+        keys = s + 1 > keys ? s + 1 : keys;
+    }
 
     for (int b = 0; b < B; b++) {
-        int pos = pad ? slot - (int)pad[b] : slot;
+        const int r = at ? (int)at[2 * b] : b, s = at ? (int)at[2 * b + 1] : slot;
+        int pos = pad ? s - (int)pad[r] : s;
         if (pos < 0) pos = 0;
         const float *e = m->tok_emb + (size_t)tokens[b] * d;
         for (int i = 0; i < d; i++) x[b * d + i] = e[i] + (m->pos_emb ? m->pos_emb[(size_t)pos * d + i] : 0.f);
@@ -377,32 +396,40 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
     for (int l = 0; l < m->n_layer; l++) {
         const Layer *L = &m->layers[l];
         const float *const *la = adds ? adds + 1 + POINTS * l : NULL;
-        float *kl = k_cache + (size_t)l * B * H * cache_len * D, *vl = v_cache + (size_t)l * B * H * cache_len * D;
+        const size_t layer = (size_t)l * cache_rows * H * cache_len * D;
         for (int b = 0; b < B; b++) {
             add(x + b * d, la, RESID_PRE, b, d);
             norm(xn + b * d, x + b * d, L->norm1_w, L->norm1_b, d, m->eps, m->layer_norm);
         }
         linear(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt, xt);
-        #pragma omp parallel for collapse(2) num_threads(nt) schedule(static) if (nt > 1 && B * H > 1 && (long)B * H * n * D > 16384)
-        for (int b = 0; b < B; b++) {
+        for (int b = 0; b < B; b++) {  /* every row's key and value into the cache, before any attends */
             for (int hd = 0; hd < H; hd++) {
+                const int r = at ? (int)at[2 * b] : b, s = at ? (int)at[2 * b + 1] : slot;
                 float *q = qkv + (size_t)b * 3 * d + hd * D, *k = q + d, *v = q + 2 * d;
                 if (L->q_norm) {
                     norm(q, q, L->q_norm, NULL, D, m->qk_eps, 0);
                     norm(k, k, L->k_norm, NULL, D, m->qk_eps, 0);
                 }
                 if (m->rope_cos) {
-                    int pos = pad ? slot - (int)pad[b] : slot;
+                    int pos = pad ? s - (int)pad[r] : s;
                     if (pos < 0) pos = 0;
                     rope(q, m->rope_cos + (size_t)pos * D, m->rope_sin + (size_t)pos * D, D);
                     rope(k, m->rope_cos + (size_t)pos * D, m->rope_sin + (size_t)pos * D, D);
                 }
-                float *K = kl + ((size_t)b * H + hd) * cache_len * D, *V = vl + ((size_t)b * H + hd) * cache_len * D;
-                for (int i = 0; i < D; i++) { K[(size_t)slot * D + i] = k[i]; V[(size_t)slot * D + i] = v[i]; }
-                int first = pad ? (int)pad[b] : 0;
-                if (L->window && slot - L->window + 1 > first) first = slot - L->window + 1;
-                float *a = att + ((size_t)b * H + hd) * n, *zz = z + (size_t)b * d + hd * D;
-                attend(zz, q, K, V, a, first, n, D, L->scale);
+                const size_t kv = layer + (((size_t)r * H + hd) * cache_len + s) * D;
+                for (int i = 0; i < D; i++) { k_cache[kv + i] = k[i]; v_cache[kv + i] = v[i]; }
+            }
+        }
+        #pragma omp parallel for collapse(2) num_threads(nt) schedule(static) if (nt > 1 && B * H > 1 && (long)B * H * keys * D > 16384)
+        for (int b = 0; b < B; b++) {
+            for (int hd = 0; hd < H; hd++) {
+                const int r = at ? (int)at[2 * b] : b, s = at ? (int)at[2 * b + 1] : slot;
+                const float *K = k_cache + layer + ((size_t)r * H + hd) * cache_len * D;
+                const float *V = v_cache + layer + ((size_t)r * H + hd) * cache_len * D;
+                int first = pad ? (int)pad[r] : 0;
+                if (L->window && s - L->window + 1 > first) first = s - L->window + 1;
+                attend(z + (size_t)b * d + hd * D, qkv + (size_t)b * 3 * d + hd * D, K, V,
+                       att + (size_t)thread_num() * m->context, first, s + 1, D, L->scale);
             }
         }
         linear(o, z, L->out, L->out_b, B, d, d, nt, xt);
@@ -432,23 +459,25 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *pa
         }
     }
     if (!logits && !(best && m->head16)) return;  /* a prompt position before its last */
-    for (int b = 0; b < B; b++) norm(xn + b * d, x + b * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
+    const int R = out ? n_out : B;
+    for (int k = 0; k < R; k++)
+        norm(xn + (size_t)k * d, x + (size_t)(out ? out[k] : k) * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
     if (!logits) {  /* only the most likely tokens are wanted: 15 rows at a time (`scratch_floats`) */
-        for (int b0 = 0; b0 < B; b0 += LANES - 1)
-            argmax_pruned(best + b0, m, xn + (size_t)b0 * d, B - b0 < LANES - 1 ? B - b0 : LANES - 1,
+        for (int b0 = 0; b0 < R; b0 += LANES - 1)
+            argmax_pruned(best + b0, m, xn + (size_t)b0 * d, R - b0 < LANES - 1 ? R - b0 : LANES - 1,
                           xt + (size_t)(B + 15) / 16 * 16 * (F > d ? F : d), nt);
         return;
     }
-    linear(logits, xn, m->head, NULL, B, d, m->vocab, nt, xt);
-    if (best) argmax_rows(best, logits, B, m->vocab, nt);
+    linear(logits, xn, m->head, NULL, R, d, m->vocab, nt, xt);
+    if (best) argmax_rows(best, logits, R, m->vocab, nt);
 }
 
 /* Addition points per layer (`adds`' layout), for the caller to check against its own list. */
 int addition_points(void) { return POINTS; }
 
-/* Floats of scratch `decode_step` needs for B rows with `n_keys` keys (slot + 1) at most. */
-long scratch_floats(const Model *m, int B, int n_keys) {
+/* Floats of scratch `decode_step` needs for B rows on `threads` threads. */
+long scratch_floats(const Model *m, int B, int threads) {
     int fc_out = m->act == SWIGLU ? 2 * m->ffn : m->ffn, widest = m->ffn > m->d_model ? m->ffn : m->d_model;
-    return (long)B * (7L * m->d_model + fc_out) + (long)B * m->n_head * n_keys + (B + 15L) / 16 * 16 * widest +
+    return (long)B * (7L * m->d_model + fc_out) + (long)threads * m->context + (B + 15L) / 16 * 16 * widest +
            (m->head16 ? (long)(B < 16 ? B : 15) * m->vocab : 0);  /* argmax_pruned's approximate logits */
 }

@@ -64,8 +64,9 @@ def library() -> ctypes.CDLL | None:
         return None
     lib.decode_step.restype = None
     lib.decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]  # addresses as ints: no casts
+                                ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_void_p]  # addresses as ints: no casts
     lib.scratch_floats.restype = ctypes.c_long
     lib.scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
     lib.addition_points.restype = ctypes.c_int
@@ -209,30 +210,36 @@ class NativeStep:
             layers=layers)
         self.layers = layers
         self.ref = ctypes.byref(self.model)
-        self.scratch, self.scratch_rows = torch.empty(0), 0  # room for this many rows at any length
+        self.scratch, self.scratch_for = torch.empty(0), (0, 0)  # room for this many rows and threads
 
     def step(self, tokens: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int,
              pad: torch.Tensor | None, adds: list[torch.Tensor | None] | None, best: torch.Tensor | None,
-             head: bool = True) -> torch.Tensor | None:
+             head: bool = True, at: torch.Tensor | None = None, out: torch.Tensor | None = None
+             ) -> torch.Tensor | None:
         """decode_step.c's step; `adds`: None, or [B, width] additions (None = none) in its order:
         hook_embed, then each block's `gpt.ADDABLE` points. `head=False`: no logits; with `best`
-        only each row's most likely token (`argmax_pruned`), else no output layer."""
+        only each row's most likely token (`argmax_pruned`), else no output layer. A prefill
+        (`DecodeStep.prefill`): `at` [B, 2], each row's cache row and slot (else row b is cache row
+        b at `slot`), and `out`, the rows whose logits are wanted (else all)."""
         cfg = self.cfg
         B = tokens.shape[0]
-        assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[1] == B
+        assert cache_k.is_contiguous() and cache_v.is_contiguous() and (at is not None or cache_k.shape[1] == B)
         tokens = tokens.contiguous()
         pad = pad.contiguous() if pad is not None else None
-        self.model.threads = torch.get_num_threads()
-        if B > self.scratch_rows:
-            self.scratch = torch.empty(self.lib.scratch_floats(self.ref, B, cfg.context_length))
-            self.scratch_rows = B
+        at = at.contiguous() if at is not None else None
+        out = out.contiguous() if out is not None else None
+        threads = self.model.threads = torch.get_num_threads()
+        if B > self.scratch_for[0] or threads > self.scratch_for[1]:
+            self.scratch_for = (max(B, self.scratch_for[0]), max(threads, self.scratch_for[1]))
+            self.scratch = torch.empty(self.lib.scratch_floats(self.ref, *self.scratch_for))
         table = None
         if adds:
             held = [None if a is None else a.float().contiguous() for a in adds]
             table = (ctypes.c_void_p * len(held))(*[None if a is None else a.data_ptr() for a in held])
-        logits = torch.empty(B, cfg.vocab_size) if head else None
-        self.lib.decode_step(self.ref, B, tokens.data_ptr(), None if pad is None else pad.data_ptr(), slot,
-                             cache_k.data_ptr(), cache_v.data_ptr(), cache_k.shape[3], table,
-                             None if logits is None else logits.data_ptr(), None if best is None else best.data_ptr(),
-                             self.scratch.data_ptr())
+        logits = torch.empty(B if out is None else out.shape[0], cfg.vocab_size) if head else None
+        self.lib.decode_step(self.ref, B, tokens.data_ptr(), None if at is None else at.data_ptr(),
+                             None if pad is None else pad.data_ptr(), slot, cache_k.data_ptr(), cache_v.data_ptr(),
+                             cache_k.shape[1], cache_k.shape[3], table, 0 if out is None else out.shape[0],
+                             None if out is None else out.data_ptr(), None if logits is None else logits.data_ptr(),
+                             None if best is None else best.data_ptr(), self.scratch.data_ptr())
         return logits
