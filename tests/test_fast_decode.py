@@ -106,8 +106,9 @@ def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: i
     ref = m.new_cache(5, 40, pad)
     with torch.no_grad():
         torch.testing.assert_close(plain, m(idx, cache=ref)[0][:, -1], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="empty cache"):
-        fast.prefill(idx, together)
+    for cache in (together, m.new_cache(4, 40, pad[:4]), m.new_cache(5, 20, pad)):  # used, too few rows, slots
+        with pytest.raises(ValueError, match="empty cache of 5 rows and 23 slots"):
+            fast.prefill(idx, cache)
 
 
 @pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])

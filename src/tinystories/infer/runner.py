@@ -10,15 +10,17 @@ Every row is prefilled as it would be alone, so that its story never depends on 
 that arrive with it: a matrix product's rounding depends on how many rows it multiplies (1e-7
 to 4e-6 in a logit at our shapes), and a batched `forward` made a seeded story change, now and
 then, with its neighbours (bench/README.md, Server). The C decode step computes each row by
-itself, the same bit for bit in any batch (tests/test_sampling.py), so every prompt goes through
-it (`DecodeStep.prefill`): all positions of all new prompts as the rows of one call, each
-computed as a step of its own would, the output layer only at each prompt's last. Its matrices
-are read once for all of them, with no module calls: for a 30-token prompt 2-3.5x faster than a
-`forward` of it alone (bench/README.md, Inference). Identical prompts go through once.
+itself, the same bit for bit in any batch (tests/test_sampling.py), so every prompt goes
+through it (`DecodeStep.prefill`): all positions of all new prompts as the rows of a call (256
+at most), each computed as a step of its own would, the output layer only at each prompt's
+last. Its matrices are read once for all of them, with no module calls: for a 30-token prompt
+2-3.5x faster than a `forward` of it alone (bench/README.md, Inference). Identical prompts
+without additions go through once.
 
-Without the C step (no compiler, another device or dtype, hooks on this thread) decoding's
-batched products round by the batch too, so nothing is gained by passes alone: prompts of one
-token take the step, longer ones one batched `forward`.
+Without the C step (no compiler, another device or dtype) decoding's batched products round
+by the batch too, so nothing is gained by passes alone: prompts of one token take the PyTorch
+step, longer ones one batched `forward`; with hooks on this thread (or additions the step cannot
+make) every prompt goes through that `forward`, so the hooks see it.
 
 Per-row additions at hook points (steering, `Sequence.adds`: the residual stream's points and
 the MLP's neurons, `gpt.addable`, the only ones `check_adds` lets in) stay on the fast step, so

@@ -5,7 +5,7 @@
    and values sit in the model's `KVCache`. Written for speed where Python and PyTorch's
    per-operation overhead cost more than the arithmetic: single streams and batches, ~12
    operations per layer that each take microseconds. A prompt's positions go through it too, as
-   the rows of one call (`DecodeStep.prefill`). `cbuild.py` compiles it once per machine
+   the rows of a call (`DecodeStep.prefill`). `cbuild.py` compiles it once per machine
    with the C compiler that is there, and `DecodeStep` runs its PyTorch operations when there is
    none; tests/test_fast_decode.py checks its logits against `GPT.forward` to 1e-5 for every
    architecture, at batches that take each path here.
@@ -359,7 +359,7 @@ static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B,
    appended to the cache ([layer, cache_rows, head, cache_len, head_dim]). Two uses:
    - a decode step (at == NULL): row b is cache row b, at slot `slot`;
    - a prefill (at: [B][2], cache row and slot of each row): a prompt's positions are rows of
-     one call, so each matrix is read once for all of them. Every row is computed as a step of
+     a call, so each matrix is read once for all of them. Every row is computed as a step of
      its own would compute it (the same operations on the same values: the same bits, tested),
      and attends to the keys before it, which each layer writes for every row first.
    pad[r]: cache row r's leading padding slots (NULL: none); a row at a slot inside its padding

@@ -608,15 +608,17 @@ class DecodeStep:
         """Prompts `idx` [n, T], left-padded as `cache.pad` says, into the empty `cache`: the logits
         [n, V] of each one's next token. What stepping through them a position at a time gives
         (`fill`, then `step` at the last), and the PyTorch step does just that. The C step takes
-        every prompt position as a row of one call instead (`decode_step.c`, its `at`), its
-        matrices read once for all of them, the output layer only at each prompt's last; each row
+        every prompt position as a row instead (`decode_step.c`, its `at`; `PREFILL_ROWS` a call),
+        its matrices read once for all of them, the output layer only at each prompt's last; each row
         computed as in a step of its own: the same logits and cache, bit for bit (tested), and a
         prompt's the same whatever prompts come with it."""
         n, T = idx.shape
-        if cache.length != 0:
-            raise ValueError("prefill needs an empty cache")
         if T > self.cfg.context_length:
             raise ValueError(f"prompt of {T} tokens is longer than the model's context of {self.cfg.context_length}")
+        if cache.length != 0 or cache.batch != n or cache.k.shape[3] < T or (
+                cache.pad is not None and cache.pad.shape != (n,)):
+            raise ValueError(f"prefill needs an empty cache of {n} rows and {T} slots or more, with a padding "
+                             f"count per row (the C step writes into it unchecked)")
         if self.native is None:
             for t in range(T - 1):
                 self.fill(idx[:, t], cache, adds)

@@ -223,7 +223,8 @@ class NativeStep:
         b at `slot`), and `out`, the rows whose logits are wanted (else all)."""
         cfg = self.cfg
         B = tokens.shape[0]
-        assert cache_k.is_contiguous() and cache_v.is_contiguous() and (at is not None or cache_k.shape[1] == B)
+        assert cache_k.is_contiguous() and cache_v.is_contiguous() and (
+            cache_k.shape[1] == B if at is None else at.shape == (B, 2))  # at's rows: `DecodeStep.prefill` checks
         tokens = tokens.contiguous()
         pad = pad.contiguous() if pad is not None else None
         at = at.contiguous() if at is not None else None
