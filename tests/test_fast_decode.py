@@ -74,7 +74,7 @@ def test_step_logits_equal_the_forward_pass(arch: str, batch: int, in_c: bool) -
 @pytest.mark.parametrize("arch,rows", [*((a, 256) for a in ARCHS), ("big", 256), ("neo-local", 7), ("modern", 7)])
 def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: int,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """`DecodeStep.prefill` in C (every position of every prompt a row of one call) gives the
+    """`DecodeStep.prefill` in C (every position of every prompt a row of a call) gives the
     logits and cache that stepping through the prompts a position at a time gives: the same bits,
     with additions, prompts of 1 to 23 positions (past the local window; 16 rows and more take the
     outer products), and the logits to `forward`'s at 1e-5. rows 7: the 70 positions in calls of
@@ -100,7 +100,7 @@ def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: i
         assert together.length == stepped.length == 23
         assert torch.equal(got, expected)
         plain = got if plain is None else plain
-        for row, n in enumerate(lengths):  # padding slots: stepped with the pad token, or left alone
+        for row, n in enumerate(lengths):  # the prompts' slots (padding: stepped with the pad token, or left alone)
             for c in ("k", "v"):
                 assert torch.equal(getattr(together, c)[:, row, :, 23 - n:23], getattr(stepped, c)[:, row, :, 23 - n:23])
     ref = m.new_cache(5, 40, pad)
