@@ -355,6 +355,15 @@ static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B,
     }
 }
 
+/* Row b's cache row and slot (`decode_step`'s `at`, else b and `slot`), and its position: the slot
+   less its row's padding (0 inside the padding). */
+static inline int cache_row(const int64_t *at, int b) { return at ? (int)at[2 * b] : b; }
+static inline int slot_of(const int64_t *at, int b, int slot) { return at ? (int)at[2 * b + 1] : slot; }
+static inline int position(const int64_t *pad, int r, int s) {
+    const int pos = pad ? s - (int)pad[r] : s;
+    return pos < 0 ? 0 : pos;
+}
+
 /* Logits of the next token after tokens[b] for each row b, whose keys and values are
    appended to the cache ([layer, cache_rows, head, cache_len, head_dim]). Two uses:
    - a decode step (at == NULL): row b is cache row b, at slot `slot`;
@@ -380,15 +389,11 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *at
     float *h = o + B * d, *att = h + (size_t)B * fc_out;  /* att: [threads, context] */
     float *xt = att + (size_t)nt * m->context;  /* matmat's transposed inputs */
     int keys = 0;  /* the most keys a row attends to */
-    for (int b = 0; b < B; b++) {
-        const int s = at ? (int)at[2 * b + 1] : slot;
-        keys = s + 1 > keys ? s + 1 : keys;
-    }
+    for (int b = 0; b < B; b++)
+        if (slot_of(at, b, slot) + 1 > keys) keys = slot_of(at, b, slot) + 1;
 
     for (int b = 0; b < B; b++) {
-        const int r = at ? (int)at[2 * b] : b, s = at ? (int)at[2 * b + 1] : slot;
-        int pos = pad ? s - (int)pad[r] : s;
-        if (pos < 0) pos = 0;
+        const int pos = position(pad, cache_row(at, b), slot_of(at, b, slot));
         const float *e = m->tok_emb + (size_t)tokens[b] * d;
         for (int i = 0; i < d; i++) x[b * d + i] = e[i] + (m->pos_emb ? m->pos_emb[(size_t)pos * d + i] : 0.f);
         add(x + b * d, adds, 0, b, d);
@@ -404,15 +409,14 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *at
         linear(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt, xt);
         for (int b = 0; b < B; b++) {  /* every row's key and value into the cache, before any attends */
             for (int hd = 0; hd < H; hd++) {
-                const int r = at ? (int)at[2 * b] : b, s = at ? (int)at[2 * b + 1] : slot;
+                const int r = cache_row(at, b), s = slot_of(at, b, slot);
                 float *q = qkv + (size_t)b * 3 * d + hd * D, *k = q + d, *v = q + 2 * d;
                 if (L->q_norm) {
                     norm(q, q, L->q_norm, NULL, D, m->qk_eps, 0);
                     norm(k, k, L->k_norm, NULL, D, m->qk_eps, 0);
                 }
                 if (m->rope_cos) {
-                    int pos = pad ? s - (int)pad[r] : s;
-                    if (pos < 0) pos = 0;
+                    const int pos = position(pad, r, s);
                     rope(q, m->rope_cos + (size_t)pos * D, m->rope_sin + (size_t)pos * D, D);
                     rope(k, m->rope_cos + (size_t)pos * D, m->rope_sin + (size_t)pos * D, D);
                 }
@@ -423,7 +427,7 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *at
         #pragma omp parallel for collapse(2) num_threads(nt) schedule(static) if (nt > 1 && B * H > 1 && (long)B * H * keys * D > 16384)
         for (int b = 0; b < B; b++) {
             for (int hd = 0; hd < H; hd++) {
-                const int r = at ? (int)at[2 * b] : b, s = at ? (int)at[2 * b + 1] : slot;
+                const int r = cache_row(at, b), s = slot_of(at, b, slot);
                 const float *K = k_cache + layer + ((size_t)r * H + hd) * cache_len * D;
                 const float *V = v_cache + layer + ((size_t)r * H + hd) * cache_len * D;
                 int first = pad ? (int)pad[r] : 0;

@@ -625,7 +625,7 @@ class DecodeStep:
             return self.step(idx[:, -1], cache, adds)
         start = cache.pad if cache.pad is not None else torch.zeros(n, dtype=torch.long)
         real = torch.arange(T)[None] >= start[:, None]  # [n, T]: prompt positions, not padding
-        at = real.nonzero().contiguous()  # [P, 2]: (cache row, slot) of each position, row by row
+        at = real.nonzero()  # [P, 2]: (cache row, slot) of each position, row by row
         tokens, last = idx[real], (T - start).cumsum(0) - 1  # each row's last position among them
         table = [adds[name][at[:, 0]] if name in adds else None for name in self.add_order] if adds else None
         logits = []
