@@ -10,6 +10,7 @@ explicit softmax) and the fused loss by chunk size (and plain `F.cross_entropy`)
 
     python bench/bench_train_step.py --steps 12 --kernels
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/bench_train_step.py
+    python bench/bench_train_step.py --dtypes --set model=8M-modern --set batch_size=4
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ CONTENDERS = {
     "recipe, Muon NS in bf16 (torch.optim.Muon)": ["optim.muon_ns_dtype=bfloat16"],
     "recipe, Muon NS in fp32 (ours)": ["optim.muon_ns_dtype=float32"],
     "AdamW everywhere": ["optim.optimizer=adamw"],
+}
+# --dtypes: the recipe's step in float32 against bfloat16 autocast (what `dtype: auto` chooses between).
+DTYPES = {
+    "recipe, float32": ["dtype=float32"],
+    "recipe, bfloat16 autocast": ["dtype=bfloat16"],
 }
 
 
@@ -86,14 +92,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="train config KEY=VALUE")
     ap.add_argument("--kernels", action="store_true", help="also time attention backends and loss chunk sizes")
+    ap.add_argument("--dtypes", action="store_true", help="float32 against bfloat16 autocast instead of the optimizers")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-step-"))
     data = scratch / "data"
     prepare(PrepareConfig(out_dir=str(data), vocab_size=4096), progress=False)
     trainers, optim_seconds = {}, {}
-    for name, overrides in CONTENDERS.items():
+    for name, overrides in (DTYPES if args.dtypes else CONTENDERS).items():
         cfg = build_train_config(None, [*overrides, *args.overrides], data_dir=str(data),
-                                 out_dir=str(scratch / name[:6]), threads=args.threads, progress=False)
+                                 out_dir=str(scratch / name.replace(" ", "_")), threads=args.threads, progress=False)
         trainer = Trainer(cfg, resume=False)
         opt = trainer.optimizers[0]  # Muon (or the one AdamW)
         optim_seconds[name] = []

@@ -402,7 +402,7 @@ class GPT(nn.Module):
         (`losses.linear_cross_entropy`); on GPUs the plain path, which torch.compile fuses.
         """
         hidden = self.hidden_states(idx)
-        if hidden.device.type == "cpu" and hidden.dtype == torch.float32:
+        if hidden.device.type == "cpu":  # any dtype, and under autocast
             return linear_cross_entropy(hidden, self.lm_head.weight, targets)
         logits = self.lm_head(hidden)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

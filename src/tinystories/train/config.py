@@ -80,7 +80,8 @@ class TrainConfig(Config):
     seed: int = setting(1337, "random seed", ge=0, lt=2**63)
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
-        "auto", "auto = bf16 on GPU, fp32 on CPU")
+        "auto", "auto = bf16 on GPU; on a CPU bf16 only where a start-up probe measures it faster than fp32 (AMX, "
+                "avx512_bf16), else fp32; a resumed run keeps the dtype it started in")
     compile: Literal["auto", "on", "off"] = setting("auto", "torch.compile: auto = on GPU only")
     threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work (shared "
                                   "between the processes of a CPU torchrun)", ge=0, le=4096)

@@ -42,6 +42,7 @@ from tinystories.tokenizer import Tokenizer
 from tinystories.train.batches import TokenBatches
 from tinystories.train.config import TrainConfig, dump_config
 from tinystories.train.metrics import MetricsLog, Trackers
+from tinystories.train.precision import probe_cpu_dtype
 from tinystories.train.optim import (
     load_optimizers,
     lr_factor,
@@ -173,10 +174,11 @@ class Trainer:
         self.optimizers = make_optimizers(self.model, cfg.optim)
         self.step = 0
         self.train_seconds = 0.0
+        self.started_in: str | None = None  # the dtype `auto` chose when the run started (resume keeps it)
         if resume and (ckpt := checkpoint_dir(self.out)) is not None:
             self._restore(ckpt)
 
-        self.dtype = self._autocast_dtype()
+        self.dtype, self.dtype_why = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         # What the loop calls: the training loss (the fused one on the CPU), compiled and/or DDP-wrapped.
         self.compiled: torch.nn.Module = TrainingLoss(self.model)
@@ -190,11 +192,19 @@ class Trainer:
         self.log = MetricsLog(self.out, enabled=self.dist.main, keep_until=self.step, trackers=trackers)
         self.data_tokens = len(train_tokens)
 
-    def _autocast_dtype(self) -> torch.dtype:
-        name = self.cfg.dtype
-        if name == "auto":
-            name = "bfloat16" if self.device.type == "cuda" else "float32"
-        return getattr(torch, name)
+    def _autocast_dtype(self) -> tuple[torch.dtype, str]:
+        """The configured dtype, and why. `auto`: bf16 on CUDA; on a CPU the one measured faster
+        (`precision.probe_cpu_dtype`; rank 0's measure for every process), and on resume the one
+        the run started with, so that a resumed run computes what an unbroken one would."""
+        if self.cfg.dtype != "auto":
+            return getattr(torch, self.cfg.dtype), "set by dtype"
+        if self.device.type != "cpu":
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            return dtype, f"auto on {self.device.type}"
+        if self.started_in:
+            return getattr(torch, self.started_in), "auto: the dtype this run started in"
+        dtype, why = self.dist.gather(probe_cpu_dtype(self.model))[0]
+        return dtype, f"auto, {why}"
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == torch.float32:
@@ -221,6 +231,7 @@ class Trainer:
                                    "optimizer, or start another out_dir") from None
         self.step = state["step"]
         self.train_seconds = state["train_seconds"]
+        self.started_in = state.get("dtype") if self.cfg.dtype == "auto" else None
         rank = self.dist.rank
         if len(state["data_states"]) != self.dist.world:
             raise TinyStoriesError(f"{folder} was written by {len(state['data_states'])} process(es), this run "
@@ -252,6 +263,7 @@ class Trainer:
             with atomic_write(tmp / "config.yaml") as f:
                 f.write(dump_config(self.cfg))
             write_json(tmp / STATE_NAME, {"step": self.step, "train_seconds": self.train_seconds,
+                                          "dtype": str(self.dtype).removeprefix("torch."),
                                           "data_states": data_states, "optimizers": groups})
         except BaseException:  # a full disk, a kill: the old checkpoint stays; give back the space
             shutil.rmtree(tmp, ignore_errors=True)
@@ -347,7 +359,8 @@ class Trainer:
         processes = f", {world} processes" if world > 1 else ""
         lines = [(f"model: {cfg.model.arch}, {cfg.model.n_layer} layers x d_model {cfg.model.d_model}, "
                   f"{params / 1e6:.2f}M parameters ({non_emb / 1e6:.2f}M without embeddings)"),
-                 f"device: {self.device}{threads}, {str(self.dtype).removeprefix('torch.')}{processes}",
+                 (f"device: {self.device}{threads}, {str(self.dtype).removeprefix('torch.')} ({self.dtype_why})"
+                  f"{processes}"),
                  (f"batch: {per_step:,} tokens per step ({cfg.batch_size} x {cfg.grad_accum} x "
                   f"{cfg.model.context_length}{f' x {world}' if world > 1 else ''}); optimizer "
                   f"{cfg.optim.optimizer}, {cfg.optim.schedule} schedule; budget {budget}")]

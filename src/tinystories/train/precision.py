@@ -1,0 +1,60 @@
+"""The training step's dtype for `dtype: auto`: measured on a CPU, not guessed.
+
+bfloat16 autocast speeds a step up only where the CPU multiplies bfloat16 natively (AMX on
+Intel Xeons since Sapphire Rapids, avx512_bf16 on AMD Zen 4); where it is emulated (AVX2: Zen
+3, most laptops) it is far slower, and at tiny widths the casts can cost more than the matmuls
+save. So `auto` is bfloat16 on GPUs and, on a CPU, whichever dtype runs this model's own
+forward and backward faster, timed at start-up on a small batch. float32, the more exact, is
+kept unless bfloat16 is clearly faster.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from tinystories.model.gpt import GPT
+
+MARGIN = 0.9  # bfloat16 must take under 90% of float32's time: a near tie is noise, and fp32 is exact
+_chosen: dict[tuple[object, int], tuple[torch.dtype, str]] = {}  # per model shape and thread count
+
+
+def step_seconds(model: GPT, idx: torch.Tensor, dtype: torch.dtype) -> float:
+    """Seconds of one training loss, forward and backward, under `dtype` autocast (float32: none)."""
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = model.loss(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    return time.perf_counter() - start
+
+
+def probe_cpu_dtype(model: GPT, rows: int = 2, repeats: int = 3) -> tuple[torch.dtype, str]:
+    """float32 or bfloat16 for training `model` on this CPU, and why in words for the summary.
+
+    Both are timed alternately, best of `repeats` after a warm-up, on `rows` windows of the
+    model's context. The model's gradients are cleared after and the RNG is left as it was, so
+    a run is the same as if nothing had been timed. Measured once per process for a model shape
+    and thread count.
+    """
+    key = (model.cfg, torch.get_num_threads())
+    if key not in _chosen:
+        _chosen[key] = _probe(model, rows, repeats)
+    return _chosen[key]
+
+
+def _probe(model: GPT, rows: int, repeats: int) -> tuple[torch.dtype, str]:
+    ctx = model.cfg.context_length
+    with torch.random.fork_rng(devices=[]):
+        idx = torch.randint(0, model.cfg.vocab_size, (rows, ctx + 1), generator=torch.Generator().manual_seed(0))
+        best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+        for i in range(repeats + 1):
+            for dtype in best:
+                seconds = step_seconds(model, idx, dtype)
+                if i:  # the first round pays for kernel selection
+                    best[dtype] = min(best[dtype], seconds)
+    model.zero_grad(set_to_none=True)
+    fp32, bf16 = best[torch.float32], best[torch.bfloat16]
+    dtype = torch.bfloat16 if bf16 < MARGIN * fp32 else torch.float32
+    return dtype, (f"measured on this CPU: a {rows}x{ctx}-token step in bf16 {bf16 * 1e3:.0f} ms, "
+                   f"fp32 {fp32 * 1e3:.0f} ms")
