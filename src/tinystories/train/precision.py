@@ -49,10 +49,10 @@ def _probe(model: GPT, rows: int, repeats: int) -> tuple[torch.dtype, str]:
         idx = torch.randint(0, model.cfg.vocab_size, (rows, ctx + 1), generator=torch.Generator().manual_seed(0))
         best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
         for i in range(repeats + 1):
-            for dtype in best:
+            for dtype, so_far in best.items():
                 seconds = step_seconds(model, idx, dtype)
                 if i:  # the first round pays for kernel selection
-                    best[dtype] = min(best[dtype], seconds)
+                    best[dtype] = min(so_far, seconds)
     model.zero_grad(set_to_none=True)
     fp32, bf16 = best[torch.float32], best[torch.bfloat16]
     dtype = torch.bfloat16 if bf16 < MARGIN * fp32 else torch.float32

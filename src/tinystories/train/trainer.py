@@ -42,7 +42,6 @@ from tinystories.tokenizer import Tokenizer
 from tinystories.train.batches import TokenBatches
 from tinystories.train.config import TrainConfig, dump_config
 from tinystories.train.metrics import MetricsLog, Trackers
-from tinystories.train.precision import probe_cpu_dtype
 from tinystories.train.optim import (
     load_optimizers,
     lr_factor,
@@ -51,6 +50,7 @@ from tinystories.train.optim import (
     optimizer_tensors,
     set_lr,
 )
+from tinystories.train.precision import probe_cpu_dtype
 from tinystories.utils import (
     atomic_write,
     pick_device,
