@@ -1,5 +1,7 @@
 """GGUF export checked against the real llama.cpp runtime (llama-cpp-python loads our file and
-must tokenize, write and score exactly as we do), plus what the file holds and what it refuses."""
+must tokenize, write and score exactly as we do), plus what the file holds and what it refuses.
+
+llama.cpp runs in a child process (`isolation.in_child`): a crash in it fails one test, named."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from isolation import in_child
 from tinystories.cli import main
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.bpb import evaluate_bpb
@@ -24,9 +27,10 @@ from tinystories.model.loader import load_any
 from tinystories.tokenizer import Tokenizer
 
 needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None,
-                                reason="the gguf package is not installed (pip install -e '.[gguf]')")
+                                reason="the gguf package is not installed: pip install -e '.[gguf]'")
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                     reason="llama_cpp is not importable (pip install -e '.[gguf]' builds it)")
+                                     reason="llama_cpp is not importable: python scripts/install_llama_cpp.py "
+                                     "(llama.cpp for this CPU, without its AMX matmul; docs/llama-cpp.md)")
 PROMPT = "Once upon a time"
 
 
@@ -73,6 +77,37 @@ def llama(path: Path, exact: bool = False, **kw: object) -> Any:  # a llama_cpp.
     return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False, **kw)
 
 
+# What the tests ask of llama.cpp, each run in a child process by `in_child`.
+def llama_tokenize(path: Path, stories: list[str]) -> list[list[int]]:
+    llm = llama(path, vocab_only=True)
+    return [llm.tokenize(s.encode(), add_bos=True, special=False) for s in stories]
+
+
+def llama_greedy(path: Path, prompt: str, eos: int, n: int) -> tuple[list[int], list[int], str]:
+    """The prompt's ids (llama.cpp puts <|endoftext|> in front itself), up to `n` tokens of
+    llama.cpp's greedy sampler, and the text of its greedy completion."""
+    llm = llama(path, exact=True)
+    ids = llm.tokenize(prompt.encode())
+    theirs: list[int] = []
+    for token in llm.generate(ids, temp=0.0, repeat_penalty=1.0):
+        if token == eos or len(theirs) == n:
+            break
+        theirs.append(token)
+    text = llm.create_completion(prompt, max_tokens=n, temperature=0.0, repeat_penalty=1.0)["choices"][0]["text"]
+    return ids, theirs, text
+
+
+def llama_scores(path: Path, rows: list[list[int]], exact: bool) -> list[np.ndarray]:
+    """llama.cpp's logits at every position of each row, each row evaluated from an empty cache."""
+    llm = llama(path, exact=exact, logits_all=True)
+    out = []
+    for ids in rows:
+        llm.reset()
+        llm.eval(ids)
+        out.append(np.asarray(llm.scores[:len(ids)], dtype=np.float64))
+    return out
+
+
 # ---------------------------------------------------------------- the file, without llama.cpp
 def test_refuses_what_llama_cpp_cannot_hold(tokenizer: Tokenizer, tmp_path: Path) -> None:
     cases = [({"arch": "neo"}, "GPT-Neo"), ({"qk_norm": True}, "QK-norm"), ({"mlp": "relu2"}, "relu2 MLP")]
@@ -111,18 +146,34 @@ def test_metadata_and_modelfile(trained: Path) -> None:
     assert f"PARAMETER temperature {api.temperature:g}\nPARAMETER top_k {api.top_k}\n" in modelfile
 
 
+@needs_gguf
+@pytest.mark.parametrize("flags,dtype,warned", [({"avx2", "amx_int8", "amx_tile"}, "q8_0", True),
+                                                ({"avx2", "amx_int8", "amx_tile"}, "f16", False),
+                                                ({"avx2", "avx512f"}, "q8_0", False)])
+def test_q8_0_on_an_amx_cpu_is_warned_of(trained: Path, tmp_path: Path, flags: set[str], dtype: str, warned: bool,
+                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tinystories.cli import models
+
+    monkeypatch.setattr(models, "cpu_model_and_flags", lambda: ("a CPU", flags))
+    assert main(["export-gguf", str(trained), str(tmp_path / "m.gguf"), "--dtype", dtype]) == 0
+    err = capsys.readouterr().err
+    assert ("AMX" in err) == warned
+    if warned:
+        assert err.count("\n") == 1 and "install_llama_cpp.py" in err and "--dtype f16" in err
+
+
 # ---------------------------------------------------------------- the real runtime
 @needs_llama_cpp
+@pytest.mark.slow  # (a child process each, which imports torch and llama.cpp)
 def test_llama_cpp_tokenizes_our_stories_to_our_ids(trained: Path, tokenizer: Tokenizer,
                                                     valid_stories: list[str]) -> None:
-    llm = llama(export(trained, "f32"), vocab_only=True)
     assert any(not s.isascii() for s in valid_stories)  # curly quotes and dashes are among them
     ours = tokenizer.encode_stories(valid_stories)
-    theirs = [llm.tokenize(s.encode(), add_bos=True, special=False) for s in valid_stories]
-    assert theirs == ours
+    assert in_child(llama_tokenize, export(trained, "f32"), valid_stories) == ours
 
 
 @needs_llama_cpp
+@pytest.mark.slow  # (a child process each, which imports torch and llama.cpp)
 @pytest.mark.parametrize("tied", [True, False])
 def test_llama_cpp_writes_our_greedy_story(trained: Path, tokenizer: Tokenizer, tmp_path: Path,
                                            tied: bool) -> None:
@@ -138,44 +189,35 @@ def test_llama_cpp_writes_our_greedy_story(trained: Path, tokenizer: Tokenizer, 
     eos = tokenizer.eos_id
     ids = generate(load_any(folder).model, tokenizer, [tokenizer.encode_story(PROMPT)],
                    SamplingParams(max_new_tokens=60, temperature=0))[0]
-    llm = llama(export(folder, "f32"), exact=True)
-    prompt = llm.tokenize(PROMPT.encode())  # llama.cpp puts <|endoftext|> in front itself
+    prompt, theirs, text = in_child(llama_greedy, export(folder, "f32"), PROMPT, eos, 60)
     assert prompt == tokenizer.encode_story(PROMPT)
-    theirs: list[int] = []
-    for token in llm.generate(prompt, temp=0.0, repeat_penalty=1.0):  # llama.cpp's greedy sampler
-        if token == eos or len(theirs) == 60:
-            break
-        theirs.append(token)
     assert theirs == ids
     assert tied or len(set(ids)) >= 20  # the trained model's greedy story may loop on two tokens
-    text = llm.create_completion(PROMPT, max_tokens=60, temperature=0.0, repeat_penalty=1.0)["choices"][0]["text"]
     assert text == tokenizer.decode(ids).replace("\ufffd", "")  # llama-cpp-python drops broken UTF-8
 
 
 @needs_llama_cpp
+@pytest.mark.slow  # (a child process each, which imports torch and llama.cpp)
 def test_llama_cpp_logits_match_ours_at_f32(trained: Path, tokenizer: Tokenizer, valid_stories: list[str]) -> None:
     ids = tokenizer.encode_story(valid_stories[0])[:256]
     with torch.no_grad():
         ours = load_any(trained).model(torch.tensor([ids]))[0][0].numpy()
-    llm = llama(export(trained, "f32"), exact=True, logits_all=True)
-    llm.eval(ids)
-    theirs = np.asarray(llm.scores[:len(ids)])
+    theirs = in_child(llama_scores, export(trained, "f32"), [ids], True)[0]
     assert np.abs(theirs - ours).max() < 1e-4 * np.abs(ours).max()
 
 
 @needs_llama_cpp
+@pytest.mark.slow  # (a child process each, which imports torch and llama.cpp)
 def test_llama_cpp_q8_0_scores_within_one_percent(trained: Path, tokenizer: Tokenizer,
                                                   valid_stories: list[str]) -> None:
-    """Bits per byte through llama.cpp's own logits at q8_0, against ours (float32) on the same stories."""
+    """Bits per byte through llama.cpp's own logits at q8_0, against ours (float32) on the same
+    stories; whole stories in one batch each (llama.cpp's AMX int8 matmul segfaulted right there)."""
     model = load_any(trained).model
     stories = [s for s in valid_stories if len(tokenizer.encode(s)) + 2 <= 256][:24]
     ours = evaluate_bpb(model, tokenizer, stories, progress=False)
-    llm = llama(export(trained, "q8_0"), logits_all=True)
+    rows = tokenizer.encode_stories(stories, end=True)
     nll = 0.0
-    for ids in tokenizer.encode_stories(stories, end=True):
-        llm.reset()
-        llm.eval(ids[:-1])
-        logits = np.asarray(llm.scores[:len(ids) - 1], dtype=np.float64)
+    for ids, logits in zip(rows, in_child(llama_scores, export(trained, "q8_0"), [r[:-1] for r in rows], False)):
         logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
         nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
     theirs = nll / ours.bytes / math.log(2)

@@ -106,6 +106,25 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_model_and_flags(cpuinfo: str | None = None) -> tuple[str, set[str]]:
+    """The first CPU's model name and feature flags (`avx2`, `avx512_bf16`, `amx_int8`, ...), read
+    from `cpuinfo` (the text of /proc/cpuinfo; by default that file). Empty where it says nothing."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    name, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+            name = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    return name, flags
+
+
 def describe_cpu() -> str:
     """This CPU in the terms its speed depends on: model, vector ISA torch uses, bf16 support.
 
@@ -114,15 +133,8 @@ def describe_cpu() -> str:
     """
     import torch
 
-    name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+    name, flags = cpu_model_and_flags()
+    name = name or platform.processor() or platform.machine()
     isa = torch.backends.cpu.get_cpu_capability()
     if "amx_tile" in flags:
         isa += "+AMX"

@@ -4,11 +4,13 @@ models to and from `transformers`, llama2.c and llama.cpp."""
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
 from tinystories.cli.options import add_config_flags, add_field, build_from_args
 from tinystories.config import Config, setting
+from tinystories.utils import cpu_model_and_flags
 
 
 def setup_presets(p: argparse.ArgumentParser) -> None:
@@ -148,7 +150,13 @@ def run_export_gguf(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({cfg.dtype}, {out.stat().st_size / 1e6:.1f} MB) and {modelfile}\n"
           f"  llama.cpp: llama-completion -m {out} -no-cnv -p 'Once upon a time' -n 200\n"
           f"  Ollama:    ollama create {out.stem} -f {modelfile}")
+    if cfg.dtype == "q8_0" and "amx_int8" in cpu_model_and_flags()[1]:
+        print(AMX_WARNING, file=sys.stderr)
     return 0
+
+
+AMX_WARNING = ("warning: this CPU has AMX, and llama.cpp built for it segfaults on q8_0 prompts (llama.cpp#20824): "
+               "build it without AMX (python scripts/install_llama_cpp.py, docs/llama-cpp.md) or export --dtype f16")
 
 
 SETUP = {"presets": setup_presets, "export-hf": setup_export, "import-hf": setup_import,
