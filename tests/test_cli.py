@@ -39,6 +39,7 @@ def test_every_command_has_help() -> None:
         assert "Example" in text, name
 
 
+@pytest.mark.slow
 def test_presets_table_lists_the_zoo() -> None:
     out = tinystories("presets").stdout
     for name in ("1M", "3M", "8M", "28M", "33M", "21M-1L", "15M-llama2c"):
@@ -46,6 +47,7 @@ def test_presets_table_lists_the_zoo() -> None:
     assert "15.19M" in out
 
 
+@pytest.mark.slow
 def test_pipeline_from_the_command_line(tmp_path: Path) -> None:
     corpus = tmp_path / "stories.jsonl"
     stories = [json.loads(line)["text"] for line in
@@ -84,6 +86,7 @@ def test_pipeline_from_the_command_line(tmp_path: Path) -> None:
     (["train", "--preset", "huge"], "unknown model preset 'huge'"),
     (["corpus", "missing.jsonl"], "corpus not found: missing.jsonl"),
 ])
+@pytest.mark.slow
 def test_user_errors_are_one_clear_line(tmp_path: Path, args: list[str], needle: str) -> None:
     p = tinystories(*args, cwd=tmp_path)
     assert p.returncode == 2
@@ -91,6 +94,7 @@ def test_user_errors_are_one_clear_line(tmp_path: Path, args: list[str], needle:
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_run_folders_and_model_names(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A run folder works wherever a model folder does, and models are named after their runs."""
     from tinystories.infer.server import load_models
@@ -105,6 +109,7 @@ def test_run_folders_and_model_names(tiny_model_dir: Path, tmp_path: Path) -> No
     assert p.returncode == 0 and "# demo:" in (tmp_path / "hf" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_version_and_a_closed_pipe() -> None:
     p = tinystories("--version")
     assert p.returncode == 0 and p.stdout.startswith("tinystories ")
@@ -113,6 +118,7 @@ def test_version_and_a_closed_pipe() -> None:
     assert p.stdout.startswith("preset") and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_whole_pipeline_with_the_recipe(tmp_path: Path) -> None:
     """README's main job, shortened to seconds: data, the default recipe, the exact score, stories."""
     p = tinystories("demo", "--minutes", "0.05", "--out", str(tmp_path / "demo"), "--threads", "1", timeout=600)

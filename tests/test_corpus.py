@@ -41,7 +41,7 @@ def test_every_file_form_reads_the_same_stories(tmp_path: Path) -> None:
 
 
 def test_datasets_folder_and_parquet(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets", reason="needs datasets: pip install -e '.[dev]'")
     ds = datasets.Dataset.from_dict({"text": ["A cat sat.", "A dog ran."]})
     ds.save_to_disk(str(tmp_path / "saved"))
     ds.to_parquet(str(tmp_path / "rows.parquet"))

@@ -1,8 +1,10 @@
 """The documentation's shell examples: every `tinystories ...` line parses with today's CLI, and
-the blocks marked ```bash test run as written in an empty folder."""
+the blocks marked ```bash test run as written in an empty folder (```bash test EXTRA: a block that
+needs an optional extra, skipped with the line that installs it where that is missing)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -16,11 +18,17 @@ from tinystories.cli import build_parser
 
 ROOT = Path(__file__).parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"```bash( test)?\n(.*?)```", re.DOTALL)
+BLOCK = re.compile(r"```bash( test(?: (\w+))?)?\n(.*?)```", re.DOTALL)
+EXTRAS = {"interp": ("sae_lens", "transformer_lens")}  # an extra's modules, as pyproject.toml installs them
 
 
 def blocks() -> list[tuple[Path, bool, str]]:
-    return [(path, bool(m.group(1)), m.group(2)) for path in DOCS for m in BLOCK.finditer(path.read_text())]
+    return [(path, bool(m.group(1)), m.group(3)) for path in DOCS for m in BLOCK.finditer(path.read_text())]
+
+
+def tested_blocks() -> list[tuple[str | None, str]]:
+    """Each tested block's extra (None: the core install's) and script."""
+    return [(m.group(2), m.group(3)) for path in DOCS for m in BLOCK.finditer(path.read_text()) if m.group(1)]
 
 
 def commands(script: str) -> list[list[str]]:
@@ -49,8 +57,16 @@ def test_every_documented_command_parses(argv: list[str]) -> None:
     assert callable(args.func)
 
 
-@pytest.mark.parametrize("script", [s for _, tested, s in blocks() if tested])
-def test_tested_blocks_run_as_written(script: str, tmp_path: Path) -> None:
+def test_every_extra_a_block_names_is_known() -> None:
+    assert {extra for extra, _ in tested_blocks() if extra} <= set(EXTRAS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,script", tested_blocks())
+def test_tested_blocks_run_as_written(extra: str | None, script: str, tmp_path: Path) -> None:
+    missing = [m for m in EXTRAS.get(extra or "", ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs the {extra} extra ({', '.join(missing)} missing): pip install -e '.[{extra}]'")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     p = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600, check=False)

@@ -156,17 +156,16 @@ def in_lockstep(m: GPT, fast: DecodeStep, tokens: torch.Tensor,
 VOCABS = {"vocab-5": {"arch": "modern", "vocab_size": 5}, "vocab-50": {"arch": "neo", "vocab_size": 50}}
 
 
-@pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
-@pytest.mark.parametrize("arch,batch", [*((a, 1) for a in ARCHS), ("big", 1), ("big", 3), ("big", 15), ("neo", 19),
+@pytest.mark.parametrize("arch,batch", [*((a, 1) for a in ARCHS), ("big", 1), ("big", 3), ("big", 15),
                                         ("vocab-5", 2), ("vocab-50", 3)])
-def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int, in_c: bool, monkeypatch: pytest.MonkeyPatch
-                                         ) -> None:
-    """`DecodeStep.argmax` (no logits: in C, float32 logits only for the tokens a bfloat16 copy of
-    the output layer cannot rule out) gives the token `step` gives, at every step; 19 rows: all
-    the logits, by outer products. (`STREAMED` 0: the copy at 3 and 15 rows too.)"""
+def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`DecodeStep.argmax` in C (no logits: float32 logits only for the tokens a bfloat16 copy of
+    the output layer cannot rule out) gives the token `step` gives, at every step. (`STREAMED` 0:
+    the copy at 3 and 15 rows too. The PyTorch step, and C from 16 rows, compute every logit:
+    there `argmax` is `step`, with nothing apart to test.)"""
     monkeypatch.setattr(gpt, "STREAMED", 0)
     m = model(**{**ARCHS, **VOCABS}.get(arch, BIG))
-    fast = step_of(m, in_c)
+    fast = step_of(m, True)
     g = torch.Generator().manual_seed(2)
     full, alone = in_lockstep(m, fast, torch.randint(0, m.cfg.vocab_size, (batch,), generator=g),
                               lambda best: torch.where(torch.arange(batch) % 2 == 0, best,
@@ -360,6 +359,7 @@ def test_a_c_file_that_does_not_build_says_why_and_generation_goes_on(monkeypatc
         sampler.library.cache_clear()
 
 
+@pytest.mark.slow
 def test_loading_the_c_files_leaves_the_processes_arithmetic_alone() -> None:
     """A library linked with -Ofast by GCC 12 set the whole process to flush denormal numbers to
     zero when it loaded (`cbuild`'s doc): PyTorch's own results changed once something sampled.

@@ -113,6 +113,7 @@ def test_resume_refuses_other_settings(server, tmp_path):
         generate(make_config(server.url, tmp_path, n=3, seed=2))
 
 
+@pytest.mark.slow
 def test_kill_and_restart_loses_and_duplicates_nothing(tmp_path):
     slow = ServerProcess(delay=0.02, fault_rate=0.2, faults=["429", "500", "truncated"], api_key=KEY)
     out, n = tmp_path / "run", 300

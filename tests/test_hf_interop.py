@@ -17,7 +17,7 @@ from tinystories.model.hf import export_hf, load_hf_model
 from tinystories.model.loader import load_any
 from tinystories.tokenizer import Tokenizer
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="needs transformers: pip install -e '.[dev]'")
 SEQ = 40  # longer than the local window below, so local attention really bites
 
 

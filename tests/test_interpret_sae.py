@@ -21,8 +21,8 @@ from tinystories.model.hf import export_hf
 from tinystories.model.loader import load_any
 from tinystories.tokenizer import Tokenizer
 
-pytest.importorskip("transformer_lens", reason="needs the interp extra: pip install 'tinystories[interp]'")
-sae_lens = pytest.importorskip("sae_lens", reason="needs the interp extra: pip install 'tinystories[interp]'")
+pytest.importorskip("transformer_lens", reason="needs the interp extra: pip install -e '.[interp]'")
+sae_lens = pytest.importorskip("sae_lens", reason="needs the interp extra: pip install -e '.[interp]'")
 
 from tinystories.interpret.steering import steered, steering_direction
 from tinystories.interpret.transformer_lens import SAME_TENSOR, tl_hook_name, to_transformer_lens

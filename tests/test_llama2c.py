@@ -51,7 +51,9 @@ def test_refuses_what_run_c_cannot_run(tokenizer: Tokenizer, tmp_path: Path) -> 
             export_llama2c(model(tokenizer, **kw), tmp_path / "m.bin", tokenizer.eos_id)
 
 
-@pytest.mark.skipif(not RUN_C.exists() or not shutil.which("gcc"), reason="needs ../shared/peers/llama2c and gcc")
+@pytest.mark.skipif(not RUN_C.exists() or not shutil.which("gcc"),
+                    reason="needs llama2.c's run.c in ../shared/peers/llama2c (the project's shared folder "
+                           "beside this checkout) and gcc (apt-get install gcc)")
 def test_run_c_writes_our_greedy_story(tokenizer: Tokenizer, tmp_path: Path) -> None:
     m = model(tokenizer)
     folder = save_model(tmp_path / "model", m, tokenizer)

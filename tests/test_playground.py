@@ -15,10 +15,10 @@ from tinystories.infer.params import STEER_ALPHA, preset
 from tinystories.infer.server import create_app, load_models, running
 from tinystories.interpret import attention_api
 
-webdriver = pytest.importorskip("selenium.webdriver")
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install -e '.[dev]'")
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver packages")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")]
 WIDTH, HEIGHT = 1280, 900
 
 

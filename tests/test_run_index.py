@@ -132,7 +132,7 @@ def test_finished_rerun_asks_nothing_and_the_index_matches_a_rebuild(server, tmp
     assert server.stats()["requests"] == asked + 1  # this stats call is the only request since
 
     # --parquet streams the shards in row groups: the same records, in order.
-    pq = pytest.importorskip("pyarrow.parquet")
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs pyarrow: pip install -e '.[dev]'")
     write_parquet(tmp_path, batch_size=7)
     accepted, _ = records(tmp_path)
     assert pq.read_table(tmp_path / "data.parquet").to_pylist() == accepted

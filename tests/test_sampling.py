@@ -254,12 +254,17 @@ def test_sampler_draws_what_the_reference_draws(sampler_path: str, scale: float)
             continue
         u = torch.tensor([new_generator(p).random()])
         assert got[i] == draw(reference_probs(logits[i:i + 1], [p]), u)[0], (i, p)
-    # The engine hands over what it has: log-probabilities (reused at temperature 1) and each
-    # row's most likely token (the decode step's). The draws stay the same.
+    # The engine hands over what it has: each row's most likely token (the decode step's), taken
+    # for greedy rows; and log-probabilities, which the PyTorch path reuses at temperature 1 (C
+    # draws from the logits). The draws stay the same.
     ones = [p if p.greedy else dataclasses.replace(p, temperature=1.0) for p in params]
     plain = sample(logits, ones, [new_generator(p) for p in ones])
-    given = sample(logits, ones, [new_generator(p) for p in ones], logits.log_softmax(-1), logits.argmax(-1))
+    logprobs = logits.log_softmax(-1) if sampler_path == "PyTorch" else None
+    given = sample(logits, ones, [new_generator(p) for p in ones], logprobs, logits.argmax(-1))
     assert given.tolist() == plain.tolist()
+    if sampler_path == "PyTorch":  # and they are read: log-probabilities of other logits draw other tokens
+        other = sample(logits, ones, [new_generator(p) for p in ones], logits.flip(-1).log_softmax(-1))
+        assert other.tolist() != plain.tolist()
 
 
 @pytest.mark.parametrize("cfg", [SamplingParams(seed=0), SamplingParams(top_p=0.9, seed=0),

@@ -122,6 +122,7 @@ def random_bodies(model: str, n: int, seed: int) -> Iterator[tuple[str, bytes | 
         yield rng.choice(["/v1/completions", "/v1/chat/completions"]), body
 
 
+@pytest.mark.slow
 def test_fuzz_every_bad_request_is_a_4xx_and_the_server_still_serves(served: Served) -> None:
     for path, body in probes(served.model):
         assert_client_error(post(served, path, body), (path, str(body)[:80]))

@@ -171,6 +171,7 @@ def test_vocab_too_small_for_tokenizer(data_dir: Path, tmp_path: Path) -> None:
         Trainer(cfg)
 
 
+@pytest.mark.slow
 def test_ddp_with_torchrun_on_two_cpu_processes(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -236,6 +237,7 @@ def test_validation_stories_in_the_training_set_are_flagged(tmp_path: Path) -> N
     assert any("500 validation stories also appear in the training data" in line for line in trainer.summary())
 
 
+@pytest.mark.slow
 def test_tensorboard_and_wandb_offline(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

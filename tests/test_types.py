@@ -11,8 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_mypy_passes() -> None:
-    pytest.importorskip("mypy")
+    pytest.importorskip("mypy", reason="needs mypy: pip install -e '.[dev]'")
     # Run from the repository root so mypy reads [tool.mypy] (files = src/tinystories) and keeps its
     # cache in ./.mypy_cache (git-ignored): about 25 s cold on 2 cores (AMD EPYC, AVX2), under a
     # second warm.
