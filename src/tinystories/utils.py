@@ -106,14 +106,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_model_and_flags(cpuinfo: str | None = None) -> tuple[str, set[str]]:
-    """The first CPU's model name and feature flags (`avx2`, `avx512_bf16`, `amx_int8`, ...), read
-    from `cpuinfo` (the text of /proc/cpuinfo; by default that file). Empty where it says nothing."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The first CPU's model name and feature flags (`avx2`, `avx512_bf16`, `amx_int8`, ...) from
+    /proc/cpuinfo; empty where there is none (not Linux)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
     name, flags = "", set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
