@@ -457,7 +457,8 @@ class GPT(nn.Module):
 
     def decode_step(self) -> DecodeStep | None:
         """This model's decode step (made once, remade when its weights change), or None when only
-        `forward` computes what the model would: in training mode, or with hooks on this thread."""
+        `forward` computes what the model would: in training mode, or with hooks on this thread.
+        One step serves every thread; what a call writes besides the cache is its thread's own."""
         if self.training or self.listened():
             return None
         # in-place changes bump _version; .to(), .double() and load_state_dict(assign=True) move the data
