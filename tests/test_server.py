@@ -165,6 +165,24 @@ def test_bad_requests(server: tuple[str, object], body: bytes, status: int, need
     assert needle in err["message"] and err["type"] in ("invalid_request_error",)
 
 
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"temperature": 9}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": -1}, "top_k"),
+    ({"seed": 2**64}, "seed"), ({"steer": [{"hook": "blocks.0.hook_resid_post", "vector": [1.0] * 5}]}, "steer"),
+    ({"steer": [{"hook": "blocks.0.attn.hook_z", "vector": [1.0] * 32}]}, "steer"),
+])
+def test_a_refused_field_is_named_as_the_request_names_it(server: tuple[str, object], extra: dict,
+                                                          param: str) -> None:
+    """Fields `SamplingParams` and `Engine.submit` refuse, streamed or not: a 400 before any
+    event, its param the request's own field name, from the error's field."""
+    for stream in (False, True):
+        r = httpx.post(server[0] + "/v1/completions",
+                       json={"model": MODEL, "prompt": "Hi", "max_tokens": 5, "stream": stream, **extra})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert (err["param"], err["code"], err["type"]) == (param, "invalid_value", "invalid_request_error")
+        assert "sampling." not in err["message"]
+
+
 def test_openai_client_sees_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.completions.create(model="nope", prompt="Hi")
