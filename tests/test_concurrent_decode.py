@@ -13,6 +13,7 @@ from tinystories.infer import sampler
 from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
 from tinystories.model import native
+from tinystories.model.decode import decode_step
 from tinystories.model.gpt import GPT, GPTConfig
 
 # Large enough that a decode step spends most of its time in the C step, which runs without the
@@ -66,7 +67,7 @@ def together(model: GPT) -> list[object]:
 def test_two_engines_in_two_threads_write_what_each_writes_alone(decode_path: str) -> None:
     torch.manual_seed(0)
     model = GPT(CFG).eval()
-    step = model.decode_step()
+    step = decode_step(model)
     assert step is not None and (step.native is not None) == (decode_path == "C")
     alone = [generate(model, TokenIds(0), prompts, params) for prompts, params in JOBS]
     assert alone[0] != alone[1]

@@ -42,7 +42,8 @@ from tinystories.infer.runner import Runner
 from tinystories.infer.sampler import sample
 from tinystories.infer.scheduler import Scheduler
 from tinystories.infer.sequence import Event, Sequence
-from tinystories.model.gpt import GPT, addable
+from tinystories.model.decode import addable
+from tinystories.model.gpt import GPT
 from tinystories.utils import inference
 
 __all__ = ["Engine", "Event", "Sequence", "check_adds", "check_prompt"]
@@ -218,7 +219,7 @@ def check_adds(model: GPT, adds: Mapping[str, torch.Tensor]) -> None:
     """Raise `SteeringError` unless each addition is a vector as wide as its hook point's last
     dimension: the residual stream's points (``hook_embed``, ``blocks.L.hook_resid_post``, ...;
     d_model wide) and the MLP's neurons (``blocks.L.mlp.hook_post``; ffn wide), the points the
-    decode step adds at (`gpt.addable`)."""
+    decode step adds at (`decode.addable`)."""
     points = model.hook_points()
     for name, vec in adds.items():
         if name not in points:

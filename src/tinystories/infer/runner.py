@@ -1,6 +1,6 @@
 """Runs the model for the engine: a prefill of new prompts, and a decode step of the batch.
 
-The decode step is the model's own (`GPT.decode_step`, derived from `model/gpt.py` and pinned
+The decode step is the model's own (`decode.decode_step`, derived from `model/gpt.py` and pinned
 to `forward` by the tests), unless this thread has hooks on the model (an intervention being
 sampled with, `interpret.hooks.patched`) or the model is training: then `forward` runs, so the
 hooks see and change what is generated. Hooks of other threads (the playground's attention
@@ -23,7 +23,7 @@ step, longer ones one batched `forward`; with hooks on this thread (or additions
 make) every prompt goes through that `forward`, so the hooks see it.
 
 Per-row additions at hook points (steering, `Sequence.adds`: the residual stream's points and
-the MLP's neurons, `gpt.addable`, the only ones `Engine.submit` lets in) stay on the fast step, so
+the MLP's neurons, `decode.addable`, the only ones `Engine.submit` lets in) stay on the fast step, so
 one steered request never takes the batch off it; in a `forward` prefill they run as hooks
 that add the row's vector.
 """
@@ -38,7 +38,8 @@ import torch
 from tinystories.infer.cache_manager import repeat_rows
 from tinystories.infer.sampling import left_pad
 from tinystories.infer.sequence import Sequence
-from tinystories.model.gpt import GPT, DecodeStep, KVCache, addable
+from tinystories.model.decode import DecodeStep, addable, decode_step
+from tinystories.model.gpt import GPT, KVCache
 
 Adds = Mapping[str, torch.Tensor]  # hook point -> [B, width] one vector per batch row (zeros: none)
 
@@ -78,7 +79,7 @@ class Runner:
         as `Engine.submit` let them in: 1 to context tokens, each in the vocabulary (the C step
         indexes the embedding table unchecked)."""
         idx, pad = left_pad([s.prompt for s in seqs], pad_id, self.device)
-        self.step = self.model.decode_step()  # looked up once per admission, not at every step
+        self.step = decode_step(self.model)  # looked up once per admission, not at every step
         adds = batch_adds(list(seqs), self.device, self.dtype)
         step = self._step_for(adds)
         if step is None or (step.native is None and idx.shape[1] > 1):

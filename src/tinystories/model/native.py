@@ -1,6 +1,6 @@
 """The decode step in C (`decode_step.c`), built once per machine by `cbuild` (shared ground).
 
-`DecodeStep` (model/gpt.py) runs it for float32 models on the CPU when it could be built, and
+`DecodeStep` (model/decode.py) runs it for float32 models on the CPU when it could be built, and
 runs its PyTorch operations otherwise; both are pinned to `GPT.forward` by the tests. Why C:
 a decode step at the 15M shape is ~60 MB of weights read once and a few hundred small
 operations, and each PyTorch operation costs microseconds of dispatch, which at one row was
@@ -169,7 +169,7 @@ class NativeStep:
     copied: a step reads one row of it per token, and the model's own table serves (with tied
     embeddings the output layer's panels are the copy). The output layer also goes in bfloat16
     (`interleaved`, with its `rounding_radius`), for steps that want only the most likely token
-    (`DecodeStep.argmax`): 18 MB more at the 15M shape. `GPT.decode_step` makes a new step when
+    (`DecodeStep.argmax`): 18 MB more at the 15M shape. `decode.decode_step` makes a new step when
     the model's weights change.
 
     One step serves every thread that decodes the model (two engines, a server and a script), so
@@ -235,7 +235,7 @@ class NativeStep:
              head: bool = True, at: torch.Tensor | None = None, out: torch.Tensor | None = None
              ) -> torch.Tensor | None:
         """decode_step.c's step; `adds`: None, or [B, width] additions (None = none) in its order:
-        hook_embed, then each block's `gpt.ADDABLE` points. `head=False`: no logits; with `best`
+        hook_embed, then each block's `decode.ADDABLE` points. `head=False`: no logits; with `best`
         only each row's most likely token (`argmax_pruned`), else no output layer. A prefill
         (`DecodeStep.prefill`): `at` [B, 2], each row's cache row and slot (else row b is cache row
         b at `slot`), and `out`, the rows whose logits are wanted (else all)."""
