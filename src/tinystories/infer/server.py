@@ -275,9 +275,11 @@ def submit_rows(s: Served, j: Job, mailbox: Mailbox) -> Rows:
             def emit(ev: Event, i: int = i) -> None:
                 post(queue, (i, ev))
             rows.append(s.engine.submit(j.prompts[i // j.n], params, emit, job, j.adds, j.logprobs))
-    except FieldError as exc:
+    except Exception as exc:
         cancel(rows)
-        raise openai_api.bad_field(exc) from exc
+        if isinstance(exc, FieldError):
+            raise openai_api.bad_field(exc) from exc
+        raise
     return queue, rows
 
 
