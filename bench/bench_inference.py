@@ -146,17 +146,17 @@ def spread(values: list[float]) -> str:
 
 def pytorch_step_tok_s(model: GPT, params: SamplingParams) -> float:
     """`ours_tok_s` with the decode step as PyTorch operations (the C step turned off meanwhile)."""
-    from tinystories.model import gpt, native
+    from tinystories.model import decode, native
 
     os.environ["TINYSTORIES_NATIVE"] = "0"
     native.library.cache_clear()
-    gpt._DECODE_STEPS.pop(model, None)
+    decode._DECODE_STEPS.pop(model, None)
     try:
         return ours_tok_s(model, [[1]], params, after_first=True)
     finally:
         del os.environ["TINYSTORIES_NATIVE"]
         native.library.cache_clear()
-        gpt._DECODE_STEPS.pop(model, None)
+        decode._DECODE_STEPS.pop(model, None)
 
 
 def peer_safe_model(shape: GPTConfig) -> GPT:

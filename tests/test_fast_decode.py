@@ -1,4 +1,4 @@
-"""The decode step (`GPT.decode_step`) against its reference, `GPT.forward` with a KV cache."""
+"""The decode step (`decode.decode_step`) against its reference, `GPT.forward` with a KV cache."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from tinystories.infer.offline import TokenIds, generate
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampling import generate_reference
 from tinystories.interpret.hooks import ablate_heads, patched
-from tinystories.model import gpt, native
-from tinystories.model.gpt import GPT, DecodeStep, GPTConfig, KVCache, addable
+from tinystories.model import decode, native
+from tinystories.model.decode import DecodeStep, addable, decode_step
+from tinystories.model.gpt import GPT, GPTConfig, KVCache
+
+gpt = decode  # (`test_argmax_alone_is_the_steps_argmax` sets `gpt.STREAMED`, now the decode step's)
 
 ARCHS = {"neo": {"arch": "neo"}, "neo-local": {"arch": "neo", "local_window": 5}, "modern": {"arch": "modern"},
          "modern-relu2-qknorm-untied": {"arch": "modern", "mlp": "relu2", "qk_norm": True, "tie_embeddings": False},
@@ -79,7 +82,7 @@ def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: i
     with additions, prompts of 1 to 23 positions (past the local window; 16 rows and more take the
     outer products), and the logits to `forward`'s at 1e-5. rows 7: the 70 positions in calls of
     7, a prompt's split between calls, some calls with no prompt's last position."""
-    monkeypatch.setattr(gpt, "PREFILL_ROWS", rows)
+    monkeypatch.setattr(decode, "PREFILL_ROWS", rows)
     m = model(**ARCHS.get(arch, BIG))
     fast = step_of(m, True)
     g = torch.Generator().manual_seed(3)
@@ -194,7 +197,7 @@ def test_argmax_alone_separates_what_bfloat16_cannot(monkeypatch: pytest.MonkeyP
     row 40 is the larger by less than half a step, which bfloat16 drops. So where the input is
     positive at both, float32 can choose row 40 where the bfloat16 copy would choose row 10 (the
     test checks that happens). Row 25 equals row 10 and is never chosen. 15 rows, with the copy."""
-    monkeypatch.setattr(gpt, "STREAMED", 0)
+    monkeypatch.setattr(decode, "STREAMED", 0)
     m = crafted_head()
     rounded = copy.deepcopy(m)
     with torch.no_grad():
@@ -222,7 +225,7 @@ def test_argmax_alone_holds_at_any_scale(where: str, monkeypatch: pytest.MonkeyP
     flushing those to zero (as `torch.set_flush_denormal` makes it): the radius still bounds the
     bfloat16 logits (`crafted_head`: where they order rows the other way). And a row with
     infinite values, or logits that overflow: all its logits, as `step`'s. 17 rows: all logits."""
-    monkeypatch.setattr(gpt, "STREAMED", 0)
+    monkeypatch.setattr(decode, "STREAMED", 0)
     m = crafted_head()
     with torch.no_grad():
         if where == "head":
@@ -263,7 +266,7 @@ def test_the_bfloat16_radius_bounds_the_logits_it_approximates() -> None:
 def test_a_bfloat16_model_decodes_as_its_forward_pass(arch: str) -> None:
     """The step's PyTorch form in the model's own dtype (the C form is float32 only)."""
     m = model(**ARCHS[arch]).to(torch.bfloat16)
-    fast = m.decode_step()
+    fast = decode_step(m)
     assert fast is not None and fast.native is None
     ref, mine = m.new_cache(2, 40), m.new_cache(2, 40)
     token = torch.tensor([3, 7])
@@ -317,13 +320,13 @@ def test_generation_is_token_for_token_the_same(arch: str, params: SamplingParam
     fast = generate(m, TokenIds(0), prompts, params)
     assert fast == generate_reference(m, prompts, params, eos_id=0)  # one row at a time, no cache
     with m.hooked({"hook_final": lambda x: None}):  # a listener on this thread: the plain forward pass
-        assert m.decode_step() is None
+        assert decode_step(m) is None
         assert fast == generate(m, TokenIds(0), prompts, params)
     monkeypatch.setenv("TINYSTORIES_NATIVE", "0")  # the step as PyTorch operations
     native.library.cache_clear()
     try:
         m.lm_head.weight.data = m.lm_head.weight.data.clone()  # new weights: the step is made anew
-        assert m.decode_step().native is None  # type: ignore[union-attr]
+        assert decode_step(m).native is None  # type: ignore[union-attr]
         assert fast == generate(m, TokenIds(0), prompts, params)
     finally:
         native.library.cache_clear()
@@ -352,7 +355,7 @@ def test_a_c_file_that_does_not_build_says_why_and_generation_goes_on(monkeypatc
         assert len(said) == 2 and "decode_step.c" in said[0] and "sampler.c" in said[1]  # each said once
         assert all("PyTorch form runs instead" in line and "no-such-cpu" in line for line in said)
         m.lm_head.weight.data = m.lm_head.weight.data.clone()  # new weights: the step is made anew
-        assert m.decode_step().native is None  # type: ignore[union-attr]
+        assert decode_step(m).native is None  # type: ignore[union-attr]
         assert generate(m, TokenIds(0), [[0, 5]], params) == in_c
     finally:
         native.library.cache_clear()
@@ -376,24 +379,24 @@ def test_loading_the_c_files_leaves_the_processes_arithmetic_alone() -> None:
 
 def test_the_step_is_per_thread_and_follows_the_weights() -> None:
     m = model()
-    assert m.decode_step() is not None
+    assert decode_step(m) is not None
     with patched(m, ablate_heads([(0, 1)])):
-        assert m.decode_step() is None  # this thread's patch must change what it generates
+        assert decode_step(m) is None  # this thread's patch must change what it generates
         seen: list[object] = []
-        other = threading.Thread(target=lambda: seen.append(m.decode_step()))
+        other = threading.Thread(target=lambda: seen.append(decode_step(m)))
         other.start()
         other.join()
         assert seen[0] is not None  # another thread's listener does not slow anyone else down
     m.train()
-    assert m.decode_step() is None
+    assert decode_step(m) is None
     m.eval()
-    first = m.decode_step()
+    first = decode_step(m)
     with torch.no_grad():
         m.lm_head.weight.add_(1.0)  # new weights: a new step, not stale copies
-    assert m.decode_step() is not first
-    second = m.decode_step()
+    assert decode_step(m) is not first
+    second = decode_step(m)
     m.double()  # new storage, same versions
-    third = m.decode_step()
+    third = decode_step(m)
     assert third is not second and third is not None and third.head.dtype == torch.float64
 
 
@@ -402,7 +405,7 @@ def test_the_step_cache_lets_models_go() -> None:
     import weakref
 
     m = model()
-    assert m.decode_step() is not None
+    assert decode_step(m) is not None
     gone = weakref.ref(m)
     del m
     gc.collect()

@@ -114,7 +114,7 @@ def test_bad_steering_is_a_clear_400(served: tuple, steer: object, needle: str) 
     url, name, *_ = served
     r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": "Tom", "max_tokens": 5, "steer": steer})
     assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
-    assert r.json()["error"]["param"] in ("steer", "alpha")
+    assert r.json()["error"]["param"] == ("alpha" if "alpha" in needle else "steer")
 
 
 def test_sample_steers_with_a_saved_direction(served: tuple, tiny_model_dir: Path, tmp_path: Path,
@@ -134,3 +134,7 @@ def test_sample_steers_with_a_saved_direction(served: tuple, tiny_model_dir: Pat
     assert capsys.readouterr().out.rstrip("\n") != steered
     assert main([*args, "--steer", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+    save_direction(tmp_path / "narrow.pt", hook, vector[:5])  # the engine refuses it: one line, nothing echoed
+    assert main([*args, "--steer", str(tmp_path / "narrow.pt")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--steer: the vector for" in err and "it needs [32]" in err and "Traceback" not in err

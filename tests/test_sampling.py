@@ -21,7 +21,8 @@ from tinystories.infer.sampler import (
 from tinystories.infer.sampling import generate_reference
 from tinystories.infer.sequence import Sequence
 from tinystories.model import native
-from tinystories.model.gpt import GPT, DecodeStep, GPTConfig
+from tinystories.model.decode import DecodeStep
+from tinystories.model.gpt import GPT, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
 LONG = [0, *range(1, 21)]  # 21 positions: 16 rows or more take the C step's other products

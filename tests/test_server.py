@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -14,10 +15,11 @@ import pytest
 import torch
 
 from tinystories.cli import main
+from tinystories.infer.engine import Engine
 from tinystories.infer.offline import generate
-from tinystories.infer.openai_api import chat_prompt
+from tinystories.infer.openai_api import ApiError, Job, chat_prompt
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.server import create_app, load_models, running
+from tinystories.infer.server import Mailbox, Served, create_app, load_models, running, submit_rows
 from tinystories.interpret import attention_api
 from tinystories.model.checkpoint import LoadedModel
 
@@ -163,6 +165,44 @@ def test_bad_requests(server: tuple[str, object], body: bytes, status: int, need
     assert r.status_code == status
     err = r.json()["error"]
     assert needle in err["message"] and err["type"] in ("invalid_request_error",)
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"temperature": 9}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": -1}, "top_k"),
+    ({"seed": 2**64}, "seed"), ({"steer": [{"hook": "blocks.0.hook_resid_post", "vector": [1.0] * 5}]}, "steer"),
+    ({"steer": [{"hook": "blocks.0.attn.hook_z", "vector": [1.0] * 32}]}, "steer"),
+])
+def test_a_refused_field_is_named_as_the_request_names_it(server: tuple[str, object], extra: dict,
+                                                          param: str) -> None:
+    """Fields `SamplingParams` and `Engine.submit` refuse, streamed or not: a 400 before any
+    event, its param the request's own field name, from the error's field."""
+    for stream in (False, True):
+        r = httpx.post(server[0] + "/v1/completions",
+                       json={"model": MODEL, "prompt": "Hi", "max_tokens": 5, "stream": stream, **extra})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert (err["param"], err["code"], err["type"]) == (param, "invalid_value", "invalid_request_error")
+        assert "sampling." not in err["message"]
+
+
+def test_a_refused_row_cancels_the_rows_of_its_request_before_it(loaded: LoadedModel) -> None:
+    """A request whose second prompt the engine refuses (an id past the model's vocabulary, as a
+    tokenizer larger than its model would give): a 400 naming the prompt, and its first row,
+    already submitted, cancelled, so nothing of the request runs."""
+    engine = Engine(loaded.model, loaded.tokenizer, start=False)
+    served = Served(MODEL, loaded, engine, 0)
+    eos, params = loaded.tokenizer.eos_id, SamplingParams(max_new_tokens=5)
+    job = Job(MODEL, [[eos, 5], [eos, loaded.model.cfg.vocab_size]], 1, [params, params], False, False, False)
+
+    async def submit() -> None:
+        submit_rows(served, job, Mailbox())
+
+    with pytest.raises(ApiError) as err:
+        asyncio.run(submit())
+    assert (err.value.status, err.value.param, err.value.code) == (400, "prompt", "invalid_value")
+    assert "outside the model's vocabulary" in err.value.message
+    assert len(engine.scheduler.waiting) == 1 and engine.scheduler.waiting[0].cancelled
+    assert engine.scheduler.pick([]) == []
 
 
 def test_openai_client_sees_errors(client: openai.OpenAI) -> None:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from tinystories.errors import TinyStoriesError
+from tinystories.errors import FieldError, TinyStoriesError
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Config")
@@ -71,7 +71,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except TinyStoriesError:
                 continue
-        raise TinyStoriesError(f"{where}: expected {_type_name(typ)}, got {value!r}")
+        raise FieldError(f"{where}: expected {_type_name(typ)}, got {value!r}", where)
     if origin is typing.Literal:
         allowed = typing.get_args(typ)
         if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
@@ -79,62 +79,62 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             words = ("on", "yes", "true") if value else ("off", "no", "false")
             value = next((w for w in words if w in allowed), value)
         if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
-            raise TinyStoriesError(f"{where}: {value!r} is not one of {list(allowed)}")
+            raise FieldError(f"{where}: {value!r} is not one of {list(allowed)}", where)
         return value
     if isinstance(typ, type) and dataclasses.is_dataclass(typ):
         if isinstance(value, typ):
             return value
         if not isinstance(value, dict):
-            raise TinyStoriesError(f"{where}: expected a mapping of {typ.__name__} fields, got {value!r}")
+            raise FieldError(f"{where}: expected a mapping of {typ.__name__} fields, got {value!r}", where)
         return from_dict(typ, value, where)
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(typ) or (Any,)
         if isinstance(value, str):  # one text is a list of one; "1,2" is a list of numbers
             value = [value] if inner is str else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
-            raise TinyStoriesError(f"{where}: expected a list, got {value!r}")
+            raise FieldError(f"{where}: expected a list, got {value!r}", where)
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         key_t, val_t = typing.get_args(typ) or (Any, Any)
         if not isinstance(value, dict):
-            raise TinyStoriesError(f"{where}: expected a mapping, got {value!r}")
+            raise FieldError(f"{where}: expected a mapping, got {value!r}", where)
         return {_coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in value.items()}
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
-        raise TinyStoriesError(f"{where}: expected true or false, got {value!r}")
+        raise FieldError(f"{where}: expected true or false, got {value!r}", where)
     if typ is int:
         if isinstance(value, str):
             try:
                 value = float(value) if any(c in value.lower() for c in ".e") else int(value)
             except ValueError:
-                raise TinyStoriesError(f"{where}: expected an integer, got {value!r}") from None
+                raise FieldError(f"{where}: expected an integer, got {value!r}", where) from None
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TinyStoriesError(f"{where}: expected an integer, got {value!r}")
+            raise FieldError(f"{where}: expected an integer, got {value!r}", where)
         return value
     if typ is float:
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
-                raise TinyStoriesError(f"{where}: expected a number, got {value!r}") from None
+                raise FieldError(f"{where}: expected a number, got {value!r}", where) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TinyStoriesError(f"{where}: expected a number, got {value!r}")
+            raise FieldError(f"{where}: expected a number, got {value!r}", where)
         return float(value)
     if typ is str:
         if not isinstance(value, str):
-            raise TinyStoriesError(f"{where}: expected a string, got {value!r}")
+            raise FieldError(f"{where}: expected a string, got {value!r}", where)
         return value
     return value
 
 
 def _check_range(value: Any, meta: dict[str, Any], where: str) -> None:
     if isinstance(value, float) and meta.get("finite", True) and not math.isfinite(value):
-        raise TinyStoriesError(f"{where}: must be a finite number, got {value}")
+        raise FieldError(f"{where}: must be a finite number, got {value}", where)
     size = len(value) if isinstance(value, (list, dict)) else None
     number = size if size is not None else value
     if not isinstance(number, (int, float)) or isinstance(number, bool):
@@ -144,7 +144,7 @@ def _check_range(value: Any, meta: dict[str, Any], where: str) -> None:
                           ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
         bound = meta.get(key)
         if bound is not None and not ok(number, bound):
-            raise TinyStoriesError(f"{where}: {what} must be {text} {bound:g}, got {number:g}")
+            raise FieldError(f"{where}: {what} must be {text} {bound:g}, got {number:g}", where)
 
 
 class Config:

@@ -45,10 +45,9 @@ def setup_sample(p: argparse.ArgumentParser) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from tinystories.errors import TinyStoriesError
+    from tinystories.errors import SteeringError, TinyStoriesError
     from tinystories.infer.engine import Event
     from tinystories.infer.offline import complete
-    from tinystories.infer.runner import check_adds
     from tinystories.interpret.steering import steering_direction
     from tinystories.model.loader import load_any
     from tinystories.utils import pick_device, set_threads
@@ -61,22 +60,22 @@ def run_sample(args: argparse.Namespace) -> int:
     for spec in cfg.steer:  # directions at one hook point add up
         hook, vector = steering_direction(spec)
         adds[hook] = adds.get(hook, torch.zeros_like(vector)) + cfg.alpha * vector
-    try:
-        check_adds(loaded.model, adds)
-    except ValueError as exc:
-        raise TinyStoriesError(f"--steer: {exc}") from exc
     texts = [p for p in cfg.prompts for _ in range(cfg.samples)]
-    if len(texts) == 1:  # stream token by token
-        sys.stdout.write(texts[0])
+    try:
+        if len(texts) == 1:  # stream token by token, the prompt first (once the engine took it)
+            shown = [texts[0]]
 
-        def show(_row: int, ev: Event) -> None:
-            sys.stdout.write(ev.text)
-            sys.stdout.flush()
+            def show(_row: int, ev: Event) -> None:
+                sys.stdout.write(shown.pop() + ev.text if shown else ev.text)
+                sys.stdout.flush()
 
-        complete(loaded.model, tok, texts, cfg.sampling, emit=show, adds=adds)
-        print()
-        return 0
-    for text, story in zip(texts, complete(loaded.model, tok, texts, cfg.sampling, adds=adds)):
+            complete(loaded.model, tok, texts, cfg.sampling, emit=show, adds=adds)
+            print()
+            return 0
+        stories = complete(loaded.model, tok, texts, cfg.sampling, adds=adds)
+    except SteeringError as exc:
+        raise TinyStoriesError(f"--steer: {exc}") from exc
+    for text, story in zip(texts, stories):
         print(text + story)
         print("-" * 40)
     return 0

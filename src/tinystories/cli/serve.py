@@ -26,7 +26,8 @@ def setup_serve(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from tinystories.infer.runner import check_adds
+    from tinystories.errors import SteeringError
+    from tinystories.infer.engine import check_adds
     from tinystories.infer.server import create_app, load_models, serve
     from tinystories.interpret import attention_api
     from tinystories.interpret.steering import steering_direction
@@ -49,7 +50,7 @@ def run_serve(args: argparse.Namespace) -> int:
         (loaded,) = models.values()
         try:
             check_adds(loaded.model, {directions[name][0]: directions[name][1]})
-        except ValueError as exc:
+        except SteeringError as exc:
             raise TinyStoriesError(f"--direction {name}: {exc}") from exc
     app = create_app(models, key, cfg.limits, extensions=[attention_api.install],
                      directions={name: directions for name in models})

@@ -17,8 +17,14 @@ Two ways to drive it, one loop:
   `infer/offline.py`) submit everything to an unstarted engine and `run` it to completion in
   their own thread; no thread is made.
 
+`submit` is where a row's input is checked, once, for every caller: its prompt (1 to context
+tokens, each in the vocabulary: `check_prompt`) and its additions at hook points (`check_adds`).
+What it refuses raises a `PromptError` or `SteeringError` naming the field, and nothing is
+queued; past it the runner and the model take the row as given.
+
 A failure while admitting rows fails only those rows; the running batch goes on. A failure in
-a decode step fails the rows in the batch, and the engine goes on with the next requests.
+a decode step fails the rows in the batch, and the engine goes on with the next requests. A
+failed row keeps its exception (`Sequence.error`) apart from its text.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from typing import Protocol
 
 import torch
 
+from tinystories.errors import PromptError, SteeringError
 from tinystories.infer.cache_manager import CacheManager
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.runner import Runner
 from tinystories.infer.sampler import sample
 from tinystories.infer.scheduler import Scheduler
 from tinystories.infer.sequence import Event, Sequence
+from tinystories.model.decode import addable
 from tinystories.model.gpt import GPT
 from tinystories.utils import inference
 
-__all__ = ["Engine", "Event", "Sequence"]
+__all__ = ["Engine", "Event", "Sequence", "check_adds", "check_prompt"]
 
 
 class Detokenizer(Protocol):
@@ -72,6 +80,13 @@ class Engine:
     def submit(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None] | None = None,
                job: object = None, adds: Mapping[str, torch.Tensor] | None = None, logprobs: bool = False
                ) -> Sequence:
+        """Queue one row: `prompt` continued by `params`, its events to `emit`; `job` the request it
+        belongs to (fair shares), `adds` its vectors at hook points, `logprobs` whether its events
+        report log-probabilities. Raises `PromptError` / `SteeringError` (nothing queued) for a
+        prompt or additions the model cannot take. Thread-safe."""
+        check_prompt(self.model, prompt)
+        if adds:
+            check_adds(self.model, adds)
         seq = Sequence(prompt, params, emit, job, adds, logprobs)
         if params.max_new_tokens == 0:
             seq.end("length")
@@ -101,7 +116,7 @@ class Engine:
         with self.wake:
             left = [*self.scheduler.drain(), *self.rows]
         for seq in left:
-            seq.end("cancelled", "")
+            seq.end("cancelled")
         if left and self.after_step is not None:
             self.after_step()
 
@@ -117,7 +132,7 @@ class Engine:
                 self.step(new)
             except Exception as exc:  # noqa: BLE001 -- one bad step must not kill the server: fail its rows
                 for seq in self.rows + new:
-                    seq.end("error", f"[engine error: {exc}]")
+                    seq.end("error", exc)
                 self.batch.clear()
             if self.after_step is not None:
                 self.after_step()
@@ -132,7 +147,7 @@ class Engine:
                 self._admit(new)
             except Exception as exc:  # noqa: BLE001 -- only the rows being admitted fail; the batch runs on
                 for seq in new:
-                    seq.end("error", f"[engine error: {exc}]")
+                    seq.end("error", exc)
             self.batch.release()
         if self.rows:
             self.batch.trim()
@@ -186,3 +201,36 @@ class Engine:
                 values, ids = logprobs[i].topk(seq.params.logprobs)
                 top = dict(zip(ids.tolist(), values.tolist()))
             seq.advance(chosen[i], chosen_lp[i] if chosen_lp is not None else 0.0, top, eos, self.context, decode)
+
+
+def check_prompt(model: GPT, prompt: list[int]) -> None:
+    """Raise `PromptError` unless `prompt` is 1 to context token ids, each in the model's vocabulary."""
+    ctx, vocab = model.cfg.context_length, model.cfg.vocab_size
+    if not 0 < len(prompt) <= ctx:
+        raise PromptError(f"a prompt of {len(prompt)} tokens: it needs 1 to {ctx} (the model's context); "
+                          "an empty story starts with the end-of-story token",
+                          "context_length_exceeded" if prompt else "invalid_value")
+    if min(prompt) < 0 or max(prompt) >= vocab:
+        bad = next(t for t in prompt if not 0 <= t < vocab)
+        raise PromptError(f"token id {bad} in a prompt is outside the model's vocabulary (0 to {vocab - 1})")
+
+
+def check_adds(model: GPT, adds: Mapping[str, torch.Tensor]) -> None:
+    """Raise `SteeringError` unless each addition is a vector as wide as its hook point's last
+    dimension: the residual stream's points (``hook_embed``, ``blocks.L.hook_resid_post``, ...;
+    d_model wide) and the MLP's neurons (``blocks.L.mlp.hook_post``; ffn wide), the points the
+    decode step adds at (`decode.addable`)."""
+    points = model.hook_points()
+    for name, vec in adds.items():
+        if name not in points:
+            raise SteeringError(f"no hook point named {name!r}; e.g. blocks.0.hook_resid_post")
+        if not addable(name):
+            raise SteeringError(f"cannot add a vector at {name!r}: choose a residual-stream point "
+                                "(hook_embed, blocks.L.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out) "
+                                "or blocks.L.mlp.hook_post")
+        width = model.cfg.ffn_dim if name.endswith("mlp.hook_post") else model.cfg.d_model
+        if not isinstance(vec, torch.Tensor) or vec.dim() != 1 or vec.shape[0] != width:
+            shape = list(vec.shape) if isinstance(vec, torch.Tensor) else type(vec).__name__
+            raise SteeringError(f"the vector for {name} has shape {shape}; it needs [{width}]")
+        if not bool(torch.isfinite(vec).all()):
+            raise SteeringError(f"the vector for {name} has NaN or infinite values")

@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from tinystories.errors import TinyStoriesError
 from tinystories.infer import sequence
 from tinystories.infer.engine import Detokenizer, Engine, Event
 from tinystories.infer.params import SamplingParams
@@ -41,13 +40,10 @@ def run(model: GPT, tokenizer: Detokenizer, prompts: list[list[int]],
 
     `params`: one for all (row i gets seed + i) or one per prompt. `max_batch`: rows decoded
     together (default: all). `adds`: vectors added at hook points for every row (steering).
-    `logprobs`: `emit`'s events carry the model's log-probabilities (`Sequence`).
+    `logprobs`: `emit`'s events carry the model's log-probabilities (`Sequence`). Raises what
+    `Engine.submit` raises for a bad prompt or addition (before any row runs), and a failed row's
+    own exception.
     """
-    ctx = model.cfg.context_length
-    for p in prompts:
-        if not 0 < len(p) <= ctx:
-            raise TinyStoriesError(f"a prompt of {len(p)} tokens: it needs 1 to {ctx} (the model's context); "
-                                   "an empty story starts with the end-of-story token")
     rows = row_params(params, len(prompts))
     engine = Engine(model, tokenizer, max_batch=max_batch or max(1, len(prompts)), start=False)
 
@@ -58,9 +54,9 @@ def run(model: GPT, tokenizer: Detokenizer, prompts: list[list[int]],
 
     seqs = [engine.submit(p, r, to(i), adds=adds, logprobs=logprobs) for i, (p, r) in enumerate(zip(prompts, rows))]
     engine.run()
-    failed = [s for s in seqs if s.finish_reason == "error"]
-    if failed:
-        raise TinyStoriesError(f"generation failed: {failed[0].text}")
+    for s in seqs:
+        if s.error is not None:
+            raise s.error
     return seqs
 
 

@@ -8,7 +8,6 @@ either becomes a `Job` of rows, each with validated `SamplingParams`, or an `Api
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -19,12 +18,10 @@ from typing import Any
 import torch
 from fastapi.responses import JSONResponse
 
-from tinystories.errors import TinyStoriesError
+from tinystories.errors import FieldError
 from tinystories.infer.params import MAX_LOGPROBS, MAX_STOPS, PRESETS, STEER_ALPHA, SamplingParams
-from tinystories.infer.runner import check_adds
 from tinystories.infer.sequence import Event
 from tinystories.infer.server_config import Limits
-from tinystories.model.gpt import GPT
 from tinystories.tokenizer import Tokenizer
 
 MAX_N = 16
@@ -41,6 +38,18 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status)
+
+
+# Our fields whose request field has another name: the rest are `SamplingParams`' own.
+REQUEST_FIELDS = {f"{SamplingParams.where}.max_new_tokens": "max_tokens", "adds": "steer"}
+
+
+def bad_field(exc: FieldError) -> ApiError:
+    """A 400 for a field that `SamplingParams` or `Engine.submit` refused, naming the request's
+    field (``top_p``, ``prompt``, ``steer``) from the error's own field and code."""
+    prefix = f"{SamplingParams.where}."
+    param = REQUEST_FIELDS.get(exc.field, exc.field.removeprefix(prefix))
+    return ApiError(400, str(exc).removeprefix(prefix), param, exc.code)
 
 
 def field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any,
@@ -164,9 +173,8 @@ def sampling_params(body: dict[str, Any], max_new_tokens: int, logprobs: int) ->
             top_k=field(body, "top_k", int, API.top_k),
             seed=field(body, "seed", int, API.seed),
             stop=stops(body), logprobs=logprobs)
-    except TinyStoriesError as exc:
-        name = re.match(r"sampling\.(\w+)", str(exc))
-        raise ApiError(400, str(exc).removeprefix("sampling."), name and name.group(1), "invalid_value") from exc
+    except FieldError as exc:
+        raise bad_field(exc) from exc
 
 
 def make_job(model: str, body: dict[str, Any], texts: list[str], logprobs: int | None, tokenizer: Tokenizer,
@@ -203,14 +211,14 @@ def make_job(model: str, body: dict[str, Any], texts: list[str], logprobs: int |
 MAX_STEER = 8
 
 
-def steering(body: dict[str, Any], directions: Mapping[str, tuple[str, torch.Tensor]], model: GPT
-             ) -> dict[str, torch.Tensor]:
+def steering(body: dict[str, Any], directions: Mapping[str, tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The request's ``steer`` field (an extension) as vectors to add at hook points, for its rows only.
 
     ``"steer": [{"direction": NAME, "alpha": 4.0}, {"hook": "blocks.1.hook_resid_post",
     "vector": [...], "alpha": -2}]``: a direction the server was started with (``serve
     --direction``, listed in ``/v1/models``) or a vector of the hook point's width, times alpha
-    (default `STEER_ALPHA`, as `sample --alpha`). Entries at the same hook point add up.
+    (default `STEER_ALPHA`, as `sample --alpha`). Entries at the same hook point add up. Whether
+    the model can add them there is `Engine.submit`'s to check.
     """
     items = body.get("steer")
     if items is None:
@@ -235,10 +243,6 @@ def steering(body: dict[str, Any], directions: Mapping[str, tuple[str, torch.Ten
                                     "'vector' (numbers)", "steer", "invalid_value")
             vector = torch.tensor(vector, dtype=torch.float32)
         adds[hook] = adds[hook] + alpha * vector if hook in adds else alpha * vector
-    try:
-        check_adds(model, adds)
-    except ValueError as exc:
-        raise ApiError(400, f"'steer': {exc}", "steer", "invalid_value") from exc
     return adds
 
 

@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from tinystories.config import Config, setting
-from tinystories.errors import TinyStoriesError
+from tinystories.errors import FieldError
 
 MAX_STOPS = 4
 MAX_LOGPROBS = 5
@@ -49,7 +49,7 @@ class SamplingParams(Config):
 
     def check(self) -> None:
         if any(not s for s in self.stop):
-            raise TinyStoriesError("sampling.stop: stop strings must not be empty")
+            raise FieldError("sampling.stop: stop strings must not be empty", "sampling.stop")
 
     @property
     def greedy(self) -> bool:

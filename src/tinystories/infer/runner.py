@@ -1,6 +1,6 @@
 """Runs the model for the engine: a prefill of new prompts, and a decode step of the batch.
 
-The decode step is the model's own (`GPT.decode_step`, derived from `model/gpt.py` and pinned
+The decode step is the model's own (`decode.decode_step`, derived from `model/gpt.py` and pinned
 to `forward` by the tests), unless this thread has hooks on the model (an intervention being
 sampled with, `interpret.hooks.patched`) or the model is training: then `forward` runs, so the
 hooks see and change what is generated. Hooks of other threads (the playground's attention
@@ -23,7 +23,7 @@ step, longer ones one batched `forward`; with hooks on this thread (or additions
 make) every prompt goes through that `forward`, so the hooks see it.
 
 Per-row additions at hook points (steering, `Sequence.adds`: the residual stream's points and
-the MLP's neurons, `gpt.addable`, the only ones `check_adds` lets in) stay on the fast step, so
+the MLP's neurons, `decode.addable`, the only ones `Engine.submit` lets in) stay on the fast step, so
 one steered request never takes the batch off it; in a `forward` prefill they run as hooks
 that add the row's vector.
 """
@@ -35,9 +35,11 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from tinystories.infer.cache_manager import repeat_rows
 from tinystories.infer.sampling import left_pad
 from tinystories.infer.sequence import Sequence
-from tinystories.model.gpt import GPT, DecodeStep, KVCache, addable
+from tinystories.model.decode import DecodeStep, addable, decode_step
+from tinystories.model.gpt import GPT, KVCache
 
 Adds = Mapping[str, torch.Tensor]  # hook point -> [B, width] one vector per batch row (zeros: none)
 
@@ -73,16 +75,11 @@ class Runner:
 
     def prefill(self, seqs: list[Sequence], pad_id: int) -> tuple[torch.Tensor, KVCache]:
         """Prompts of `seqs` into a new cache; the logits of each one's next token [n, V]. With the
-        C step each row is prefilled as it would be alone (see the module doc)."""
+        C step each row is prefilled as it would be alone (see the module doc). The prompts are
+        as `Engine.submit` let them in: 1 to context tokens, each in the vocabulary (the C step
+        indexes the embedding table unchecked)."""
         idx, pad = left_pad([s.prompt for s in seqs], pad_id, self.device)
-        if idx.shape[1] > self.context:
-            raise ValueError(f"prompt of {idx.shape[1]} tokens is longer than the model's context of "
-                             f"{self.context}")
-        vocab = self.model.cfg.vocab_size
-        if int(idx.min()) < 0 or int(idx.max()) >= vocab:  # the C step indexes the embedding table unchecked
-            bad = next(t for s in seqs for t in s.prompt if not 0 <= t < vocab)
-            raise ValueError(f"token id {bad} in a prompt is outside the model's vocabulary (0 to {vocab - 1})")
-        self.step = self.model.decode_step()  # looked up once per admission, not at every step
+        self.step = decode_step(self.model)  # looked up once per admission, not at every step
         adds = batch_adds(list(seqs), self.device, self.dtype)
         step = self._step_for(adds)
         if step is None or (step.native is None and idx.shape[1] > 1):
@@ -98,7 +95,7 @@ class Runner:
         of = torch.tensor([place[first[key]] for key in keys], device=self.device)
         cache = self.model.new_cache(len(unique), self.context, pad[unique])
         logits = step.prefill(idx[unique], cache, {n: a[unique] for n, a in adds.items()})
-        cache.k, cache.v, cache.pad = cache.k[:, of], cache.v[:, of], pad
+        repeat_rows(cache, of)
         return logits[of], cache
 
     def _forward_together(self, idx: torch.Tensor, pad: torch.Tensor, adds: Adds) -> tuple[torch.Tensor, KVCache]:
@@ -135,21 +132,3 @@ class Runner:
         with self._adding(adds) if adds else contextlib.nullcontext():
             return self.model(tokens[:, None], cache=cache)[0][:, -1], None
 
-
-def check_adds(model: GPT, adds: Mapping[str, torch.Tensor]) -> None:
-    """Raise ValueError unless each addition is a vector as wide as its hook point's last dimension:
-    the residual stream's points (``hook_embed``, ``blocks.L.hook_resid_post``, ...; d_model wide) and
-    the MLP's neurons (``blocks.L.mlp.hook_post``; ffn wide). Checked once, where a request comes in."""
-    points = model.hook_points()
-    for name, vec in adds.items():
-        if name not in points:
-            raise ValueError(f"no hook point named {name!r}; e.g. blocks.0.hook_resid_post")
-        width = model.cfg.ffn_dim if name.endswith("mlp.hook_post") else model.cfg.d_model
-        if not addable(name):
-            raise ValueError(f"cannot add a vector at {name!r}: choose a residual-stream point "
-                             "(hook_embed, blocks.L.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out) "
-                             "or blocks.L.mlp.hook_post")
-        if vec.dim() != 1 or vec.shape[0] != width:
-            raise ValueError(f"the vector for {name} has shape {list(vec.shape)}; it needs [{width}]")
-        if not bool(torch.isfinite(vec).all()):
-            raise ValueError(f"the vector for {name} has NaN or infinite values")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tinystories.errors import TinyStoriesError
+from tinystories.errors import PromptError
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.sampler import new_generator, sample
 from tinystories.model.gpt import GPT
@@ -28,10 +28,8 @@ def row_params(params: SamplingParams | Sequence[SamplingParams], rows: int) -> 
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts as one left-padded [B, T] batch, and each row's amount of padding."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise TinyStoriesError("every prompt needs at least one token (an empty prompt can start "
-                               "with the end-of-story token)")
+    """Prompts (each of one token or more: `Engine.submit` checks) as one left-padded [B, T] batch,
+    and each row's amount of padding."""
     width = max(len(p) for p in prompts)
     idx = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     for row, p in enumerate(prompts):
@@ -53,7 +51,7 @@ def generate_reference(model: GPT, prompts: list[list[int]], params: SamplingPar
     out = []
     for prompt, p in zip(prompts, row_params(params, len(prompts))):
         if not prompt or len(prompt) > ctx:
-            raise TinyStoriesError(f"a prompt needs 1 to {ctx} tokens, not {len(prompt)}")
+            raise PromptError(f"a prompt needs 1 to {ctx} tokens, not {len(prompt)}")
         ids, new, generator = list(prompt), list[int](), new_generator(p)
         while len(new) < p.max_new_tokens:
             logits, _ = model(torch.tensor([ids], device=model.tok_emb.weight.device))

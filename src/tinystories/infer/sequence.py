@@ -32,6 +32,7 @@ class Event:
     top_logprobs: list[dict[int, float]]
     finish_reason: str | None = None
     completion_tokens: int = 0
+    error: Exception | None = None  # on the last event of a row that failed ("error"): why
 
 
 class Sequence:
@@ -50,6 +51,7 @@ class Sequence:
         self.ids = self.stream.ids  # the new tokens
         self.cancelled = False
         self.finish_reason: str | None = None
+        self.error: Exception | None = None  # why the row failed (finish_reason "error"); its text stays its own
         self.generator = new_generator(params)
         self.pending_ids: list[int] = []
         self.pending_lp: list[float] = []
@@ -63,14 +65,12 @@ class Sequence:
         """Called from any thread (a client went away): the engine drops the row next step."""
         self.cancelled = True
 
-    def end(self, reason: str, message: str = "") -> None:
-        """End the row now (cancelled, an error, or nothing to write), telling its consumer why."""
+    def end(self, reason: str, error: Exception | None = None) -> None:
+        """End the row now (cancelled, failed with `error`, or nothing to write), telling its consumer why."""
         if not self.finished:
-            self.finish_reason = reason
-            if reason == "error":
-                self.stream.sent = message  # (what `text` says of a row that failed)
+            self.finish_reason, self.error = reason, error
             if self.emit is not None:
-                self.emit(Event(message, [], [], [], reason, len(self.ids)))
+                self.emit(Event("", [], [], [], reason, len(self.ids), error))
 
     @property
     def text(self) -> str:

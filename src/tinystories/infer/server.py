@@ -37,13 +37,15 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tinystories.errors import TinyStoriesError
+from tinystories.errors import FieldError, TinyStoriesError
 from tinystories.infer import openai_api
 from tinystories.infer.engine import Engine, Event
 from tinystories.infer.openai_api import ApiError, Format, Job
 from tinystories.infer.params import PRESETS, STEER_ALPHA
+from tinystories.infer.sequence import Sequence as Row
 from tinystories.infer.server_config import Limits
 from tinystories.model.checkpoint import LoadedModel
 from tinystories.model.loader import load_any
@@ -73,7 +75,7 @@ class Mailbox:
     """
 
     def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None  # the server's (set by `run_rows`)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's (set by `submit_rows`)
         self.lock = threading.Lock()
         self.items: list[tuple[asyncio.Queue[Any], Any]] = []
         self.wakeups = 0  # times the loop was woken: for tests and stats
@@ -167,7 +169,7 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limit
         j = await asyncio.to_thread(  # tokenizing is CPU work: off the event loop
             openai_api.make_job, s.name, body, texts, openai_api.completion_logprobs(body), s.loaded.tokenizer,
             s.loaded.model.cfg.context_length, limits)
-        j.adds = openai_api.steering(body, s.directions, s.loaded.model)
+        j.adds = openai_api.steering(body, s.directions)
         fmt = openai_api.CompletionFormat(j, s.loaded.tokenizer)
         return await respond(request, s, j, fmt, mailbox)
 
@@ -178,7 +180,7 @@ def create_app(models: dict[str, LoadedModel], api_key: str | None = None, limit
         text = openai_api.chat_prompt(body.get("messages"), limits)
         j = await asyncio.to_thread(openai_api.make_job, s.name, body, [text], openai_api.chat_logprobs(body),
                                     s.loaded.tokenizer, s.loaded.model.cfg.context_length, limits)
-        j.adds = openai_api.steering(body, s.directions, s.loaded.model)
+        j.adds = openai_api.steering(body, s.directions)
         fmt = openai_api.ChatFormat(j, s.loaded.tokenizer)
         return await respond(request, s, j, fmt, mailbox)
 
@@ -257,21 +259,43 @@ def model_card(s: Served) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- running a job
-async def run_rows(s: Served, j: Job, mailbox: Mailbox) -> AsyncGenerator[list[tuple[int, Event]], None]:
-    """Submit every row of `j`; yield batches of (choice index, event) as they come.
+Rows = tuple[asyncio.Queue[tuple[int, Event]], list[Row]]  # a job's events as they come, and its rows
+
+
+def submit_rows(s: Served, j: Job, mailbox: Mailbox) -> Rows:
+    """Every row of `j` given to the engine, before any answer starts: a row it refuses (a prompt
+    or steering `Engine.submit` finds bad) cancels those before it and answers a 400."""
+    mailbox.loop = asyncio.get_running_loop()
+    post = mailbox.post
+    queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+    rows: list[Row] = []
+    job = object()  # the engine shares its batch fairly between requests
+    try:
+        for i, params in enumerate(j.params):
+            def emit(ev: Event, i: int = i) -> None:
+                post(queue, (i, ev))
+            rows.append(s.engine.submit(j.prompts[i // j.n], params, emit, job, j.adds, j.logprobs))
+    except Exception as exc:
+        cancel(rows)
+        if isinstance(exc, FieldError):
+            raise openai_api.bad_field(exc) from exc
+        raise
+    return queue, rows
+
+
+def cancel(rows: list[Row]) -> None:
+    """Stop `rows` (those finished already are unchanged)."""
+    for row in rows:
+        row.cancel()
+
+
+async def run_rows(submitted: Rows) -> AsyncGenerator[list[tuple[int, Event]], None]:
+    """Batches of (choice index, event) of the submitted rows as they come.
 
     Events that piled up while the consumer was busy come out together (fewer writes under
     load). Leaving early (a client hung up) cancels the rows still running.
     """
-    mailbox.loop = asyncio.get_running_loop()
-    post = mailbox.post
-    queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-    rows = []
-    job = object()  # the engine shares its batch fairly between requests
-    for i, params in enumerate(j.params):
-        def emit(ev: Event, i: int = i) -> None:
-            post(queue, (i, ev))
-        rows.append(s.engine.submit(j.prompts[i // j.n], params, emit, job, j.adds, j.logprobs))
+    queue, rows = submitted
     left = len(rows)
     try:
         while left:
@@ -281,28 +305,29 @@ async def run_rows(s: Served, j: Job, mailbox: Mailbox) -> AsyncGenerator[list[t
             left -= sum(ev.finish_reason is not None for _, ev in batch)
             yield batch
     finally:
-        for row in rows:
-            row.cancel()
+        cancel(rows)
 
 
 def _failed(ev: Event) -> ApiError:
     if ev.finish_reason == "cancelled":
         return ApiError(503, "the server is shutting down; retry elsewhere or later", code="shutting_down",
                         kind="server_error")
-    return ApiError(500, f"generation failed: {ev.text}", code="engine_error", kind="server_error")
+    return ApiError(500, f"generation failed: {ev.error}", code="engine_error", kind="server_error")
 
 
 ENDED = ("error", "cancelled")
 
 
 async def respond(request: Request, s: Served, j: Job, fmt: Format, mailbox: Mailbox) -> Any:
-    if j.stream:
-        return StreamingResponse(stream(s, j, fmt, mailbox), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    submitted = submit_rows(s, j, mailbox)
+    if j.stream:  # (the rows are cancelled once the answer ends, also one never begun: a client gone at once)
+        return StreamingResponse(stream(submitted, j, fmt), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(cancel, submitted[1]))
     events: dict[int, list[Event]] = {i: [] for i in range(len(j.params))}
 
     async def collect() -> None:
-        async with contextlib.aclosing(run_rows(s, j, mailbox)) as batches:  # rows cancelled on any exit
+        async with contextlib.aclosing(run_rows(submitted)) as batches:  # rows cancelled on any exit
             async for batch in batches:
                 for i, ev in batch:
                     if ev.finish_reason in ENDED:
@@ -323,9 +348,9 @@ async def respond(request: Request, s: Served, j: Job, fmt: Format, mailbox: Mai
     return {**fmt.header(fmt.object_name), "choices": choices, "usage": fmt.usage(completion)}
 
 
-async def stream(s: Served, j: Job, fmt: Format, mailbox: Mailbox) -> AsyncIterator[str]:
+async def stream(submitted: Rows, j: Job, fmt: Format) -> AsyncIterator[str]:
     completion = [0] * len(j.params)
-    async with contextlib.aclosing(run_rows(s, j, mailbox)) as batches:  # rows cancelled on any exit
+    async with contextlib.aclosing(run_rows(submitted)) as batches:  # rows cancelled on any exit
         async for batch in batches:
             out: list[str] = []
             for i, ev in batch:

@@ -1,7 +1,7 @@
 """Record and patch activations through the model's own hook points, in the spirit of TransformerLens.
 
 Every activation worth looking at passes through a named `HookPoint` of `GPT` (see
-`tinystories.model.gpt`). This module only registers forward hooks on them, so what it
+`tinystories.model.hook_points`). This module only registers forward hooks on them, so what it
 records or changes is what the real forward pass computes, with no second implementation
 to keep in line:
 
@@ -98,7 +98,7 @@ def patched(model: GPT, hooks: Mapping[str, HookFn]) -> contextlib.AbstractConte
     """Within the block, `hooks[name](activation)` runs at each named hook point of every forward
     pass this thread makes; a returned tensor replaces the activation (None leaves it as it is).
 
-    Hooks only act on this thread's forward passes (`GPT.hooked`): a server's engine thread may
+    Hooks only act on this thread's forward passes (`HookedModule.hooked`): a server's engine thread may
     run the same model at the same time, and must neither be recorded nor patched. Generation
     on this thread (`infer.offline.generate`) runs `forward` while they are in place.
     """

@@ -1,6 +1,6 @@
 """The decode step in C (`decode_step.c`), built once per machine by `cbuild` (shared ground).
 
-`DecodeStep` (model/gpt.py) runs it for float32 models on the CPU when it could be built, and
+`DecodeStep` (model/decode.py) runs it for float32 models on the CPU when it could be built, and
 runs its PyTorch operations otherwise; both are pinned to `GPT.forward` by the tests. Why C:
 a decode step at the 15M shape is ~60 MB of weights read once and a few hundred small
 operations, and each PyTorch operation costs microseconds of dispatch, which at one row was
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
+import threading
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,8 +169,12 @@ class NativeStep:
     copied: a step reads one row of it per token, and the model's own table serves (with tied
     embeddings the output layer's panels are the copy). The output layer also goes in bfloat16
     (`interleaved`, with its `rounding_radius`), for steps that want only the most likely token
-    (`DecodeStep.argmax`): 18 MB more at the 15M shape. `GPT.decode_step` makes a new step when
-    the model's weights change."""
+    (`DecodeStep.argmax`): 18 MB more at the 15M shape. `decode.decode_step` makes a new step when
+    the model's weights change.
+
+    One step serves every thread that decodes the model (two engines, a server and a script), so
+    what a call writes besides the cache, its scratch and its thread count, is each thread's own
+    (`_mine`): shared, two calls at once would write into each other's activations."""
 
     def __init__(self, model: GPT, lib: ctypes.CDLL, rope: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         cfg = model.cfg
@@ -199,7 +204,7 @@ class NativeStep:
             L.fc, L.fc_b = w(fc), p(None if m.activation == "swiglu" else m.fc.bias)
             L.proj, L.proj_b = w(m.proj.weight), p(m.proj.bias)
             L.scale, L.window = a.scale, a.window
-        self.model = _Model(
+        self.model = _Model(  # what each thread copies (`_mine`)
             n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.head_dim, d_model=cfg.d_model, ffn=cfg.ffn_dim,
             vocab=cfg.vocab_size, context=cfg.context_length, act=ACTS[model.layers()[0].mlp.activation],
             layer_norm=int(cfg.arch == "neo"), threads=1, eps=cfg.norm_eps, qk_eps=cfg.norm_eps,
@@ -208,16 +213,29 @@ class NativeStep:
             norm_w=p(_param(model.norm, "weight")), norm_b=p(_param(model.norm, "bias")), head=w(head),
             head16=arena.put(interleaved(head)).data_ptr(), head_err=p(rounding_radius(head)),
             layers=layers)
-        self.layers = layers
-        self.ref = ctypes.byref(self.model)
-        self.scratch, self.scratch_for = torch.empty(0), (0, 0)  # room for this many rows and threads
+        self.layers = layers  # held: each thread's copy of `model` points into it
+        self.local = threading.local()
+
+    def _mine(self, rows: int) -> tuple[ctypes._CArgObject, torch.Tensor]:
+        """This thread's copy of the C `Model` (its `threads` field set to this thread's torch
+        threads) and its scratch, room for `rows` rows or more."""
+        mine = self.local
+        if not hasattr(mine, "model"):
+            mine.model = _Model.from_buffer_copy(self.model)
+            mine.ref = ctypes.byref(mine.model)
+            mine.scratch, mine.scratch_for = torch.empty(0), (0, 0)  # room for this many rows and threads
+        threads = mine.model.threads = torch.get_num_threads()
+        if rows > mine.scratch_for[0] or threads > mine.scratch_for[1]:
+            mine.scratch_for = (max(rows, mine.scratch_for[0]), max(threads, mine.scratch_for[1]))
+            mine.scratch = torch.empty(self.lib.scratch_floats(mine.ref, *mine.scratch_for))
+        return mine.ref, mine.scratch
 
     def step(self, tokens: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int,
              pad: torch.Tensor | None, adds: list[torch.Tensor | None] | None, best: torch.Tensor | None,
              head: bool = True, at: torch.Tensor | None = None, out: torch.Tensor | None = None
              ) -> torch.Tensor | None:
         """decode_step.c's step; `adds`: None, or [B, width] additions (None = none) in its order:
-        hook_embed, then each block's `gpt.ADDABLE` points. `head=False`: no logits; with `best`
+        hook_embed, then each block's `decode.ADDABLE` points. `head=False`: no logits; with `best`
         only each row's most likely token (`argmax_pruned`), else no output layer. A prefill
         (`DecodeStep.prefill`): `at` [B, 2], each row's cache row and slot (else row b is cache row
         b at `slot`), and `out`, the rows whose logits are wanted (else all)."""
@@ -229,18 +247,15 @@ class NativeStep:
         pad = pad.contiguous() if pad is not None else None
         at = at.contiguous() if at is not None else None
         out = out.contiguous() if out is not None else None
-        threads = self.model.threads = torch.get_num_threads()
-        if B > self.scratch_for[0] or threads > self.scratch_for[1]:
-            self.scratch_for = (max(B, self.scratch_for[0]), max(threads, self.scratch_for[1]))
-            self.scratch = torch.empty(self.lib.scratch_floats(self.ref, *self.scratch_for))
+        ref, scratch = self._mine(B)
         table = None
         if adds:
             held = [None if a is None else a.float().contiguous() for a in adds]
             table = (ctypes.c_void_p * len(held))(*[None if a is None else a.data_ptr() for a in held])
         logits = torch.empty(B if out is None else out.shape[0], cfg.vocab_size) if head else None
-        self.lib.decode_step(self.ref, B, tokens.data_ptr(), None if at is None else at.data_ptr(),
+        self.lib.decode_step(ref, B, tokens.data_ptr(), None if at is None else at.data_ptr(),
                              None if pad is None else pad.data_ptr(), slot, cache_k.data_ptr(), cache_v.data_ptr(),
                              cache_k.shape[1], cache_k.shape[3], table, 0 if out is None else out.shape[0],
                              None if out is None else out.data_ptr(), None if logits is None else logits.data_ptr(),
-                             None if best is None else best.data_ptr(), self.scratch.data_ptr())
+                             None if best is None else best.data_ptr(), scratch.data_ptr())
         return logits

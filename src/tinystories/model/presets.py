@@ -58,7 +58,7 @@ def get_preset(name: str, **overrides: Any) -> GPTConfig:
 
 def count_params(cfg: GPTConfig) -> tuple[int, int]:
     """(total, non-embedding) parameter counts of a config, without building the model."""
-    from tinystories.model.gpt import shapes_only
+    from tinystories.model.checkpoint import shapes_only
 
     model = shapes_only(cfg)  # no memory, no init cost
     return model.num_params(), model.num_params(non_embedding=True)
