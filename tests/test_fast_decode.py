@@ -20,8 +20,6 @@ from tinystories.model import decode, native
 from tinystories.model.decode import DecodeStep, addable, decode_step
 from tinystories.model.gpt import GPT, GPTConfig, KVCache
 
-gpt = decode  # (`test_argmax_alone_is_the_steps_argmax` sets `gpt.STREAMED`, now the decode step's)
-
 ARCHS = {"neo": {"arch": "neo"}, "neo-local": {"arch": "neo", "local_window": 5}, "modern": {"arch": "modern"},
          "modern-relu2-qknorm-untied": {"arch": "modern", "mlp": "relu2", "qk_norm": True, "tie_embeddings": False},
          "modern-gelu": {"arch": "modern", "mlp": "gelu"},
@@ -166,7 +164,7 @@ def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int, monkeypatch: py
     the output layer cannot rule out) gives the token `step` gives, at every step. (`STREAMED` 0:
     the copy at 3 and 15 rows too. The PyTorch step, and C from 16 rows, compute every logit:
     there `argmax` is `step`, with nothing apart to test.)"""
-    monkeypatch.setattr(gpt, "STREAMED", 0)
+    monkeypatch.setattr(decode, "STREAMED", 0)
     m = model(**{**ARCHS, **VOCABS}.get(arch, BIG))
     fast = step_of(m, True)
     g = torch.Generator().manual_seed(2)
