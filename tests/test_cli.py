@@ -64,7 +64,7 @@ def test_pipeline_from_the_command_line(tmp_path: Path) -> None:
                     "--set", "model.vocab_size=400", "--set", "model.context_length=64",
                     "--set", "eval_interval=3", "--set", "eval_batches=2")
     assert p.returncode == 0, p.stderr
-    assert "bits/byte" in p.stdout
+    assert "bits/byte" in p.stdout and "the best model (step " in p.stdout
 
     p = tinystories("sample", str(tmp_path / "run/checkpoint"), "--prompt", "Once upon a time",
                     "--max-new-tokens", "12", "--seed", "1")
@@ -123,3 +123,6 @@ def test_the_demo_runs_the_whole_pipeline_with_the_recipe(tmp_path: Path) -> Non
     assert "optimizer: muon" in saved and "data_order: stories" in saved and "arch: modern" in saved
     # 3 seconds buy a few thousand tokens: the demo measured this machine and took the small-budget batch
     assert "tokens/s at batch 16" in out and "minutes buy about" in out and "batch_size: 8" in saved
+    assert "epochs of the 0.52M training tokens" in out  # what the budget buys, in epochs of the data
+    assert "best model: step " in out and "validating took" in out  # which model checkpoint/ holds, at what cost
+

@@ -63,19 +63,31 @@ def run_demo(args: argparse.Namespace) -> int:
           f"({infos['train'].tokens:,} training tokens)")
     # The recipe is `train`'s defaults (bench/README.md); the demo sets only its budget and
     # a denser log for a short run, and fits the batch to the tokens this machine's minutes buy.
+    # Validating every 100 steps on 6 batches (and writing 2 stories) costs about the time of 3
+    # training steps, 3-4% of the run (docs/training.md); checkpoint/ keeps the best model.
     train_cfg = build_train_config(
         None, None, data_dir=str(data), out_dir=str(out), preset=cfg.preset, seed=cfg.seed,
         device=cfg.device, threads=cfg.threads, max_steps=100_000, max_minutes=cfg.minutes, eval_interval=100,
-        eval_batches=8, checkpoint_interval=100)
+        eval_batches=6, checkpoint_interval=100)
+    fitted = ""
     if cfg.fit:
         tok_s = measure_throughput(train_cfg)
         plan = plan_for(tok_s * 60 * cfg.minutes)
-        print(f"this machine trains {tok_s:,.0f} tokens/s at batch {train_cfg.batch_size} ({describe_cpu()}): "
-              f"{cfg.minutes:g} minutes buy about {tok_s * 60 * cfg.minutes / 1e6:.1f}M tokens; {plan.why}")
+        fitted = (f"this machine trains {tok_s:,.0f} tokens/s at batch {train_cfg.batch_size} ({describe_cpu()}): "
+                  f"{cfg.minutes:g} minutes buy about {tok_s * 60 * cfg.minutes / 1e6:.1f}M tokens")
         train_cfg = plan.apply(train_cfg)
-    Trainer(train_cfg, resume=False, sample=sample_stories).fit()
-    print("== 3/4 validation: the 500 bundled validation stories, whole, scored exactly (as `eval bpb`)")
+    trainer = Trainer(train_cfg, resume=False, sample=sample_stories)
+    if cfg.fit:
+        print(f"{fitted}, {tok_s * 60 * cfg.minutes / trainer.data_tokens:.1f} epochs of the "
+              f"{trainer.data_tokens / 1e6:.2f}M training tokens; {plan.why}")
+    trainer.fit()
+    best = trainer.best
+    if best.step is not None:
+        epochs = best.step * train_cfg.tokens_per_step / trainer.data_tokens
+        print(f"best model: step {best.step} of {trainer.step} ({epochs:.1f} epochs), "
+              f"{best.metrics['val_bpb']:.3f} bits per byte on the validation windows: {out / 'checkpoint'} holds it")
     loaded = load_any(out, device=pick_device(cfg.device))
+    print("== 3/4 validation: the 500 bundled validation stories, whole, scored exactly (as `eval bpb`)")
     score = evaluate_bpb(loaded.model, loaded.tokenizer, read_stories("bundled:valid")[0], progress=False)
     print(f"validation loss {score.loss:.3f} nats/token = {score.bpb:.3f} bits per byte "
           f"(loss curves: {out / 'loss.png'})")
