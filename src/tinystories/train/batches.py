@@ -120,8 +120,9 @@ def hold_out_stories(tokens: np.ndarray, eos_id: int, percentage: float, seed: i
     count = max(wanted, enough)
     if count >= len(starts):
         raise TinyStoriesError(f"the training data ({len(tokens):,} tokens, {len(starts):,} stories) is too small "
-                               f"to hold out a validation window of {min_tokens} tokens and still train: give "
-                               "`pretokenize --valid` a validation corpus, or set validation_split_percentage=0")
+                               f"to hold out a validation window of {min_tokens} tokens and still train: give a "
+                               "validation corpus (`--valid` of pretokenize or demo), or set "
+                               "validation_split_percentage=0")
     held = np.zeros(len(starts), dtype=bool)
     held[order[:count]] = True
     mask = np.repeat(held, lengths)
