@@ -574,3 +574,18 @@ def test_turning_load_best_model_at_end_on_when_resuming_chooses_again(overfit_d
     resumed.fit()
     assert resumed.best.step in (28, 32)
     assert json.loads((out / "checkpoint" / "config.json").read_text())["training"]["step"] == resumed.best.step
+
+
+def test_a_small_improvement_is_a_new_best_but_does_not_reset_the_patience() -> None:
+    """As HF's EarlyStoppingCallback: early_stopping_threshold decides the count, any improvement the best model."""
+    from tinystories.train.best import BestModel
+
+    best = BestModel()
+    seen = [best.update({"val_bpb": v}, step, "val_bpb", threshold=0.01) for step, v in
+            [(1, 1.5), (2, 1.495), (3, 1.52), (4, 1.4)]]
+    assert seen == [True, True, False, True] and best.step == 4 and best.patience_counter == 0
+    assert BestModel.from_state(best.state()) == best
+    best.update({"val_bpb": 1.399}, 5, "val_bpb", threshold=0.01)
+    assert best.step == 5 and best.patience_counter == 1 and not best.exhausted(2) and not best.exhausted(0)
+    best.update({"val_bpb": 1.6}, 6, "val_bpb", threshold=0.01)
+    assert best.exhausted(2) and best.step == 5

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 def setup_train(p: argparse.ArgumentParser) -> None:
-    p.description = ("Train a model. Rerunning with the same --out resumes from OUT/checkpoint exactly. "
+    p.description = ("Train a model. OUT/checkpoint is the model that scored best on validation; rerunning with "
+                     "the same --out resumes from OUT/last exactly. "
                      "Several GPUs: torchrun --nproc_per_node 4 -m tinystories.cli train ...\n\nExamples:\n"
                      "  tinystories train --data data/tokens --preset 8M --out runs/8m\n"
                      "  tinystories train --config configs/paper-8M.yaml --set optim.lr=1e-3")

@@ -60,7 +60,8 @@ class OptimConfig(Config):
 class TrainConfig(Config):
     data_dir: str = setting("", "folder from `tinystories pretokenize`: train.bin, valid.bin, tokenizer.json",
                             flag="data")
-    out_dir: str = setting("runs/default", "run folder: checkpoint/, metrics, loss.png, config.yaml", flag="out")
+    out_dir: str = setting("runs/default", "run folder: checkpoint/ (the model to use), last/ (the state to "
+                                           "resume from), metrics, loss.png, config.yaml", flag="out")
     preset: str = setting("demo", "model shape to start from (`tinystories presets`); `model.*` fields "
                                   "override it")
     model: GPTConfig = setting(help="the model's shape", factory=GPTConfig)
