@@ -66,7 +66,7 @@ def test_pipeline_from_the_command_line(tmp_path: Path) -> None:
                     "--set", "model.vocab_size=400", "--set", "model.context_length=64",
                     "--set", "eval_interval=3", "--set", "eval_batches=2")
     assert p.returncode == 0, p.stderr
-    assert "bits/byte" in p.stdout
+    assert "bits/byte" in p.stdout and "the best model (step " in p.stdout
 
     p = tinystories("sample", str(tmp_path / "run/checkpoint"), "--prompt", "Once upon a time",
                     "--max-new-tokens", "12", "--seed", "1")
@@ -85,6 +85,7 @@ def test_pipeline_from_the_command_line(tmp_path: Path) -> None:
     (["train", "--set", "optim.lr"], "must look like key=value"),
     (["train", "--preset", "huge"], "unknown model preset 'huge'"),
     (["corpus", "missing.jsonl"], "corpus not found: missing.jsonl"),
+    (["demo", "--corpus", "missing.jsonl", "--out", "d"], "corpus not found: missing.jsonl"),
 ])
 @pytest.mark.slow
 def test_user_errors_are_one_clear_line(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -129,3 +130,37 @@ def test_the_demo_runs_the_whole_pipeline_with_the_recipe(tmp_path: Path) -> Non
     assert "optimizer: muon" in saved and "data_order: stories" in saved and "arch: modern" in saved
     # 3 seconds buy a few thousand tokens: the demo measured this machine and took the small-budget batch
     assert "tokens/s at batch 16" in out and "minutes buy about" in out and "batch_size: 8" in saved
+    assert "epochs of the 0.52M training tokens" in out  # what the budget buys, in epochs of the data
+    assert "best model: step " in out and "validating took" in out  # which model checkpoint/ holds, at what cost
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["jsonl", "datasets"])
+def test_the_demo_trains_on_any_corpus(form: str, tmp_path: Path) -> None:
+    """`demo --corpus` with a JSONL file (another text field) and a `datasets` folder saved with save_to_disk:
+    trained on those stories, validated on stories held out of them, scored on those, no network."""
+    from tinystories.data.corpus import read_stories
+
+    stories = read_stories("bundled:train")[0][:300]
+    if form == "jsonl":
+        source = tmp_path / "mine.jsonl"
+        source.write_text("".join(json.dumps({"story": s}) + "\n" for s in stories))
+        extra = ["--text-field", "story"]
+    else:
+        import datasets
+
+        source = tmp_path / "mine-ds"
+        datasets.Dataset.from_dict({"text": stories}).save_to_disk(str(source))
+        extra = []
+    out = tmp_path / "demo"
+    p = tinystories("demo", "--corpus", str(source), *extra, "--minutes", "0.02", "--no-fit", "--threads", "1",
+                    "--out", str(out), timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    text = p.stdout + p.stderr
+    assert f"== 1/4 corpus and tokenizer ({source})" in p.stdout
+    assert "15 stories (" in text and "held out of train.bin: 5% drawn with seed 1337" in text  # 5% of 300
+    assert "== 3/4 validation: 15 stories held out of the corpus, whole, scored exactly" in p.stdout
+    assert "best model: step " in p.stdout and out.joinpath("checkpoint", "model.safetensors").exists()
+    prepared = json.loads((out / "data" / "prepare.json").read_text())
+    assert prepared["corpus"]["train"]["sources"] == [str(source)] and prepared["corpus"]["train"]["kept"] == 300
+    assert not (out / "data" / "valid.bin").exists()  # the bundled validation stories were not used

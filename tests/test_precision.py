@@ -13,7 +13,7 @@ from tinystories.data.prepare import PrepareConfig, prepare
 from tinystories.model.gpt import GPT, GPTConfig
 from tinystories.train import precision
 from tinystories.train.config import build_train_config
-from tinystories.train.trainer import STATE_NAME, Trainer
+from tinystories.train.trainer import LAST_DIR, STATE_NAME, Trainer
 
 TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.context_length=64",
         "model.vocab_size=512", "optim.warmup_steps=2"]
@@ -74,7 +74,7 @@ def test_bfloat16_only_where_clearly_faster(bf16: float, expected: torch.dtype,
 def test_a_resumed_auto_run_keeps_the_dtype_it_started_in(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     Trainer(config(data_dir, out, "auto")).fit(pause_at=4)
-    state_file = out / "checkpoint" / STATE_NAME
+    state_file = out / LAST_DIR / STATE_NAME  # (the resume state)
     state = json.loads(state_file.read_text())
     assert state["dtype"] in ("float32", "bfloat16")
     other = "bfloat16" if state["dtype"] == "float32" else "float32"  # as if the start had measured otherwise

@@ -68,9 +68,11 @@ def test_resumed_run_continues_exactly(recipe: str, data_dir: Path, tmp_path: Pa
     trainer.fit()
 
     assert losses(interrupted) == losses(straight) and len(losses(straight)) == 8
-    a, b = load_model(straight / "checkpoint").model, load_model(interrupted / "checkpoint").model
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(p, q), name
+    for folder in ("checkpoint", "last"):  # the model to use and the state to resume from
+        a, b = load_model(straight / folder).model, load_model(interrupted / folder).model
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(p, q), name
+    assert state_of(interrupted / "last") == state_of(straight / "last")  # the best model's bookkeeping too
 
 
 def test_outputs_of_a_run(data_dir: Path, tmp_path: Path) -> None:
@@ -192,6 +194,13 @@ def test_ddp_with_torchrun_on_two_cpu_processes(data_dir: Path, tmp_path: Path) 
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
     assert rows[0]["tokens"] == 2 * 2 * 2 * 64  # batch x grad_accum x 2 processes x context
     assert load_model(out / "checkpoint").config["training"]["step"] == 3
+    # Each process validated half the windows; the sum over both is one process's score of them all.
+    (ddp_eval,) = [r for r in rows if r["kind"] == "eval"]
+    alone = Trainer(build_train_config(None, [*TINY, "grad_accum=2", "eval_interval=3"], data_dir=str(data_dir),
+                                       out_dir=str(tmp_path / "alone"), batch_size=2, device="cpu", progress=False))
+    alone.model.load_state_dict(weights(out / "checkpoint"), strict=False)
+    assert alone.evaluate()["val_loss"] == pytest.approx(ddp_eval["val_loss"], abs=2e-5)
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["best_model"]["step"] == 3
 
 
 def test_start_up_summary_warnings_and_a_finished_rerun(data_dir: Path, tmp_path: Path,
@@ -301,9 +310,10 @@ def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(data_dir: Path, sm
     filler = fill(small_disk, leave=100_000)  # room for the logs, not for a second checkpoint
     assert main([*argv, "--max-steps", "8"]) == 2
     err = capsys.readouterr().err.splitlines()[-1]
-    assert err.startswith(f"error: {out}/checkpoint.tmp/") and "no space left on the device" in err, err
-    assert load_model(out / "checkpoint").config["training"]["step"] == 4  # the old one, whole
-    assert not (out / "checkpoint.tmp").exists()  # and the half-written one gave its space back
+    assert err.startswith(f"error: {out}/last.tmp/") and "no space left on the device" in err, err
+    for name in ("last", "checkpoint"):  # the old state and model, whole
+        assert load_model(out / name).config["training"]["step"] == 4
+    assert not (out / "last.tmp").exists()  # and the half-written one gave its space back
 
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
@@ -315,6 +325,269 @@ def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(data_dir: Path, sm
     filler.unlink()
     assert main([*argv, "--max-steps", "8"]) == 0
     assert "resuming from" in capsys.readouterr().err
-    assert load_model(out / "checkpoint").config["training"]["step"] == 8
+    assert load_model(out / "last").config["training"]["step"] == 8
     assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
             if r["kind"] == "train"] == list(range(1, 9))
+
+
+# ---- the best model, validation on held-out rows, epochs -------------------------------------------------------
+
+# A run that overfits in seconds: 10 stories (about 9 steps an epoch), a wide layer at a high LR, held-out
+# stories from elsewhere in the sample. Validation falls for the first 2-4 epochs, then climbs.
+OVERFIT = ["model.n_layer=1", "model.d_model=128", "model.n_head=2", "model.context_length=64",
+           "model.vocab_size=300", "optim.warmup_steps=2", "optim.lr=3e-2", "optim.muon_lr=3e-2",
+           "optim.decay_frac=0.01"]
+
+
+@pytest.fixture(scope="module")
+def overfit_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tinystories.data.corpus import read_stories
+
+    root = tmp_path_factory.mktemp("overfit")
+    stories = read_stories("bundled:train")[0]
+    (root / "few.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories[:10]))
+    (root / "held.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories[-60:]))
+    prepare(PrepareConfig(train=[str(root / "few.jsonl")], valid=[str(root / "held.jsonl")], out_dir=str(root / "tok"),
+                          vocab_size=300), progress=False)
+    return root / "tok"
+
+
+def overfit_config(data: Path, out: Path, *extra: str, **kw: object):  # type: ignore[no-untyped-def]
+    fields = {"data_dir": str(data), "out_dir": str(out), "batch_size": 8, "max_steps": 32, "eval_interval": 4,
+              "eval_batches": 2, "log_interval": 1, "checkpoint_interval": 10, "progress": False, "seed": 3,
+              "eval_samples": 0, **kw}
+    return build_train_config(None, [*OVERFIT, *extra], **fields)
+
+
+def rows_of(out: Path, kind: str) -> list[dict[str, object]]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def state_of(folder: Path) -> dict[str, object]:
+    """What a resumed run must reproduce exactly (not the seconds it took)."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    return {k: v for k, v in state.items() if k not in ("train_seconds", "eval_seconds")}
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from tinystories.model.checkpoint import load_tensors
+
+    return load_tensors(folder / "model.safetensors")
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def overfit_run(overfit_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Trainer, dict[str, float]]:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    trainer = Trainer(overfit_config(overfit_data, out))
+    return out, trainer, trainer.fit()
+
+
+def test_the_best_model_is_kept_when_validation_gets_worse(overfit_run: tuple[Path, Trainer, dict[str, float]],
+                                                           overfit_data: Path, tmp_path: Path) -> None:
+    out, trainer, result = overfit_run
+    evals = rows_of(out, "eval")
+    scores = {int(r["step"]): float(r["val_bpb"]) for r in evals}  # type: ignore[arg-type]
+    best = min(scores, key=scores.__getitem__)
+    assert list(scores) == list(range(4, 33, 4))
+    assert best < 32 and scores[32] > scores[best] + 0.1  # the run overfits: the last model is clearly worse
+    assert trainer.best.step == best and result["val_bpb"] == pytest.approx(scores[best], abs=1e-5)
+    ckpt = json.loads((out / "checkpoint" / "config.json").read_text())["training"]
+    assert ckpt["step"] == best and ckpt["val_bpb"] == pytest.approx(scores[best], abs=1e-5)
+    assert ckpt["best_step"] == best and ckpt["metric_for_best_model"] == "val_bpb"
+    assert json.loads((out / "last" / "config.json").read_text())["training"]["step"] == 32
+    assert rows_of(out, "best") == [{"step": best, "tokens": best * 512, "kind": "best",
+                                     "val_loss": round(trainer.best.metrics["val_loss"], 5),
+                                     "val_bpb": round(scores[best], 5)}]
+    # the trainer ends with the best model (load_best_model_at_end), the one every command loads
+    assert trainer.evaluate()["val_bpb"] == trainer.best.metric == trainer.best.metrics["val_bpb"]
+    from tinystories.model.loader import load_any
+
+    loaded = load_any(out)
+    assert loaded.path == out / "checkpoint" and all(
+        torch.equal(p, q) for p, q in zip(loaded.model.state_dict().values(), trainer.model.state_dict().values()))
+    assert not (out / "checkpoint" / "optimizer.safetensors").exists()  # a model folder; the state is in last/
+
+    last = tmp_path / "last"  # load_best_model_at_end=false: the last weights, whatever validation said
+    Trainer(overfit_config(overfit_data, last, "load_best_model_at_end=false", max_steps=12)).fit()
+    assert json.loads((last / "checkpoint" / "config.json").read_text())["training"]["step"] == 12
+    assert same_weights(last / "checkpoint", last / "last")
+    assert os.path.samefile(last / "checkpoint" / "model.safetensors", last / "last" / "model.safetensors")  # linked
+
+
+KILL = r"""
+import json, os, signal, sys
+from pathlib import Path
+from tinystories.train import trainer as T
+from tinystories.train.config import build_train_config
+
+where, at = sys.argv[2], int(sys.argv[3])
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if where == "step":  # in the middle of the run, between saves
+    step = T.Trainer.train_step
+    T.Trainer.train_step = lambda self: die() if self.step == at else step(self)
+elif where == "publish":  # last/ written with a new best, checkpoint/ not yet made from it
+    publish = T.Trainer._publish
+    T.Trainer._publish = lambda self: die() if self.step == at else publish(self)
+elif where == "swap":  # between the two renames that swap in a new last/
+    swap = T.swap_in
+    def cut(tmp, final):
+        if final.name == "last" and json.loads((tmp / "trainer_state.json").read_text())["step"] == at:
+            final.rename(final.with_name("last.old"))
+            die()
+        swap(tmp, final)
+    T.swap_in = cut
+T.Trainer(build_train_config(sys.argv[1])).fit()
+"""
+
+
+@pytest.mark.parametrize("where,at", [("step", 26), ("publish", 16), ("swap", 20)])
+def test_a_run_killed_anywhere_resumes_exactly_best_model_included(
+        where: str, at: int, overfit_run: tuple[Path, Trainer, dict[str, float]], overfit_data: Path,
+        tmp_path: Path) -> None:
+    """SIGKILL at a step between saves, between writing last/ and making checkpoint/ of its new best model, and
+    between the renames of a save: the resumed run ends with the uninterrupted run's losses, validations, last
+    state, best model and bookkeeping (best metric, best step, patience counter)."""
+    from tinystories.train.config import dump_config
+
+    straight = overfit_run[0]
+    out = tmp_path / "run"
+    cfg = overfit_config(overfit_data, out, "early_stopping_patience=100")  # counted, never reached
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    proc = subprocess.run([sys.executable, "-c", KILL, str(tmp_path / "config.yaml"), where, str(at)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    if where == "publish":  # the state that needs repair: last/ has the new best, checkpoint/ the one before
+        assert state_of(out / "last")["best_model"]["step"] == at  # type: ignore[index]
+        assert json.loads((out / "checkpoint" / "config.json").read_text())["training"]["step"] < at
+    if where == "swap":
+        assert not (out / "last").exists() and (out / "last.old").is_dir()
+
+    resumed = Trainer(cfg)
+    assert resumed.step == {"step": 20, "publish": 16, "swap": 16}[where]
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["training"]["step"] == resumed.best.step
+    resumed.fit()
+    assert [r["loss"] for r in rows_of(out, "train")] == [r["loss"] for r in rows_of(straight, "train")]
+    assert rows_of(out, "eval") == rows_of(straight, "eval") and rows_of(out, "best") == rows_of(straight, "best")
+    assert state_of(out / "last") == state_of(straight / "last")
+    assert state_of(out / "last")["best_model"]["patience_counter"] > 0  # type: ignore[index]
+    for name in ("last", "checkpoint"):
+        assert same_weights(out / name, straight / name), name
+        assert (json.loads((out / name / "config.json").read_text())["training"]
+                == json.loads((straight / name / "config.json").read_text())["training"])
+
+
+def test_early_stopping_after_patience_validations(overfit_run: tuple[Path, Trainer, dict[str, float]],
+                                                    overfit_data: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="tinystories")
+    scores = [float(r["val_bpb"]) for r in rows_of(overfit_run[0], "eval")]  # type: ignore[arg-type]
+    stop, best, waited = None, math.inf, 0  # where the uninterrupted run's validations say a patience of 2 stops
+    for i, score in enumerate(scores):
+        best, waited = (score, 0) if score < best else (best, waited + 1)
+        if waited == 2:
+            stop = 4 * (i + 1)
+            break
+    assert stop is not None and stop < 32
+    out = tmp_path / "run"
+    trainer = Trainer(overfit_config(overfit_data, out, "early_stopping_patience=2"))
+    trainer.fit()
+    assert trainer.step == stop and rows_of(out, "train")[-1]["step"] == stop
+    assert f"early stopping at step {stop}: 2 validations without an improvement" in caplog.text
+    assert trainer.best.step == stop - 8 and state_of(out / "last")["step"] == stop
+    caplog.clear()
+    again = Trainer(overfit_config(overfit_data, out, "early_stopping_patience=2"))
+    again.fit()  # a rerun of a run that stopped early trains no further
+    assert again.step == stop and "already finished" in caplog.text
+
+
+def test_epochs_in_the_summary_and_the_progress_bar(overfit_data: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    trainer = Trainer(overfit_config(overfit_data, tmp_path / "run", max_steps=18, eval_interval=9, progress=True))
+    tokens = trainer.data_tokens
+    assert tokens == json.loads((overfit_data / "train.json").read_text())["tokens"]  # valid.bin: nothing held out
+    lines = trainer.summary()
+    assert any(f"18 steps = 0.01M tokens = {18 * 512 / tokens:.1f} epochs" in line for line in lines), lines
+    assert any(f"one epoch (every token read once) takes {tokens / 512:,.1f} steps" in line for line in lines), lines
+    assert any(line.startswith("validation: valid.bin (60 stories") for line in lines), lines
+    trainer.fit()
+    assert f"epoch={18 * 512 / tokens:.2f}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run/last/config.json").read_text())["training"]["epochs"] == round(
+        18 * 512 / tokens, 3)
+
+
+def test_without_valid_bin_stories_are_held_out_of_the_training_data(tmp_path: Path) -> None:
+    from tinystories.data.corpus import read_stories
+    from tinystories.train.batches import split_stories
+
+    data = tmp_path / "tokens"
+    prepare(PrepareConfig(train=["bundled:valid"], valid=[], out_dir=str(data), vocab_size=300), progress=False)
+    assert not (data / "valid.bin").exists()
+    source = read_stories("bundled:valid")[0]
+
+    def trainer(seed: int, *extra: str) -> Trainer:
+        return Trainer(build_train_config(None, [*TINY, "model.vocab_size=300", *extra], data_dir=str(data),
+                                          out_dir=str(tmp_path / f"r{seed}"), seed=seed, progress=False))
+
+    t = trainer(3)
+    assert t.held_out is not None and t.valid is not None
+    eos = t.tokenizer.eos_id
+    held = [t.tokenizer.decode(s.tolist()) for s in split_stories(t.held_out, eos)]
+    kept = [t.tokenizer.decode(s.tolist()) for s in split_stories(t.batches.tokens, eos)]
+    assert len(held) == 25 and sorted(held + kept) == sorted(source)  # 5% of 500, whole stories, none lost
+    assert not set(held) & set(kept) and t.overlap == 0  # disjoint
+    assert len(t.batches.tokens) + len(t.held_out) == json.loads((data / "train.json").read_text())["tokens"]
+    assert t.valid[1].bytes == sum(len(s.encode()) + 1 for s in held)  # bits per byte over their own bytes
+    assert held != [s for s in source if s in set(held)][:0] and held == [s for s in source if s in set(held)]
+    assert any("25 stories" in line and "held out of train.bin: 5% drawn with seed 3" in line for line in t.summary())
+    assert np.array_equal(trainer(3).held_out, t.held_out)  # the same draw in every process and on resume
+    assert not np.array_equal(trainer(4).held_out, t.held_out)
+    none = trainer(5, "validation_split_percentage=0")
+    assert none.valid is None and none.held_out is None and len(none.batches.tokens) == len(t.batches.tokens) + len(
+        t.held_out)
+    assert any(line.startswith("validation: none") for line in none.summary())
+
+
+def test_a_corpus_too_small_to_hold_out_from_says_what_to_do() -> None:
+    from tinystories.train.batches import hold_out_stories
+
+    tokens = np.array([5, 6, 7, 0, 8, 9, 0], dtype=np.uint16)  # two stories
+    train, held, count = hold_out_stories(tokens, 0, 50, seed=1, min_tokens=2)
+    assert count == 1 and sorted([train.tolist(), held.tolist()]) == [[5, 6, 7, 0], [8, 9, 0]]
+    with pytest.raises(TinyStoriesError, match="too small to hold out a validation window.*--valid"):
+        hold_out_stories(tokens, 0, 50, seed=1, min_tokens=8)
+
+
+def test_turning_load_best_model_at_end_on_when_resuming_chooses_again(overfit_data: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A run that kept its last model has no best one on disk: resumed with load_best_model_at_end, it says so and
+    picks the best of the validations to come, never pointing at weights it does not have."""
+    out = tmp_path / "run"
+    first = Trainer(overfit_config(overfit_data, out, "load_best_model_at_end=false", max_steps=24))
+    first.fit()
+    assert first.best.step is not None and first.best.step < 24  # a best model, but checkpoint/ holds step 24
+    caplog.set_level("INFO", logger="tinystories")
+    resumed = Trainer(overfit_config(overfit_data, out))
+    assert "not the best one" in caplog.text and resumed.best.step is None
+    resumed.fit()
+    assert resumed.best.step in (28, 32)
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["training"]["step"] == resumed.best.step
+
+
+def test_a_small_improvement_is_a_new_best_but_does_not_reset_the_patience() -> None:
+    """As HF's EarlyStoppingCallback: early_stopping_threshold decides the count, any improvement the best model."""
+    from tinystories.train.best import BestModel
+
+    best = BestModel()
+    seen = [best.update({"val_bpb": v}, step, "val_bpb", threshold=0.01) for step, v in
+            [(1, 1.5), (2, 1.495), (3, 1.52), (4, 1.4)]]
+    assert seen == [True, True, False, True] and best.step == 4 and best.patience_counter == 0
+    assert BestModel.from_state(best.state()) == best
+    best.update({"val_bpb": 1.399}, 5, "val_bpb", threshold=0.01)
+    assert best.step == 5 and best.patience_counter == 1 and not best.exhausted(2) and not best.exhausted(0)
+    best.update({"val_bpb": 1.6}, 6, "val_bpb", threshold=0.01)
+    assert best.exhausted(2) and best.step == 5

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 def setup_train(p: argparse.ArgumentParser) -> None:
-    p.description = ("Train a model. Rerunning with the same --out resumes from OUT/checkpoint exactly. "
+    p.description = ("Train a model. OUT/checkpoint is the model that scored best on validation; rerunning with "
+                     "the same --out resumes from OUT/last exactly. "
                      "Several GPUs: torchrun --nproc_per_node 4 -m tinystories.cli train ...\n\nExamples:\n"
                      "  tinystories train --data data/tokens --preset 8M --out runs/8m\n"
                      "  tinystories train --config configs/paper-8M.yaml --set optim.lr=1e-3")
@@ -33,12 +34,17 @@ def run_train(args: argparse.Namespace) -> int:
     with hold_folder(cfg.out_dir, enabled=os.environ.get("RANK", "0") == "0"):  # torchrun: rank 0 holds it
         from tinystories.train.trainer import Trainer  # torch import only when training
 
-        result = Trainer(cfg, resume=not args.fresh, sample=sample_stories).fit()
+        trainer = Trainer(cfg, resume=not args.fresh, sample=sample_stories)
+        result = trainer.fit()
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return 0
     if result:
-        print(f"validation loss {result['val_loss']:.4f} nats/token, {result['val_bpb']:.4f} bits/byte")
-    print(f"model saved in {cfg.out_dir}/checkpoint (sample it: tinystories sample {cfg.out_dir}/checkpoint)")
+        best = trainer.best.step if cfg.load_best_model_at_end else None
+        kept = f"the best model (step {best} of {trainer.step})" if best is not None else \
+            f"the last model (step {trainer.step})"
+        print(f"{kept}: validation loss {result['val_loss']:.4f} nats/token, {result['val_bpb']:.4f} bits/byte")
+    print(f"model saved in {cfg.out_dir}/checkpoint (sample it: tinystories sample {cfg.out_dir}/checkpoint); "
+          f"the last state, to resume from, in {cfg.out_dir}/last")
     return 0
 
 

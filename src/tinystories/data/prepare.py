@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 class PrepareConfig(Config):
     train: list[str] = setting(help="training corpus: files, folders, hf:NAME or bundled:train",
                                factory=lambda: ["bundled:train"], ge=1)
-    valid: list[str] = setting(help="validation corpus (`--valid` with no value: none)", factory=lambda: ["bundled:valid"])
+    valid: list[str] = setting(help="validation corpus (`--valid` with no value: none, and `train` holds "
+                                     "out some of the training stories instead)", factory=lambda: ["bundled:valid"])
     out_dir: str = setting("data/tokens", "output folder", flag="out")
     tokenizer: str = setting("", "use this tokenizer.json instead of training one")
     vocab_size: int = setting(4096, "BPE vocabulary size", ge=257, le=65536)
@@ -73,6 +74,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict[str, TokenFileInf
         valid = iter_stories(cfg.valid, "validation", cfg.text_field, errors=cfg.encoding_errors, stats=valid_stats)
         infos["valid"] = pretokenize(valid, tokenizer, out / "valid.bin", progress=progress)
         log.info("valid corpus: %s", valid_stats.summary())
+    else:  # a valid.bin left here by an earlier run would be taken for this corpus's validation stories
+        for stale in (out / "valid.bin", out / "valid.json"):
+            stale.unlink(missing_ok=True)
     write_json(out / "prepare.json", {
         "config": asdict(cfg),
         "corpus": {"train": train_stats.__dict__, "valid": valid_stats.__dict__},

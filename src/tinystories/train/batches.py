@@ -94,3 +94,44 @@ def story_windows(tokens: np.ndarray, eos_id: int, window: int) -> np.ndarray:
     counts = -(-lengths // window)  # windows per story, rounded up
     first = np.repeat(np.cumsum(counts) - counts, counts)  # the index of each window's story's first window
     return np.repeat(starts, counts) + window * (np.arange(counts.sum()) - first)
+
+
+def story_bounds(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of each story in a token file: a story runs to and includes its EOS (a
+    last story without one runs to the end of the file)."""
+    ends = np.flatnonzero(np.asarray(tokens) == eos_id) + 1
+    if not len(ends) or ends[-1] != len(tokens):
+        ends = np.append(ends, len(tokens))
+    return np.concatenate([[0], ends[:-1]]).astype(np.int64), ends.astype(np.int64)
+
+
+def hold_out_stories(tokens: np.ndarray, eos_id: int, percentage: float, seed: int,
+                     min_tokens: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Split a token file into (training tokens, held-out tokens, held-out story count): whole
+    stories, drawn at random with `seed` (so every process and every resume draws the same),
+    `percentage` of them and at least enough for `min_tokens` (one validation window). Each part
+    keeps the file's order and its story-EOS layout; no training window can touch a held-out
+    token, since they are no longer in the training array."""
+    starts, ends = story_bounds(tokens, eos_id)
+    lengths = ends - starts
+    order = np.random.Generator(np.random.PCG64([seed, 2**40 + 7])).permutation(len(starts))
+    wanted = max(1, round(len(starts) * percentage / 100))
+    enough = int(np.searchsorted(np.cumsum(lengths[order]), min_tokens)) + 1  # stories for min_tokens
+    count = max(wanted, enough)
+    if count >= len(starts):
+        raise TinyStoriesError(f"the training data ({len(tokens):,} tokens, {len(starts):,} stories) is too small "
+                               f"to hold out a validation window of {min_tokens} tokens and still train: give a "
+                               "validation corpus (`--valid` of pretokenize or demo), or set "
+                               "validation_split_percentage=0")
+    held = np.zeros(len(starts), dtype=bool)
+    held[order[:count]] = True
+    mask = np.repeat(held, lengths)
+    tokens = np.asarray(tokens)
+    return tokens[~mask], tokens[mask], count
+
+
+def split_stories(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
+    """Each story's tokens, without its EOS (empty stories left out)."""
+    starts, ends = story_bounds(tokens, eos_id)
+    stories = [np.asarray(tokens[a:b]) for a, b in zip(starts, ends)]
+    return [s[:-1] if s[-1] == eos_id else s for s in stories if len(s) and not (len(s) == 1 and s[0] == eos_id)]

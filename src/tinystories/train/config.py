@@ -60,7 +60,8 @@ class OptimConfig(Config):
 class TrainConfig(Config):
     data_dir: str = setting("", "folder from `tinystories pretokenize`: train.bin, valid.bin, tokenizer.json",
                             flag="data")
-    out_dir: str = setting("runs/default", "run folder: checkpoint/, metrics, loss.png, config.yaml", flag="out")
+    out_dir: str = setting("runs/default", "run folder: checkpoint/ (the model to use), last/ (the state to "
+                                           "resume from), metrics, loss.png, config.yaml", flag="out")
     preset: str = setting("demo", "model shape to start from (`tinystories presets`); `model.*` fields "
                                   "override it")
     model: GPTConfig = setting(help="the model's shape", factory=GPTConfig)
@@ -75,8 +76,22 @@ class TrainConfig(Config):
                                       "0 = no limit", ge=0)
     eval_interval: int = setting(200, "steps between validations", ge=1)
     eval_batches: int = setting(20, "validation batches per validation", ge=1)
+    validation_split_percentage: float = setting(
+        5.0, "when data_dir has no valid.bin: hold out this percentage of the training stories (drawn with "
+             "`seed`, the same in every process and on resume) to validate on; 0 = no validation", ge=0, lt=100)
     log_interval: int = setting(10, "steps between log rows", ge=1)
-    checkpoint_interval: int = setting(500, "steps between checkpoints", ge=1)
+    checkpoint_interval: int = setting(500, "steps between saves of the last state (last/, for resuming); a "
+                                            "validation that finds a new best model saves too", ge=1)
+    load_best_model_at_end: bool = setting(
+        True, "checkpoint/ holds the model that scored best on validation (metric_for_best_model) and the trainer "
+              "ends with it; off = checkpoint/ holds the last weights. last/ always holds the last state")
+    metric_for_best_model: Literal["val_bpb", "val_loss"] = setting(
+        "val_bpb", "the validation metric that picks the best model (lower is better for both)")
+    early_stopping_patience: int = setting(
+        0, "stop after this many validations in a row that do not improve the best metric by more than "
+           "early_stopping_threshold; 0 = never stop early (the best model is kept either way)", ge=0)
+    early_stopping_threshold: float = setting(
+        0.0, "the improvement of metric_for_best_model that resets the early-stopping count", ge=0)
     seed: int = setting(1337, "random seed", ge=0, lt=2**63)
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(

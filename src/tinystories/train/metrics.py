@@ -112,6 +112,9 @@ class MetricsLog:
             samples = _rows_until(self.samples, keep_until)
             with atomic_write(self.samples, encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in samples)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
         with atomic_write(self.jsonl) as f:
             f.writelines(json.dumps(r) + "\n" for r in self.rows)
         with atomic_write(self.csv, newline="") as f:
@@ -148,12 +151,16 @@ class MetricsLog:
         if self.trackers is not None:
             self.trackers.stories(step, stories)
 
-    def last_eval(self, step: int) -> dict[str, float]:
-        """The evaluation logged at `step`, if any (a finished run rerun reports it again)."""
-        for row in reversed(self.rows):
-            if row["kind"] == "eval" and row["step"] == step:
-                return {"val_loss": row["val_loss"], "val_bpb": row["val_bpb"]}
-        return {}
+    def best(self, step: int, tokens: int, val_loss: float, val_bpb: float) -> None:
+        """The validation of the model the run keeps (its step and scores), as the last row, of kind
+        "best", in place of any earlier one (a finished run trained further chooses again). Not sent to
+        the trackers: it belongs to an earlier step, and W&B's steps only go forward."""
+        if not self.enabled:
+            return
+        self.rows = [r for r in self.rows if r["kind"] != "best"]
+        self.rows.append({"step": step, "tokens": tokens, "kind": "best",
+                          "val_loss": round(val_loss, 5), "val_bpb": round(val_bpb, 5)})
+        self._rewrite()
 
     def plot(self) -> None:
         if not self.enabled or not self.rows:
@@ -165,11 +172,16 @@ class MetricsLog:
 
         train = [r for r in self.rows if r["kind"] == "train"]
         evals = [r for r in self.rows if r["kind"] == "eval"]
+        best = [r for r in self.rows if r["kind"] == "best"][-1:]
         fig, ax = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)
         ax[0, 0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train")
         if evals:
             ax[0, 0].plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
             ax[0, 1].plot([r["step"] for r in evals], [r["val_bpb"] for r in evals], "o-", color="C1")
+            if best:
+                ax[0, 1].plot([best[0]["step"]], [best[0]["val_bpb"]], "*", ms=14, color="C3",
+                              label=f"kept: step {best[0]['step']}")
+                ax[0, 1].legend()
             ax[0, 1].set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
             ax[0, 1].grid(alpha=0.3)
         ax[0, 0].set(xlabel="step", ylabel="loss (nats/token)", title="loss")
