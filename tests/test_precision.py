@@ -50,10 +50,16 @@ def test_bfloat16_trains_on_a_cpu_near_float32(data_dir: Path, tmp_path: Path) -
         assert abs(a - b) < 0.01 * b, (runs["bfloat16"], runs["float32"])
 
 
-def test_the_probe_leaves_no_trace() -> None:
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This machine's measured choices in an empty folder: the probe runs."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return precision.cache_file()
+
+
+def test_the_probe_leaves_no_trace(fresh_cache: Path) -> None:
     """Timing both dtypes changes neither the random stream a run draws from nor its gradients."""
     model = GPT(GPTConfig(vocab_size=97, context_length=32, n_layer=1, n_head=2, d_model=32, dropout=0.1)).train()
-    precision._chosen.clear()
     before = torch.get_rng_state()
     dtype, why = precision.probe_cpu_dtype(model)
     assert torch.equal(torch.get_rng_state(), before)
@@ -62,13 +68,24 @@ def test_the_probe_leaves_no_trace() -> None:
 
 
 @pytest.mark.parametrize("bf16,expected", [(0.5, torch.bfloat16), (0.95, torch.float32), (3.0, torch.float32)])
-def test_bfloat16_only_where_clearly_faster(bf16: float, expected: torch.dtype,
+def test_bfloat16_only_where_clearly_faster(bf16: float, expected: torch.dtype, fresh_cache: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     model = GPT(GPTConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, d_model=16))
     monkeypatch.setattr(precision, "step_seconds", lambda _m, _i, dtype: bf16 if dtype == torch.bfloat16 else 1.0)
-    precision._chosen.clear()
     assert precision.probe_cpu_dtype(model)[0] == expected
-    precision._chosen.clear()
+
+
+def test_the_first_measure_on_a_machine_is_kept(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later process of the same shape takes the kept choice, however the timings would fall now;
+    another shape is measured for itself."""
+    model = GPT(GPTConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, d_model=16))
+    monkeypatch.setattr(precision, "step_seconds", lambda _m, _i, dtype: 0.5 if dtype == torch.bfloat16 else 1.0)
+    assert precision.probe_cpu_dtype(model)[0] == torch.bfloat16 and fresh_cache.exists()
+    monkeypatch.setattr(precision, "step_seconds", lambda _m, _i, dtype: 2.0 if dtype == torch.bfloat16 else 1.0)
+    dtype, why = precision.probe_cpu_dtype(model)
+    assert dtype == torch.bfloat16 and "kept" in why
+    other = GPT(GPTConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, d_model=32))
+    assert precision.probe_cpu_dtype(other)[0] == torch.float32
 
 
 def test_a_resumed_auto_run_keeps_the_dtype_it_started_in(data_dir: Path, tmp_path: Path) -> None:

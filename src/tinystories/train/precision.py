@@ -4,20 +4,31 @@ bfloat16 autocast speeds a step up only where the CPU multiplies bfloat16 native
 Intel Xeons since Sapphire Rapids, avx512_bf16 on AMD Zen 4); where it is emulated (AVX2: Zen
 3, most laptops) it is far slower, and at tiny widths the casts can cost more than the matmuls
 save. So `auto` is bfloat16 on GPUs and, on a CPU, whichever dtype runs this model's own
-forward and backward faster, timed at start-up on a small batch. float32, the more exact, is
-kept unless bfloat16 is clearly faster.
+forward and backward faster, timed on a small batch. float32, the more exact, is kept unless
+bfloat16 is clearly faster.
+
+A timing can fall either side of the line on a busy machine, and a run's numbers follow its
+dtype, so the first measurement on a machine is kept (``$XDG_CACHE_HOME/tinystories/dtype.json``,
+by CPU, torch version, thread count and model shape): the same command on the same machine
+trains the same way every time, and a resumed or restarted run as its first start did.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
 from tinystories.model.gpt import GPT
+from tinystories.utils import atomic_write, cpu_model_and_flags
 
 MARGIN = 0.9  # bfloat16 must take under 90% of float32's time: a near tie is noise, and fp32 is exact
-_chosen: dict[tuple[object, int], tuple[torch.dtype, str]] = {}  # per model shape and thread count
 
 
 def step_seconds(model: GPT, idx: torch.Tensor, dtype: torch.dtype) -> float:
@@ -34,13 +45,30 @@ def probe_cpu_dtype(model: GPT, rows: int = 2, repeats: int = 3) -> tuple[torch.
 
     Both are timed alternately, best of `repeats` after a warm-up, on `rows` windows of the
     model's context. The model's gradients are cleared after and the RNG is left as it was, so
-    a run is the same as if nothing had been timed. Measured once per process for a model shape
-    and thread count.
+    a run is the same as if nothing had been timed. Measured once per machine, model shape and
+    thread count (`cache_file`).
     """
-    key = (model.cfg, torch.get_num_threads())
-    if key not in _chosen:
-        _chosen[key] = _probe(model, rows, repeats)
-    return _chosen[key]
+    name, flags = cpu_model_and_flags()
+    key = hashlib.sha256(json.dumps([name, sorted(flags), torch.__version__, torch.get_num_threads(),
+                                     asdict(model.cfg)], sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_file()
+    known: dict[str, list[str]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = json.loads(path.read_text())
+    if key in known:
+        dtype, why = known[key]
+        return getattr(torch, dtype), f"{why}, kept from this machine's first measure"
+    chosen, why = _probe(model, rows, repeats)
+    with contextlib.suppress(OSError):  # (a read-only home: measured again next time)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            json.dump({**known, key: [str(chosen).removeprefix("torch."), why]}, f, indent=1)
+    return chosen, why
+
+
+def cache_file() -> Path:
+    """Where each machine's measured choices are kept."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories" / "dtype.json"
 
 
 def _probe(model: GPT, rows: int, repeats: int) -> tuple[torch.dtype, str]:
