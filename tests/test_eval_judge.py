@@ -199,7 +199,7 @@ def test_grading_survives_failures_and_caches(judge_server: ScriptedJudge, tmp_p
     assert by_completion[" it rolled away DOWN the hill."].parsed is None
     assert "LLMError" in by_completion[" it rolled away DOWN the hill."].error
 
-    summary = summarize_grades(js)
+    summary = summarize_grades(js).to_json()
     assert summary["judged"] == 3 and summary["missing"] == 2
     good = [true_scores(c.strip()) for c in (" sat on the mat and slept.", " FLAKY ran to the park.", " he gave it to Lily.")]
     for key in ("grammar", "creativity", "consistency", "plot"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from pathlib import Path
 
@@ -11,43 +12,54 @@ import pytest
 
 from tinystories.data.beginnings import load_beginnings
 from tinystories.errors import TinyStoriesError
+from tinystories.eval.bpb import BpbResult
+from tinystories.eval.judge import MissingInfo
 from tinystories.eval.report import write_report
+from tinystories.eval.results import Finding, Results
 from tinystories.eval.sample import sample_completions
-from tinystories.eval.stats import bootstrap_mean, win_rate
+from tinystories.eval.stats import Estimate, bootstrap_mean, win_rate
 from tinystories.eval.tasks import registry
+from tinystories.eval.tasks.diversity import Overlap
+from tinystories.eval.tasks.gpt_eval import Grades
 from tinystories.eval.tasks.instruct import (
+    InstructScores,
     inflections,
     instruction_text,
     load_instructions,
     word_check,
 )
-from tinystories.eval.tasks.probes import load_probes
+from tinystories.eval.tasks.pairwise import WinRate
+from tinystories.eval.tasks.probes import ProbeScores, load_probes
 from tinystories.infer.params import SamplingParams
 from tinystories.model.loader import load_any
 
 
-def est(values: list[float]) -> dict:
-    return bootstrap_mean(values, seed=0).to_json()
+def est(values: list[float]) -> Estimate:
+    return bootstrap_mean(values, seed=0)
 
 
-def fake_results() -> dict:
-    models = {}
-    for i, (name, params) in enumerate([("tiny-1M", 1_000_000), ("tiny-8M", 8_000_000), ("tiny-33M", 33_000_000)]):
-        models[name] = {
-            "params": params,
-            "gpt_eval": {"scores": {k: est([3 + i, 5 + i, 4 + i]) for k in ("grammar", "creativity", "consistency",
-                                                                             "plot")},
-                         "age_groups": {g: i for g in "ABCDEF"}, "judged": 3, "missing": 1},
-            "probes": {"factual": est([0.0, 1.0]), "reasoning": est([1.0, 1.0])},
-            "instruct": {"scores": {"instructions": est([5, 6]), "grammar": est([7, 8])},
-                         "all_words_present": est([1.0, 0.0]), "words_present": est([1.0, 0.5])},
-            "diversity": {"max_precision": [0.1 * i, 0.4, 0.6], "max_precision_mean": est([0.1 * i, 0.4, 0.6]),
-                          "within_prompt_f": [0.2, 0.3], "within_prompt_f_mean": est([0.2, 0.3])},
-            "bpb": {"nll_nats": 100.0, "tokens": 50, "bytes": 200, "stories": 2, "loss": 2.0, "bpb": 1.5 - 0.3 * i},
-        }
-    pair = {"models": ["tiny-1M", "tiny-8M"], **win_rate(["a", "b", "tie"])}
+NONE_MISSING = MissingInfo(total=3, missing=0, field_missing={}, reasons=[], sample_answer="")
+
+
+def fake_results() -> Results:
+    findings = []
+    params = {}
+    for i, (name, size) in enumerate([("tiny-1M", 1_000_000), ("tiny-8M", 8_000_000), ("tiny-33M", 33_000_000)]):
+        params[name] = size
+        findings += [Finding((name,), result) for result in (
+            Grades({k: est([3 + i, 5 + i, 4 + i]) for k in ("grammar", "creativity", "consistency", "plot")},
+                   {g: i for g in "ABCDEF"}, 3, 1, NONE_MISSING),
+            ProbeScores(NONE_MISSING, {"factual": est([0.0, 1.0]), "reasoning": est([1.0, 1.0])}),
+            InstructScores({"instructions": est([5, 6]), "grammar": est([7, 8])}, est([1.0, 0.0]), est([1.0, 0.5]),
+                           2, 0, NONE_MISSING),
+            Overlap([0.1 * i, 0.4, 0.6], [0, 1, 2], est([0.1 * i, 0.4, 0.6]), [0.2, 0.3], est([0.2, 0.3])),
+            # 50 tokens over 200 bytes at 1.5 - 0.3 i bits per byte
+            BpbResult((1.5 - 0.3 * i) * 200 * math.log(2), 50, 200, 2))]
+    w = win_rate(["a", "b", "tie"])
+    findings.append(Finding(("tiny-1M", "tiny-8M"), WinRate(Estimate(**w["win_rate"]), w["a"], w["b"], w["tie"],
+                                                            w["missing"], NONE_MISSING)))
     judge = {"model": "judge-x", "base_url": "http://127.0.0.1:1/v1"}
-    return {"config": {"judge": judge}, "judge": judge, "models": models, "pairwise": [pair]}
+    return Results({"judge": judge}, tuple(params), params, {}, tuple(findings), judge)
 
 
 def test_report_writes_markdown_html_plots_and_raw_files(tmp_path: Path):

@@ -131,18 +131,16 @@ def run_eval(args: argparse.Namespace) -> int:
         out = suite.run(confirm)
     if out is None:
         return 0
-    print(summary_table(suite.results))
+    results = suite.results
+    print(summary_table(results.to_json()))
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
-    failed = [(f"{m}: {key}", r["missing_info"]) for m, results in suite.results["models"].items()
-              for key, r in results.items() if isinstance(r, dict) and "missing_info" in r]
-    failed += [(" vs ".join(p["models"]), p["missing_info"]) for p in suite.results["pairwise"]]
-    failed = [(what, info) for what, info in failed if mostly_missing(info)]
+    failed = [(what, info) for what, info in results.missing() if mostly_missing(info)]
     for what, info in failed:
-        reasons = "; ".join(f"{r} ({n}x)" for r, n in info["reasons"])
-        print(f"error: {what}: {info['missing']} of {info['total']} judgments missing, fields missing "
-              f"{info['field_missing']}; commonest reasons: {reasons}", file=sys.stderr)
-        if info["sample_answer"]:
-            print(f"  the end of one unusable answer: {info['sample_answer'][-300:]!r}", file=sys.stderr)
+        reasons = "; ".join(f"{r} ({n}x)" for r, n in info.reasons)
+        print(f"error: {what}: {info.missing} of {info.total} judgments missing, fields missing "
+              f"{info.field_missing}; commonest reasons: {reasons}", file=sys.stderr)
+        if info.sample_answer:
+            print(f"  the end of one unusable answer: {info.sample_answer[-300:]!r}", file=sys.stderr)
     if failed:
         print("error: most judgments are missing, so these numbers measure little; fix the judge (its URL, "
               "model or answer format) and rerun: answered judgments are cached", file=sys.stderr)

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm import tqdm
 
 from tinystories.errors import TinyStoriesError
+from tinystories.eval.results import Result
 from tinystories.model.gpt import GPT
 from tinystories.model.losses import bits_per_byte
 from tinystories.tokenizer import Tokenizer
 
 
-@dataclass
-class BpbResult:
+@dataclass(frozen=True)
+class BpbResult(Result):
+    key: ClassVar[str] = "bpb"
     nll_nats: float  # summed over every predicted token
     tokens: int  # predicted tokens (each story's tokens + its end)
     bytes: int

@@ -222,21 +222,31 @@ class Judgment:
         return asdict(self)
 
 
-def missing_summary(judgments: Sequence[Judgment], fields: Sequence[str]) -> dict[str, Any]:
-    """How many judgments (and which fields) are missing, the commonest reasons, and a sample of
-    a judge's answer that was not usable: what a user needs to see to fix a judge's format."""
+@dataclass(frozen=True)
+class MissingInfo:
+    """How many judgments (and which fields) are missing, the commonest reasons, and the end of
+    an answer that was not usable: what a user needs to see to fix a judge's format."""
+    total: int
+    missing: int
+    field_missing: dict[str, int]
+    reasons: list[tuple[str, int]]
+    sample_answer: str
+
+
+def missing_summary(judgments: Sequence[Judgment], fields: Sequence[str]) -> MissingInfo:
+    """The `MissingInfo` of these judgments, for the fields a task reads."""
     missing = [j for j in judgments if j.parsed is None]
     field_missing = {f: sum(j.parsed is None or f not in j.parsed for j in judgments) for f in fields}
     reasons = Counter(r.split(" (the block has")[0] for j in judgments if j.error for r in j.error.split("; "))
     bad = next((j for j in judgments if j.error and j.answer), None)
-    return {"total": len(judgments), "missing": len(missing), "field_missing": field_missing,
-            "reasons": reasons.most_common(3), "sample_answer": bad.answer[-400:] if bad else ""}
+    return MissingInfo(len(judgments), len(missing), field_missing, reasons.most_common(3),
+                       bad.answer[-400:] if bad else "")
 
 
-def mostly_missing(info: dict[str, Any]) -> bool:
+def mostly_missing(info: MissingInfo) -> bool:
     """More than half of the judgments, or of one field, are missing: the run did not measure it."""
-    half = info["total"] / 2
-    return info["total"] > 0 and (info["missing"] > half or any(n > half for n in info["field_missing"].values()))
+    half = info.total / 2
+    return info.total > 0 and (info.missing > half or any(n > half for n in info.field_missing.values()))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 
-@dataclass
+@dataclass(frozen=True)
 class Estimate:
     mean: float
     low: float  # bootstrap percentile interval

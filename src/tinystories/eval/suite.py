@@ -1,19 +1,18 @@
 """Run any set of evaluation tasks on one or several models and write the report.
 
-Order of work: every task prepares (samples and scores locally, seeded, and lists the
-judgments it wants), the cost of the judge calls still missing from the cache is shown,
-then the judge answers, every task summarises, and the report is written. Every
-`tinystories eval` subcommand is this pipeline with a fixed task list. The tasks themselves
-live in `eval/tasks/`, one file each.
+Order of work: every task prepares (samples locally, seeded, and lists the judgments it
+wants), the cost of the judge calls still missing from the cache is shown, then the judge
+answers, every task summarises (a task without a judge scores here), and the report is
+written. Every `tinystories eval` subcommand is this pipeline with a fixed task list. The
+tasks themselves live in `eval/tasks/`, one file each, listed in `eval.tasks.TASKS`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.config import SuiteConfig
@@ -29,7 +28,8 @@ from tinystories.eval.judge import (
     parse_probe,
 )
 from tinystories.eval.report import write_report
-from tinystories.eval.task import Pending, Task
+from tinystories.eval.results import Finding, Results
+from tinystories.eval.task import Context, Pending
 from tinystories.eval.tasks import registry
 from tinystories.llm_client import api_key
 from tinystories.model.checkpoint import LoadedModel, model_name
@@ -45,7 +45,8 @@ def model_names(paths: list[str]) -> list[str]:
 
 
 class Suite:
-    """The state the tasks share: loaded models, sampled completions, judge runs, results."""
+    """The work tasks share (loaded models, sampled completions, judge runs), handed to each task
+    as a `Context`, and the findings the tasks return."""
 
     def __init__(self, cfg: SuiteConfig):
         tasks = registry()
@@ -54,7 +55,7 @@ class Suite:
             raise TinyStoriesError(f"unknown task(s) {unknown}; choose from {', '.join(tasks)}")
         if not cfg.models:
             raise TinyStoriesError("give at least one model folder")
-        self.tasks: list[Task] = [tasks[t] for t in cfg.tasks]
+        self.tasks = [tasks[t] for t in cfg.tasks]
         for task in self.tasks:
             task.check(cfg)
         if any(t.judged for t in self.tasks):
@@ -62,25 +63,32 @@ class Suite:
                 raise TinyStoriesError("the judged tasks need --judge-url (an OpenAI-compatible endpoint)")
             api_key(cfg.judge)  # fail before sampling, not after
         self.cfg = cfg
-        self.names = model_names(cfg.models)
+        self.names = tuple(model_names(cfg.models))
         self.paths = dict(zip(self.names, cfg.models))
         self.cache = JudgmentCache(cfg.cache_path)
-        self.results: dict[str, Any] = {"config": asdict(cfg), "models": {n: {} for n in self.names},
-                                        "pairwise": []}
+        self.context = Context(cfg, self.names, self.model, self.beginnings, self.sample, self.judge_run)
         self._models: dict[str, LoadedModel] = {}
-        self._completions: dict[tuple[str, tuple[str, ...], int], list[list[str]]] = {}
+        self._completions: dict[tuple[str, tuple[str, ...]], list[list[str]]] = {}
         self._runs: dict[str, JudgeRun] = {}
+        self._findings: list[Finding] = []
+        self._judge: dict[str, str] | None = None
 
-    # ---- what tasks share ------------------------------------------------------------
+    @property
+    def results(self) -> Results:
+        """What the run has found so far (all of it once `run` returns)."""
+        beginnings = tuple(self.beginnings()) if self._completions else ()
+        return Results(asdict(self.cfg), self.names, {n: m.model.num_params() for n, m in self._models.items()},
+                       {n: c for (n, texts), c in self._completions.items() if texts == beginnings},
+                       tuple(self._findings), self._judge)
+
+    # ---- what tasks share (the Context's functions) -----------------------------------
 
     def model(self, name: str) -> LoadedModel:
         if name not in self._models:
             from tinystories.model.loader import load_any
             from tinystories.utils import pick_device
 
-            loaded = load_any(self.paths[name], pick_device(self.cfg.device))
-            self._models[name] = loaded
-            self.results["models"][name]["params"] = loaded.model.num_params()
+            self._models[name] = load_any(self.paths[name], pick_device(self.cfg.device))
         return self._models[name]
 
     def beginnings(self) -> list[str]:
@@ -88,22 +96,16 @@ class Suite:
 
         return load_beginnings(self.cfg.prompts or None)
 
-    def completions(self, name: str, texts: list[str] | None = None, n: int | None = None) -> list[list[str]]:
-        """`n` (default: `samples`) seeded completions per text (default: the beginnings), [text][sample].
-
-        Sampled once per model and texts, whichever tasks ask (GPT-Eval, pairwise and diversity
-        share the same completions). Row j of a model's job list has seed `sampling.seed + j`.
-        """
-        texts = self.beginnings() if texts is None else texts
-        n = n or self.cfg.samples
-        key = (name, tuple(texts), n)
+    def sample(self, name: str, texts: Sequence[str]) -> list[list[str]]:
+        """`samples` seeded completions per text, [text][sample]; sampled once per model and texts,
+        whichever tasks ask (GPT-Eval, pairwise and diversity share those of the beginnings)."""
+        key = (name, tuple(texts))
         if key not in self._completions:
             from tinystories.eval.sample import sample_completions
 
-            self._completions[key] = sample_completions(self.model(name), texts, n, self.cfg.sampling,
-                                                        self.cfg.batch_size, self.cfg.progress, name)
-            if texts == self.beginnings() and n == self.cfg.samples:
-                self.results["models"][name]["completions"] = self._completions[key]
+            self._completions[key] = sample_completions(self.model(name), texts, self.cfg.samples,
+                                                        self.cfg.sampling, self.cfg.batch_size, self.cfg.progress,
+                                                        name)
         return self._completions[key]
 
     def judge_run(self, kind: str) -> JudgeRun:
@@ -120,14 +122,14 @@ class Suite:
         `confirm(preview)` is asked before any judge call is made (the CLI shows the cost and
         asks the user); False stops the run there.
         """
-        pending = {task.name: task.prepare(self) for task in self.tasks}
+        pending = {task.name: task.prepare(self.context) for task in self.tasks}
         flat = [p for ps in pending.values() for p in ps]
         if flat:
             if not self.judge_all(flat, confirm):
                 return None
-            self.results["judge"] = {"model": self.cfg.judge.model, "base_url": self.cfg.judge.base_url}
+            self._judge = {"model": self.cfg.judge.model, "base_url": self.cfg.judge.base_url}
         for task in self.tasks:
-            task.summarize(self, pending[task.name])
+            self._findings += task.summarize(self.context, pending[task.name])
         judgments = [j.to_json() for p in flat for j in p.judgments]
         return write_report(self.cfg.out, self.results, judgments, self.tasks)
 

@@ -1,33 +1,53 @@
-"""What an evaluation is: the interface every task in `eval/tasks/` implements.
+"""What an evaluation is: the interface every task in `eval/tasks/` implements, and what a task is given.
 
-A task works in three moments, so that the suite can show the cost of every judge call
-before spending anything: `prepare` samples or scores what it needs (local, seeded) and
-returns the judgments it wants; the suite then asks the judge; `summarize` turns the
-answers into numbers in the results; `report` renders its section of the report.
+A task works in two moments, so that the suite can show the cost of every judge call before
+spending anything: `prepare` samples what it needs (local, seeded) and returns the judgments it
+wants; the suite then asks the judge; `summarize` turns the answers (or, for a task without a
+judge, its own scoring) into frozen results. `report` renders its section of the report from
+the run's results. A task sees a `Context`, never the suite: the settings, the models' names,
+and the work tasks share (loaded models, completions sampled once, judge runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from tinystories.eval.config import SuiteConfig
 from tinystories.eval.judge import JudgeRun, Judgment
-from tinystories.eval.report import Block
+from tinystories.eval.results import Finding, Results
+from tinystories.render import Block
 
-if TYPE_CHECKING:
-    from tinystories.eval.suite import Suite
+if TYPE_CHECKING:  # (torch: not imported when the CLI starts)
+    from tinystories.model.checkpoint import LoadedModel
 
 AddPlot = Callable[[str, bytes, str], Block]  # (file name, PNG, caption) -> the plot's block in the report
 
 
-@dataclass
+@dataclass(frozen=True)
+class Context:
+    """What a task may use: each call is cached across tasks (a model loads once, GPT-Eval,
+    pairwise and diversity share the completions of the beginnings)."""
+    cfg: SuiteConfig
+    names: tuple[str, ...]  # the models, in the order given
+    model: Callable[[str], LoadedModel]  # name -> the loaded model
+    beginnings: Callable[[], list[str]]  # the story beginnings (`cfg.prompts`, default: the paper's 44)
+    sample: Callable[[str, Sequence[str]], list[list[str]]]  # (name, texts) -> `cfg.samples` seeded completions, [text][sample]
+    judge: Callable[[str], JudgeRun]  # template kind (grade, pairwise, instruct, probe) -> its run
+
+    def completions(self, name: str, texts: Sequence[str] | None = None) -> list[list[str]]:
+        """`sample` of `texts`, by default of the beginnings. Row j of a model's job list has
+        seed `sampling.seed + j`."""
+        return self.sample(name, self.beginnings() if texts is None else texts)
+
+
+@dataclass(frozen=True)
 class Pending:
-    """Judgments a task wants, for one model (or None for a task across models)."""
+    """Judgments a task wants, about one model or (a comparison) several."""
     run: JudgeRun
     judgments: list[Judgment]
-    model: str | None
+    models: tuple[str, ...]
 
 
 class Task:
@@ -39,27 +59,14 @@ class Task:
     def check(self, cfg: SuiteConfig) -> None:
         """Refuse settings this task cannot run with, before any work (raise TinyStoriesError)."""
 
-    def prepare(self, suite: Suite) -> list[Pending]:
-        """Sample or score (into `suite.results`); the judgments still to ask."""
-        raise NotImplementedError
-
-    def summarize(self, suite: Suite, pending: list[Pending]) -> None:
-        """Answered judgments into `suite.results` (judged tasks only)."""
-
-    def report(self, results: dict[str, Any], add_plot: AddPlot) -> list[Block]:
-        """This task's section of the report."""
+    def prepare(self, ctx: Context) -> list[Pending]:
+        """Sample what the judge will see; the judgments to ask (none for a task without a judge)."""
         return []
 
+    def summarize(self, ctx: Context, answered: Sequence[Pending]) -> list[Finding]:
+        """This task's results: from the answered judgments, or scored here."""
+        raise NotImplementedError
 
-def per_model(results: dict[str, Any], key: str) -> dict[str, Any]:
-    """{model: results[models][model][key]} for the models that have `key`."""
-    return {m: r[key] for m, r in results.get("models", {}).items() if key in r}
-
-
-TASKS: dict[str, Task] = {}  # filled by `@register` as `eval.tasks.registry()` imports each module
-
-
-def register(cls: type[Task]) -> type[Task]:
-    """Class decorator of a task module: the task joins the registry under its `name`."""
-    TASKS[cls.name] = cls()
-    return cls
+    def report(self, results: Results, add_plot: AddPlot) -> list[Block]:
+        """This task's section of the report."""
+        return []

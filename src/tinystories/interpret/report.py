@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from dataclasses import asdict
 from pathlib import Path
@@ -36,12 +35,13 @@ from tinystories.interpret.plots import (
     plot_head_scatter,
 )
 from tinystories.model.checkpoint import LoadedModel
+from tinystories.render import img_tag
 from tinystories.utils import atomic_write, write_json
 
 
 def img_html(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    """The PNG at `path`, embedded as the evaluation report embeds its plots."""
+    return img_tag(path.read_bytes(), alt)
 
 
 def snippets_html(examples: list[Example]) -> str:

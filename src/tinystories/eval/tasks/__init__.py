@@ -1,23 +1,22 @@
-"""Every evaluation, one module each; a module registers its task with `eval.task.register`.
+"""Every evaluation, one module each, and `TASKS`: the one list of them, in report order.
 
-Adding an evaluation means adding one file here: the registry imports every module of this
-package, and the CLI (`tinystories eval NAME`), the suite and the report all read the
-registry.
+Adding an evaluation means adding its file here and its task to `TASKS`: the CLI (`tinystories
+eval NAME`), the suite and the report all read this list.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from tinystories.eval.task import Task
+from tinystories.eval.tasks.bpb import BitsPerByte
+from tinystories.eval.tasks.diversity import Diversity
+from tinystories.eval.tasks.gpt_eval import GptEval
+from tinystories.eval.tasks.instruct import Instruct
+from tinystories.eval.tasks.pairwise import Pairwise
+from tinystories.eval.tasks.probes import Probes
 
-from tinystories.eval.task import TASKS, Task
-
-ORDER = ("gpt-eval", "pairwise", "instruct", "probes", "diversity", "bpb")  # report order; others follow
+TASKS: tuple[Task, ...] = (GptEval(), Pairwise(), Instruct(), Probes(), Diversity(), BitsPerByte())
 
 
 def registry() -> dict[str, Task]:
     """Every task by name, in report order."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return dict(sorted(TASKS.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    return {task.name: task for task in TASKS}

@@ -7,20 +7,20 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from tinystories.config import read_structured
 from tinystories.data.vocabulary import Vocabulary, load_vocabulary
 from tinystories.errors import TinyStoriesError
-from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
-from tinystories.eval.report import Block, fmt, missing_block
-from tinystories.eval.stats import bootstrap_mean
-from tinystories.eval.task import AddPlot, Pending, Task, per_model, register
+from tinystories.eval.judge import JudgeRun, Judgment, MissingInfo, missing_summary
+from tinystories.eval.results import Finding, Result, Results
+from tinystories.eval.sections import fmt, missing_block
+from tinystories.eval.stats import Estimate, bootstrap_mean
+from tinystories.eval.task import AddPlot, Context, Pending, Task
+from tinystories.render import Block, table
 from tinystories.utils import resource_path
-
-if TYPE_CHECKING:
-    from tinystories.eval.suite import Suite
 
 STORY_MARK = "Story: "
 _WORD = re.compile(r"[a-z]+")
@@ -84,44 +84,51 @@ def instruct_requests(run: JudgeRun, model_name: str, headers: Sequence[str],
     ])
 
 
-def summarize_instruct(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class InstructScores(Result):
+    """One model's instruction following: the judge's scores, and the judge-free word check."""
+    key: ClassVar[str] = "instruct"
+    scores: dict[str, Estimate]  # instructions, grammar
+    all_words_present: Estimate  # share of stories with every required word
+    words_present: Estimate  # share of required words present
+    judged: int
+    missing: int
+    missing_info: MissingInfo
+
+
+def summarize_instruct(judgments: Sequence[Judgment], seed: int = 0) -> InstructScores:
     with_words = [j.meta["word_check"] for j in judgments if j.meta["word_check"]["words"]]
-    return {
-        "scores": {key: bootstrap_mean([(j.parsed or {}).get(key) for j in judgments], seed=seed).to_json()
-                   for key in ("instructions", "grammar")},
-        # judge-free: share of stories with every required word, and share of required words present
-        "all_words_present": bootstrap_mean([float(not c["missing"]) for c in with_words], seed=seed).to_json(),
-        "words_present": bootstrap_mean([len(c["found"]) / len(c["words"]) for c in with_words],
-                                        seed=seed).to_json(),
-        "judged": sum(j.ok for j in judgments), "missing": sum(not j.ok for j in judgments),
-        "missing_info": missing_summary(judgments, ["instructions", "grammar"]),
-    }
+    return InstructScores(
+        {key: bootstrap_mean([(j.parsed or {}).get(key) for j in judgments], seed=seed)
+         for key in ("instructions", "grammar")},
+        bootstrap_mean([float(not c["missing"]) for c in with_words], seed=seed),
+        bootstrap_mean([len(c["found"]) / len(c["words"]) for c in with_words], seed=seed),
+        sum(j.ok for j in judgments), sum(not j.ok for j in judgments),
+        missing_summary(judgments, ["instructions", "grammar"]))
 
 
-@register
 class Instruct(Task):
     name = "instruct"
     help = "instruction following of an Instruct model (judge + required-words check)"
     judged = True
     options = ("instructions", "samples", "sampling", "batch_size")
 
-    def prepare(self, suite: Suite) -> list[Pending]:
-        run = suite.judge_run("instruct")
-        headers = load_instructions(suite.cfg.instructions or None)
+    def prepare(self, ctx: Context) -> list[Pending]:
+        run = ctx.judge("instruct")
+        headers = load_instructions(ctx.cfg.instructions or None)
         prompts = [model_prompt(h) for h in headers]
-        return [Pending(run, instruct_requests(run, name, headers, suite.completions(name, prompts)), name)
-                for name in suite.names]
+        return [Pending(run, instruct_requests(run, name, headers, ctx.completions(name, prompts)), (name,))
+                for name in ctx.names]
 
-    def summarize(self, suite: Suite, pending: list[Pending]) -> None:
-        for p in pending:
-            suite.results["models"][p.model]["instruct"] = summarize_instruct(p.judgments, suite.cfg.seed)
+    def summarize(self, ctx: Context, answered: Sequence[Pending]) -> list[Finding]:
+        return [Finding(p.models, summarize_instruct(p.judgments, ctx.cfg.seed)) for p in answered]
 
-    def report(self, results: dict[str, Any], add_plot: AddPlot) -> list[Block]:
-        instructed = per_model(results, "instruct")
+    def report(self, results: Results, add_plot: AddPlot) -> list[Block]:
+        instructed = results.of(InstructScores)
         if not instructed:
             return []
         rows = [["model", "instructions (judge)", "grammar (judge)", "all words present", "words present"]]
-        rows += [[m, fmt(s["scores"]["instructions"]), fmt(s["scores"]["grammar"]),
-                  fmt(s["all_words_present"]), fmt(s["words_present"])] for m, s in instructed.items()]
-        missing = [b for m, s in instructed.items() for b in missing_block(s.get("missing_info"), m)]
-        return [Block("h2", "Instruction following"), Block("table", rows=rows), *missing]
+        rows += [[m, fmt(s.scores["instructions"]), fmt(s.scores["grammar"]), fmt(s.all_words_present),
+                  fmt(s.words_present)] for m, s in instructed.items()]
+        missing = [b for m, s in instructed.items() for b in missing_block(s.missing_info, m)]
+        return [Block("h2", "Instruction following"), table(rows), *missing]

@@ -7,18 +7,18 @@ which cancels the judge's position bias.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 from tinystories.errors import TinyStoriesError
 from tinystories.eval.config import SuiteConfig
-from tinystories.eval.judge import JudgeRun, Judgment, missing_summary
-from tinystories.eval.report import Block, fmt, missing_block
-from tinystories.eval.stats import win_rate
-from tinystories.eval.task import AddPlot, Pending, Task, register
+from tinystories.eval.judge import JudgeRun, Judgment, MissingInfo, missing_summary
+from tinystories.eval.results import Finding, Result, Results
+from tinystories.eval.sections import fmt, missing_block
+from tinystories.eval.stats import Estimate, win_rate
+from tinystories.eval.task import AddPlot, Context, Pending, Task
 from tinystories.eval.tasks.gpt_eval import SAMPLING
-
-if TYPE_CHECKING:
-    from tinystories.eval.suite import Suite
+from tinystories.render import Block, table
 
 
 def pairwise_requests(run: JudgeRun, names: tuple[str, str], beginnings: Sequence[str],
@@ -51,12 +51,24 @@ def pairwise_outcomes(judgments: Sequence[Judgment]) -> list[str | None]:
     return outcomes
 
 
-def summarize_pairwise(judgments: Sequence[Judgment], seed: int = 0) -> dict[str, Any]:
-    return {**win_rate(pairwise_outcomes(judgments), seed=seed),
-            "missing_info": missing_summary(judgments, ["winner"])}
+@dataclass(frozen=True)
+class WinRate(Result):
+    """Model A's win rate against model B (tie = 1/2), and the counts of each outcome."""
+    key: ClassVar[str] = "pairwise"
+    win_rate: Estimate
+    a: int
+    b: int
+    tie: int
+    missing: int
+    missing_info: MissingInfo
 
 
-@register
+def summarize_pairwise(judgments: Sequence[Judgment], seed: int = 0) -> WinRate:
+    counts = win_rate(pairwise_outcomes(judgments), seed=seed)
+    return WinRate(Estimate(**counts["win_rate"]), counts["a"], counts["b"], counts["tie"], counts["missing"],
+                   missing_summary(judgments, ["winner"]))
+
+
 class Pairwise(Task):
     name = "pairwise"
     help = "judge two models' completions against each other (win rate)"
@@ -69,26 +81,22 @@ class Pairwise(Task):
         if cfg.sampling.seed is None:
             raise TinyStoriesError("pairwise needs a sampling seed")
 
-    def prepare(self, suite: Suite) -> list[Pending]:
-        a, b = suite.names
-        run = suite.judge_run("pairwise")
-        return [Pending(run, pairwise_requests(run, (a, b), suite.beginnings(), suite.completions(a),
-                                               suite.completions(b)), None)]
+    def prepare(self, ctx: Context) -> list[Pending]:
+        a, b = ctx.names
+        run = ctx.judge("pairwise")
+        return [Pending(run, pairwise_requests(run, (a, b), ctx.beginnings(), ctx.completions(a),
+                                               ctx.completions(b)), (a, b))]
 
-    def summarize(self, suite: Suite, pending: list[Pending]) -> None:
-        for p in pending:
-            suite.results["pairwise"].append({"models": suite.names,
-                                              **summarize_pairwise(p.judgments, suite.cfg.seed)})
+    def summarize(self, ctx: Context, answered: Sequence[Pending]) -> list[Finding]:
+        return [Finding(p.models, summarize_pairwise(p.judgments, ctx.cfg.seed)) for p in answered]
 
-    def report(self, results: dict[str, Any], add_plot: AddPlot) -> list[Block]:
+    def report(self, results: Results, add_plot: AddPlot) -> list[Block]:
         blocks = []
-        for pair in results.get("pairwise", []):
-            a, b = pair["models"]
+        for (a, b), pair in results.across(WinRate):
             blocks += [Block("h2", f"Pairwise: {a} vs {b}"),
                        Block("p", f"Win rate of {a} (tie = 1/2; each pair judged in both orders, a "
-                                  f"disagreement counts as a tie): {fmt(pair['win_rate'])}."),
-                       Block("table", rows=[["A wins", "B wins", "ties", "missing"],
-                                            [str(pair["a"]), str(pair["b"]), str(pair["tie"]),
-                                             str(pair["missing"])]]),
-                       *missing_block(pair.get("missing_info"), f"{a} vs {b}")]
+                                  f"disagreement counts as a tie): {fmt(pair.win_rate)}."),
+                       table([["A wins", "B wins", "ties", "missing"],
+                              [str(pair.a), str(pair.b), str(pair.tie), str(pair.missing)]]),
+                       *missing_block(pair.missing_info, f"{a} vs {b}")]
         return blocks
