@@ -100,3 +100,12 @@ def test_a_resumed_auto_run_keeps_the_dtype_it_started_in(data_dir: Path, tmp_pa
     assert resumed.step == 4 and resumed.dtype == getattr(torch, other)
     assert "started in" in resumed.summary()[1]
     assert Trainer(config(data_dir, out, "float32")).dtype == torch.float32  # a set dtype wins
+
+
+def test_a_cpu_without_native_bf16_is_not_timed(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AVX2 (Zen 3, most laptops) emulates bf16: float32 at once, with no probe to wait for."""
+    model = GPT(GPTConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, d_model=16))
+    monkeypatch.setattr(precision, "cpu_model_and_flags", lambda: ("AMD EPYC", {"avx2", "fma"}))
+    monkeypatch.setattr(precision, "step_seconds", lambda *_: pytest.fail("timed"))
+    dtype, why = precision.probe_cpu_dtype(model)
+    assert dtype == torch.float32 and "no native bf16" in why

@@ -106,6 +106,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs that multiply bfloat16 natively
+
+
 def cpu_model_and_flags() -> tuple[str, set[str]]:
     """The first CPU's model name and feature flags (`avx2`, `avx512_bf16`, `amx_int8`, ...) from
     /proc/cpuinfo; empty where there is none (not Linux)."""
@@ -137,7 +140,7 @@ def describe_cpu() -> str:
     isa = torch.backends.cpu.get_cpu_capability()
     if "amx_tile" in flags:
         isa += "+AMX"
-    bf16 = "native bf16" if flags & {"avx512_bf16", "amx_bf16"} else "no native bf16"
+    bf16 = "native bf16" if flags & NATIVE_BF16 else "no native bf16"
     return f"{name} ({isa}, {bf16})" if flags else f"{name} ({isa})"
 
 

@@ -9,7 +9,7 @@ bfloat16 is clearly faster.
 
 A timing can fall either side of the line on a busy machine, and a run's numbers follow its
 dtype, so the first measurement on a machine is kept (``$XDG_CACHE_HOME/tinystories/dtype.json``,
-by CPU, torch version, thread count and model shape): the same command on the same machine
+by CPU, the ISA torch may use, torch version, thread count and model shape): the same command on the same machine
 trains the same way every time, and a resumed or restarted run as its first start did.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from tinystories.model.gpt import GPT
-from tinystories.utils import atomic_write, cpu_model_and_flags
+from tinystories.utils import NATIVE_BF16, atomic_write, cpu_model_and_flags
 
 MARGIN = 0.9  # bfloat16 must take under 90% of float32's time: a near tie is noise, and fp32 is exact
 
@@ -49,7 +49,10 @@ def probe_cpu_dtype(model: GPT, rows: int = 2, repeats: int = 3) -> tuple[torch.
     thread count (`cache_file`).
     """
     name, flags = cpu_model_and_flags()
-    key = hashlib.sha256(json.dumps([name, sorted(flags), torch.__version__, torch.get_num_threads(),
+    if flags and not flags & NATIVE_BF16:  # emulated: 10-30x slower, nothing to time (bench/README)
+        return torch.float32, "no native bf16 on this CPU (no avx512_bf16 or amx_bf16 flag)"
+    isa = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]  # (as limited)
+    key = hashlib.sha256(json.dumps([name, sorted(flags), isa, torch.__version__, torch.get_num_threads(),
                                      asdict(model.cfg)], sort_keys=True).encode()).hexdigest()[:20]
     path = cache_file()
     known: dict[str, list[str]] = {}
