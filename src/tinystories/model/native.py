@@ -135,8 +135,8 @@ def interleaved(weight: torch.Tensor, group: int = 4) -> torch.Tensor:
 class _Arena:
     """Room for the step's weights: one anonymous mapping, which the kernel backs with 2 MB pages
     where it can (madvise MADV_HUGEPAGE; transparent huge pages in "madvise" mode, as many Linux
-    machines set them). Streaming 60 MB of weights a token through 4 KB pages cost ~8%: the 15M
-    shape's step at 2.5 against 2.7 ms on a Zen 4 AMD EPYC (bench/README.md)."""
+    machines set them). Streaming 60 MB of weights a token through 4 KB pages cost more time:
+    figures in bench/README.md, "History" (Zen 4 AMD EPYC, 2026-12-04)."""
 
     HUGE = 2 << 20
 
