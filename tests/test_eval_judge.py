@@ -254,6 +254,7 @@ def eval_main(argv: list[str]) -> int:
     return args.func(args)
 
 
+@pytest.mark.slow
 def test_cli_gpt_eval_report_and_rerun(judge_server: ScriptedJudge, tiny_model_dir: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch):
     prompts = tmp_path / "prompts.txt"

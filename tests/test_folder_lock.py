@@ -58,6 +58,7 @@ def test_a_command_that_fails_at_once_leaves_no_new_folder(command: str, tmp_pat
     assert (out / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_refuses_and_a_killed_holder_is_taken_over(tmp_path: Path) -> None:
     """The issue's report: the same `generate` started twice wrote 2,660 stories twice."""
     server = ServerProcess(delay=0.05, api_key="k")

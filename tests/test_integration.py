@@ -63,6 +63,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           timeout=240, check=False, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_our_server_as_the_teacher(served: tuple[str, str], tmp_path: Path) -> None:
     url, model = served
     out = tmp_path / "gen"
@@ -80,6 +81,7 @@ def test_our_server_as_the_teacher(served: tuple[str, str], tmp_path: Path) -> N
     assert all(r["text"] and r["prompt"].startswith("Write a short story") for r in records)
 
 
+@pytest.mark.slow
 def test_our_server_as_a_judge_that_cannot_grade(served: tuple[str, str], model_dir: Path, tmp_path: Path) -> None:
     url, model = served
     prompts = tmp_path / "prompts.json"

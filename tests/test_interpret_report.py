@@ -7,9 +7,12 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tinystories.cli import main
 
 
+@pytest.mark.slow
 def test_cli_writes_report_with_images(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     rc = main(["interpret", str(tiny_model_dir), "--out", str(out), "--corpus", "bundled:valid",

@@ -23,6 +23,7 @@ from tinystories.tokenizer import Tokenizer
 
 pytest.importorskip("transformer_lens", reason="needs the interp extra: pip install -e '.[interp]'")
 sae_lens = pytest.importorskip("sae_lens", reason="needs the interp extra: pip install -e '.[interp]'")
+pytestmark = pytest.mark.slow  # (TransformerLens and SAELens take seconds to import, SAEs to train)
 
 from tinystories.interpret.steering import steered, steering_direction
 from tinystories.interpret.transformer_lens import SAME_TENSOR, tl_hook_name, to_transformer_lens

@@ -142,6 +142,7 @@ def test_checkpoint_round_trip_and_bad_input(tmp_path: Path, tokenizer: Tokenize
         load_model(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_loading_a_model_does_not_import_the_compiler(tmp_path: Path, tokenizer: Tokenizer) -> None:
     """Building on the meta device without init (`shapes_only`) keeps torch._dynamo out of a
     fresh process (1.2-1.5 s of start-up), and leaves torch.nn.init as it was."""

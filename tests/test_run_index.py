@@ -164,6 +164,7 @@ def test_finished_rerun_asks_nothing_and_the_index_matches_a_rebuild(server, tmp
     assert run.filter.check(near, {}, "x") == "near_duplicate"
 
 
+@pytest.mark.slow
 def test_resume_from_the_index_after_a_kill_ends_each_index_once(tmp_path):
     slow = ServerProcess(delay=0.01, api_key=KEY)
     out, n = tmp_path / "run", 240

@@ -230,6 +230,7 @@ def test_a_big_request_cannot_starve_a_small_one(tiny_model_dir: Path) -> None:
     assert waits[0] == waits[1] <= 5 + 1  # its own five tokens (the first comes with the admission)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server_promptly(tiny_model_dir: Path) -> None:
     """With many seconds of work queued, SIGTERM gives running requests the grace period, then
     cancels their rows, closes every connection and exits."""

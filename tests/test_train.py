@@ -445,6 +445,7 @@ T.Trainer(build_train_config(sys.argv[1])).fit()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,at", [("step", 26), ("publish", 16), ("swap", 20)])
 def test_a_run_killed_anywhere_resumes_exactly_best_model_included(
         where: str, at: int, overfit_run: tuple[Path, Trainer, dict[str, float]], overfit_data: Path,
@@ -481,6 +482,7 @@ def test_a_run_killed_anywhere_resumes_exactly_best_model_included(
                 == json.loads((straight / name / "config.json").read_text())["training"])
 
 
+@pytest.mark.slow
 def test_early_stopping_after_patience_validations(overfit_run: tuple[Path, Trainer, dict[str, float]],
                                                     overfit_data: Path, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
@@ -562,6 +564,7 @@ def test_a_corpus_too_small_to_hold_out_from_says_what_to_do() -> None:
         hold_out_stories(tokens, 0, 50, seed=1, min_tokens=8)
 
 
+@pytest.mark.slow
 def test_turning_load_best_model_at_end_on_when_resuming_chooses_again(overfit_data: Path, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """A run that kept its last model has no best one on disk: resumed with load_best_model_at_end, it says so and
