@@ -71,7 +71,9 @@ class SamplingParams(Config):
 
 PRESETS: dict[str, SamplingParams] = {
     "api": SamplingParams(),  # OpenAI's sampling: the server's API, evaluation, export-gguf
-    "story": SamplingParams(temperature=0.8, top_p=0.95),  # to read: sample, demo, trainer, playground, export-hf
+    # To read: sample, demo, trainer, playground, export-hf. Chosen by blind grading (bench/README,
+    # Story sampling): below T 0.8 grammar and consistency rise and creativity barely falls.
+    "story": SamplingParams(temperature=0.65, top_p=0.95),
 }
 
 
