@@ -52,8 +52,10 @@ def test_bfloat16_trains_on_a_cpu_near_float32(data_dir: Path, tmp_path: Path) -
 
 @pytest.fixture
 def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This machine's measured choices in an empty folder: the probe runs."""
+    """This machine's measured choices in an empty folder, on a CPU that reports native bf16
+    (whatever this one is): the probe runs."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "cpu_model_and_flags", lambda: ("AMD EPYC", {"avx2", "avx512f", "avx512_bf16"}))
     return precision.cache_file()
 
 
@@ -86,6 +88,9 @@ def test_the_first_measure_on_a_machine_is_kept(fresh_cache: Path, monkeypatch: 
     assert dtype == torch.bfloat16 and "kept" in why
     other = GPT(GPTConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, d_model=32))
     assert precision.probe_cpu_dtype(other)[0] == torch.float32
+    for damaged in ("[1, 2]", "{not json", '{"x": 3}'):  # measured over, not a crash
+        fresh_cache.write_text(damaged)
+        assert precision.probe_cpu_dtype(other)[0] == torch.float32
 
 
 def test_a_resumed_auto_run_keeps_the_dtype_it_started_in(data_dir: Path, tmp_path: Path) -> None:

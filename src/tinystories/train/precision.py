@@ -9,8 +9,9 @@ bfloat16 is clearly faster.
 
 A timing can fall either side of the line on a busy machine, and a run's numbers follow its
 dtype, so the first measurement on a machine is kept (``$XDG_CACHE_HOME/tinystories/dtype.json``,
-by CPU, the ISA torch may use, torch version, thread count and model shape): the same command on the same machine
-trains the same way every time, and a resumed or restarted run as its first start did.
+by CPU, the ISA torch may use, torch version, thread count and model shape): the same command
+on the same machine trains the same way every time, and a restarted run as its first start did.
+A CPU without native bfloat16 is not timed at all.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,12 +57,13 @@ def probe_cpu_dtype(model: GPT, rows: int = 2, repeats: int = 3) -> tuple[torch.
     key = hashlib.sha256(json.dumps([name, sorted(flags), isa, torch.__version__, torch.get_num_threads(),
                                      asdict(model.cfg)], sort_keys=True).encode()).hexdigest()[:20]
     path = cache_file()
-    known: dict[str, list[str]] = {}
+    known: Any = {}
     with contextlib.suppress(OSError, ValueError):
         known = json.loads(path.read_text())
-    if key in known:
-        dtype, why = known[key]
-        return getattr(torch, dtype), f"{why}, kept from this machine's first measure"
+    kept = known.get(key) if isinstance(known, dict) else None
+    if isinstance(kept, list) and len(kept) == 2 and kept[0] in ("float32", "bfloat16"):
+        return getattr(torch, kept[0]), f"{kept[1]}, kept from this machine's first measure"
+    known = known if isinstance(known, dict) else {}  # (a damaged file is measured over)
     chosen, why = _probe(model, rows, repeats)
     with contextlib.suppress(OSError):  # (a read-only home: measured again next time)
         path.parent.mkdir(parents=True, exist_ok=True)
