@@ -2,8 +2,8 @@
 
 1. Single stream at llama2.c's stories15M shape (d 288, 6 layers, 6 heads, vocab 32K, context
    256), random weights, one prompt token, 255 new tokens; greedy and top-p 0.9; ours with the
-   decode step in C (the default where it builds) and, greedy, as PyTorch operations
-   (``TINYSTORIES_NATIVE=0``), for contrast. Ours greedy reports nothing but the tokens, so its
+   decode step in C (the default where it builds) and, greedy, with `forward` and its KV cache
+   (``TINYSTORIES_NATIVE=0``: no C), for contrast. Ours greedy reports nothing but the tokens, so its
    C step finds the most likely token without computing every logit (`DecodeStep.argmax`); the
    row "every logit" is ours greedy reporting log-probabilities (as the server does when asked),
    which computes them all, as the peers do. Peer: llama2.c's
@@ -145,7 +145,7 @@ def spread(values: list[float]) -> str:
 
 
 def pytorch_step_tok_s(model: GPT, params: SamplingParams) -> float:
-    """`ours_tok_s` with the decode step as PyTorch operations (the C step turned off meanwhile)."""
+    """`ours_tok_s` without the C step: `forward` with its KV cache (the C step turned off meanwhile)."""
     from tinystories.model import decode, native
 
     os.environ["TINYSTORIES_NATIVE"] = "0"
@@ -192,7 +192,7 @@ def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M, thread_c
                 if t == 0:
                     results[f"{mode} | tinystories, every logit, {threads} thread(s)"].append(
                         ours_tok_s(model, [[1]], params, after_first=True, logprobs=True))
-                    results[f"{mode} | tinystories, PyTorch step, {threads} thread(s)"].append(
+                    results[f"{mode} | tinystories, forward (no C), {threads} thread(s)"].append(
                         pytorch_step_tok_s(model, params))
             for name, exe in peers.items():
                 for threads in {1} & set(thread_counts) if "1 thread" in name else {2} & set(thread_counts):

@@ -1,4 +1,4 @@
-"""The decode step (`decode.decode_step`) against its reference, `GPT.forward` with a KV cache."""
+"""The decode step in C (`decode.decode_step`) against its reference, `GPT.forward` with a KV cache."""
 
 from __future__ import annotations
 
@@ -38,22 +38,20 @@ def model(**kw: object) -> GPT:
     return m
 
 
-def step_of(m: GPT, in_c: bool) -> DecodeStep:
-    """The step in C (model/decode_step.c) or as PyTorch operations."""
-    step = DecodeStep(m, native=in_c)
-    if in_c and step.native is None:
+def step_of(m: GPT) -> DecodeStep:
+    """The step in C (model/decode_step.c)."""
+    step = decode_step(m)
+    if step is None:
         pytest.skip(f"the C step is unavailable here: {native.why_not()}")
-    assert in_c == (step.native is not None)
     return step
 
 
-@pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
 @pytest.mark.parametrize("arch,batch", [*((a, 3) for a in ARCHS), ("big", 3), ("neo", 19), ("modern", 19)])
-def test_step_logits_equal_the_forward_pass(arch: str, batch: int, in_c: bool) -> None:
+def test_step_logits_equal_the_forward_pass(arch: str, batch: int) -> None:
     """Batch 3 and 19: the C step's matrices by dot products below 16 rows, by outer products from 16
     (19: a last group of 16 rows only partly used)."""
     m = model(**ARCHS.get(arch, BIG))
-    fast = step_of(m, in_c)
+    fast = step_of(m)
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, 97, (batch, 6), generator=g)
     pad = torch.tensor([0, 2, 5, *torch.randint(0, 6, (batch - 3,), generator=g).tolist()])  # left padding
@@ -62,14 +60,13 @@ def test_step_logits_equal_the_forward_pass(arch: str, batch: int, in_c: bool) -
         m(idx, cache=ref)
         m(idx, cache=mine)
         token = torch.randint(0, 97, (batch,), generator=g)
-        best = torch.empty(batch, dtype=torch.long)
         for _ in range(34):  # past the local window, to the end of the context
             expected = m(token[:, None], cache=ref)[0][:, -1]
-            got = fast.step(token, mine, best=best)
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-            assert best.tolist() == got.argmax(-1).tolist()
+            torch.testing.assert_close(fast.step(token, mine), expected, atol=1e-5, rtol=1e-5)
             token = expected.argmax(-1)
     torch.testing.assert_close(mine.k[:, :, :, :ref.length], ref.k[:, :, :, :ref.length], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="longer than the model's context of 40"):
+        fast.step(token, mine)
 
 
 @pytest.mark.parametrize("arch,rows", [*((a, 256) for a in ARCHS), ("big", 256), ("neo-local", 7), ("modern", 7)])
@@ -82,7 +79,7 @@ def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: i
     7, a prompt's split between calls, some calls with no prompt's last position."""
     monkeypatch.setattr(decode, "PREFILL_ROWS", rows)
     m = model(**ARCHS.get(arch, BIG))
-    fast = step_of(m, True)
+    fast = step_of(m)
     g = torch.Generator().manual_seed(3)
     lengths = [23, 1, 7, 23, 16]
     idx = torch.randint(0, 97, (5, 23), generator=g)
@@ -95,7 +92,7 @@ def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: i
         a = adds if with_adds else None
         stepped, together = m.new_cache(5, 40, pad), m.new_cache(5, 40, pad)
         for t in range(22):
-            fast.fill(idx[:, t], stepped, a)
+            fast.step(idx[:, t], stepped, a)
         expected = fast.step(idx[:, 22], stepped, a)
         got = fast.prefill(idx, together, a)
         assert together.length == stepped.length == 23
@@ -112,12 +109,11 @@ def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: i
             fast.prefill(idx, cache)
 
 
-@pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
 @pytest.mark.parametrize("vocab", [97, 30_000])
-def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:
-    """The step's `best` is torch's argmax where the top logit is shared. The output layer's rows are
-    v, -v or 0 (logits a, -a, 0), so each row's top is the first of many v rows (a > 0) or of many -v
-    rows (a < 0), at places that are not multiples of 16 (decode_step.c scans groups of 16)."""
+def test_most_likely_token_is_the_first_of_ties(vocab: int) -> None:
+    """`argmax` is torch's argmax of `step`'s logits where the top logit is shared. The output layer's
+    rows are v, -v or 0 (logits a, -a, 0), so each row's top is the first of many v rows (a > 0) or
+    of many -v rows (a < 0), at places that are not multiples of 16 (decode_step.c scans groups of 16)."""
     m = model(arch="modern", tie_embeddings=False, vocab_size=vocab, context_length=40)
     base = vocab - 97
     with torch.no_grad():
@@ -125,15 +121,14 @@ def test_most_likely_token_is_the_first_of_ties(vocab: int, in_c: bool) -> None:
         head.zero_()
         head[base + 17::7] = v
         head[base + 46::2] = -v
-    fast = step_of(m, in_c)
+    fast = step_of(m)
     tokens, seen = torch.arange(8) * 5, set()
-    cache, best = m.new_cache(8, 40), torch.empty(8, dtype=torch.long)
-    with torch.no_grad():
-        for _ in range(5):
-            logits = fast.step(tokens, cache, best=best)
-            assert best.tolist() == logits.argmax(-1).tolist()
-            seen |= set(best.tolist())
-            tokens = (tokens + 1) % vocab
+    full, alone = m.new_cache(8, 40), m.new_cache(8, 40)
+    for _ in range(5):
+        best = fast.argmax(tokens, alone)
+        assert best.tolist() == fast.step(tokens, full).argmax(-1).tolist()
+        seen |= set(best.tolist())
+        tokens = (tokens + 1) % vocab
     assert seen == {base + 17, base + 46}
 
 
@@ -143,13 +138,10 @@ def in_lockstep(m: GPT, fast: DecodeStep, tokens: torch.Tensor,
     checked to choose the same tokens (`after(best)`: the next tokens); their two caches."""
     B = tokens.shape[0]
     full, alone = m.new_cache(B, 40), m.new_cache(B, 40)
-    best, only = torch.empty(B, dtype=torch.long), torch.empty(B, dtype=torch.long)
-    with torch.no_grad():
-        for _ in range(39):
-            fast.step(tokens, full, best=best)
-            fast.argmax(tokens, alone, None, only)
-            assert only.tolist() == best.tolist()
-            tokens = after(best)
+    for _ in range(39):
+        best = fast.step(tokens, full).argmax(-1)
+        assert fast.argmax(tokens, alone).tolist() == best.tolist()
+        tokens = after(best)
     return full, alone
 
 
@@ -159,14 +151,12 @@ VOCABS = {"vocab-5": {"arch": "modern", "vocab_size": 5}, "vocab-50": {"arch": "
 
 @pytest.mark.parametrize("arch,batch", [*((a, 1) for a in ARCHS), ("big", 1), ("big", 3), ("big", 15),
                                         ("vocab-5", 2), ("vocab-50", 3)])
-def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`DecodeStep.argmax` in C (no logits: float32 logits only for the tokens a bfloat16 copy of
-    the output layer cannot rule out) gives the token `step` gives, at every step. (`STREAMED` 0:
-    the copy at 3 and 15 rows too. The PyTorch step, and C from 16 rows, compute every logit:
-    there `argmax` is `step`, with nothing apart to test.)"""
-    monkeypatch.setattr(decode, "STREAMED", 0)
+def test_argmax_alone_is_the_steps_argmax(arch: str, batch: int) -> None:
+    """`DecodeStep.argmax` (no logits: float32 logits only for the tokens a bfloat16 copy of the
+    output layer cannot rule out) gives the token `step`'s logits give, at every step, a row at
+    a time in a batch as alone."""
     m = model(**{**ARCHS, **VOCABS}.get(arch, BIG))
-    fast = step_of(m, True)
+    fast = step_of(m)
     g = torch.Generator().manual_seed(2)
     full, alone = in_lockstep(m, fast, torch.randint(0, m.cfg.vocab_size, (batch,), generator=g),
                               lambda best: torch.where(torch.arange(batch) % 2 == 0, best,
@@ -188,42 +178,37 @@ def crafted_head() -> GPT:
     return m
 
 
-def test_argmax_alone_separates_what_bfloat16_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_argmax_alone_separates_what_bfloat16_cannot() -> None:
     """Output rows that bfloat16 orders the other way: the float32 logits decide, as in `step`, and
     an exact tie goes to the first. Rows 10 and 40 differ in two weights: at index 3 row 10 is the
     larger by a fiftieth of bfloat16's step there but rounds a whole step above row 40; at index 5
     row 40 is the larger by less than half a step, which bfloat16 drops. So where the input is
     positive at both, float32 can choose row 40 where the bfloat16 copy would choose row 10 (the
-    test checks that happens). Row 25 equals row 10 and is never chosen. 15 rows, with the copy."""
-    monkeypatch.setattr(decode, "STREAMED", 0)
+    test checks that happens). Row 25 equals row 10 and is never chosen. 15 rows."""
     m = crafted_head()
     rounded = copy.deepcopy(m)
     with torch.no_grad():
         rounded.lm_head.weight.copy_(m.lm_head.weight.to(torch.bfloat16).float())
-    fast, approx = step_of(m, True), step_of(rounded, False)
+    fast, approx = step_of(m), step_of(rounded)
     seen: set[int] = set()
     flips = 0
     tokens = torch.arange(15)
     full, alone, bf = m.new_cache(15, 40), m.new_cache(15, 40), m.new_cache(15, 40)
-    best, only = torch.empty(15, dtype=torch.long), torch.empty(15, dtype=torch.long)
-    with torch.no_grad():
-        for _ in range(39):
-            logits = fast.step(tokens, full, best=best)
-            fast.argmax(tokens, alone, None, only)
-            assert only.tolist() == best.tolist() == logits.argmax(-1).tolist()
-            flips += int((approx.step(tokens, bf).argmax(-1) != best).sum())
-            seen |= set(best.tolist())
-            tokens = (tokens * 7 + 3) % 97
+    for _ in range(39):
+        best = fast.step(tokens, full).argmax(-1)
+        assert fast.argmax(tokens, alone).tolist() == best.tolist()
+        flips += int((approx.step(tokens, bf).argmax(-1) != best).sum())
+        seen |= set(best.tolist())
+        tokens = (tokens * 7 + 3) % 97
     assert flips > 0 and {10, 40} <= seen and 25 not in seen
 
 
 @pytest.mark.parametrize("where", ["head", "norm", "inf", "overflow"])
-def test_argmax_alone_holds_at_any_scale(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_argmax_alone_holds_at_any_scale(where: str) -> None:
     """Weights and inputs small enough that products fall among denormal numbers, with this thread
     flushing those to zero (as `torch.set_flush_denormal` makes it): the radius still bounds the
     bfloat16 logits (`crafted_head`: where they order rows the other way). And a row with
-    infinite values, or logits that overflow: all its logits, as `step`'s. 17 rows: all logits."""
-    monkeypatch.setattr(decode, "STREAMED", 0)
+    infinite values, or logits that overflow: all its logits, as `step`'s."""
     m = crafted_head()
     with torch.no_grad():
         if where == "head":
@@ -235,10 +220,10 @@ def test_argmax_alone_holds_at_any_scale(where: str, monkeypatch: pytest.MonkeyP
         else:  # logits that overflow to infinity, at a late token
             m.lm_head.weight[90] = m.lm_head.weight[90].sign() * 3e38
             m.lm_head.weight[3, 0] = 1e-39  # a denormal weight, read as zero by this thread
-    fast = step_of(m, True)
+    fast = step_of(m)
     assert torch.set_flush_denormal(True)
     try:
-        for B in (1, 2, 15, 17):
+        for B in (1, 2, 17):
             in_lockstep(m, fast, torch.arange(B), lambda best: (best * 7 + 3) % 97)
     finally:
         torch.set_flush_denormal(False)
@@ -260,28 +245,23 @@ def test_the_bfloat16_radius_bounds_the_logits_it_approximates() -> None:
             assert bool((gap >= 0.9 * r * x.norm(dim=1)).all())
 
 
-@pytest.mark.parametrize("arch", ["neo", "modern"])
-def test_a_bfloat16_model_decodes_as_its_forward_pass(arch: str) -> None:
-    """The step's PyTorch form in the model's own dtype (the C form is float32 only)."""
-    m = model(**ARCHS[arch]).to(torch.bfloat16)
-    fast = decode_step(m)
-    assert fast is not None and fast.native is None
-    ref, mine = m.new_cache(2, 40), m.new_cache(2, 40)
-    token = torch.tensor([3, 7])
-    with torch.no_grad():
-        m(torch.tensor([[0, 5, 6], [0, 9, 4]]), cache=ref)
-        m(torch.tensor([[0, 5, 6], [0, 9, 4]]), cache=mine)
-        for _ in range(3):
-            expected = m(token[:, None], cache=ref)[0][:, -1]
-            got = fast.step(token, mine)
-            assert got.dtype == torch.bfloat16
-            torch.testing.assert_close(got.float(), expected.float(), atol=0.1, rtol=0.02)
-            token = expected.argmax(-1)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_other_dtypes_decode_with_the_forward_pass(dtype: torch.dtype) -> None:
+    """The C step is float32 only: a model in another dtype decodes with `forward` and its cache,
+    greedy as the reference writes it (float64) or at least in its own dtype (bfloat16)."""
+    m = model(arch="modern").to(dtype)
+    assert decode_step(m) is None
+    params = SamplingParams(max_new_tokens=12, temperature=0, stop_at_eos=False)
+    got = generate(m, TokenIds(0), [[0, 5, 6]], params)
+    assert len(got[0]) == 12
+    if dtype == torch.float64:
+        assert got == generate_reference(m, [[0, 5, 6]], params, eos_id=0)
+    m.float()
+    assert decode_step(m) is not None or native.library() is None
 
 
-@pytest.mark.parametrize("in_c", [True, False], ids=["c", "torch"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_additions_equal_hooks_on_the_forward_pass(arch: str, in_c: bool) -> None:
+def test_additions_equal_hooks_on_the_forward_pass(arch: str) -> None:
     """Steering on the fast step (a vector per row at residual hook points and the MLP's neurons) =
     hooks adding it in `forward`."""
     m = model(**ARCHS[arch])
@@ -294,7 +274,7 @@ def test_additions_equal_hooks_on_the_forward_pass(arch: str, in_c: bool) -> Non
     adds["blocks.1.hook_attn_out"][1] = 0  # a row without that addition
     idx = torch.tensor([[0, 5, 6], [0, 9, 4]])
     ref, mine = m.new_cache(2, 40), m.new_cache(2, 40)
-    fast = step_of(m, in_c)
+    fast = step_of(m)
     with torch.no_grad():
         m(idx, cache=ref)
         m(idx, cache=mine)
@@ -320,11 +300,10 @@ def test_generation_is_token_for_token_the_same(arch: str, params: SamplingParam
     with m.hooked({"hook_final": lambda x: None}):  # a listener on this thread: the plain forward pass
         assert decode_step(m) is None
         assert fast == generate(m, TokenIds(0), prompts, params)
-    monkeypatch.setenv("TINYSTORIES_NATIVE", "0")  # the step as PyTorch operations
+    monkeypatch.setenv("TINYSTORIES_NATIVE", "0")  # no C: `forward` with its cache
     native.library.cache_clear()
     try:
-        m.lm_head.weight.data = m.lm_head.weight.data.clone()  # new weights: the step is made anew
-        assert decode_step(m).native is None  # type: ignore[union-attr]
+        assert decode_step(m) is None
         assert fast == generate(m, TokenIds(0), prompts, params)
     finally:
         native.library.cache_clear()
@@ -352,8 +331,7 @@ def test_a_c_file_that_does_not_build_says_why_and_generation_goes_on(monkeypatc
         said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(said) == 2 and "decode_step.c" in said[0] and "sampler.c" in said[1]  # each said once
         assert all("PyTorch form runs instead" in line and "no-such-cpu" in line for line in said)
-        m.lm_head.weight.data = m.lm_head.weight.data.clone()  # new weights: the step is made anew
-        assert decode_step(m).native is None  # type: ignore[union-attr]
+        assert decode_step(m) is None
         assert generate(m, TokenIds(0), [[0, 5]], params) == in_c
     finally:
         native.library.cache_clear()
@@ -393,9 +371,9 @@ def test_the_step_is_per_thread_and_follows_the_weights() -> None:
         m.lm_head.weight.add_(1.0)  # new weights: a new step, not stale copies
     assert decode_step(m) is not first
     second = decode_step(m)
-    m.double()  # new storage, same versions
+    m.double().float()  # new storage, same versions
     third = decode_step(m)
-    assert third is not second and third is not None and third.head.dtype == torch.float64
+    assert third is not second and third is not None
 
 
 def test_the_step_cache_lets_models_go() -> None:

@@ -49,12 +49,6 @@ def write_rows(cache: KVCache, rows: torch.Tensor, other: KVCache) -> None:
     padding(cache)[rows] = padding(other) + start
 
 
-def repeat_rows(cache: KVCache, rows: torch.Tensor) -> None:
-    """Row i becomes a copy of row rows[i], its keys, values and padding (prompts prefilled once
-    for the rows that share them)."""
-    cache.k, cache.v, cache.pad = cache.k[:, rows], cache.v[:, rows], padding(cache)[rows]
-
-
 def select(cache: KVCache, rows: torch.Tensor) -> KVCache:
     """A new cache of only `rows`, without the leading slots that are padding in all of them."""
     return _rebuild(cache, cache.k[:, rows, :, :cache.length], cache.v[:, rows, :, :cache.length],

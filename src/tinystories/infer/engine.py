@@ -167,26 +167,21 @@ class Engine:
         b = self.batch
         assert b.cache is not None
         rows = b.rows
-        greedy = [r.params.greedy for r in rows]
-        only_best = all(greedy) and not any(r.logprobs for r in rows)  # no row needs the logits themselves
-        logits, best = self.runner.decode(b.last, b.cache, b.slots, any(greedy), logits=not only_best)
+        only_best = all(r.params.greedy and not r.logprobs for r in rows)  # no row needs the logits themselves
+        logits, best = self.runner.decode(b.last, b.cache, b.slots, logits=not only_best)
         self.steps += 1
         where = b.gather()
         if not isinstance(where, slice):  # free slots rode along
             logits, best = None if logits is None else logits[where], None if best is None else best[where]
-        if logits is None:
-            assert best is not None
-            self._report(rows, best, None, where)
-        else:
-            self._report(rows, *self._choose(logits, rows, best), where)
+        self._report(rows, *self._choose(logits, rows, best), where)
 
-    def _choose(self, logits: torch.Tensor, rows: list[Sequence], best: torch.Tensor | None = None
+    def _choose(self, logits: torch.Tensor | None, rows: list[Sequence], best: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next token of each row (`best`: each one's most likely, if the step gave it), and the
-        model's log-probabilities (temperature 1, as OpenAI's logprobs report) when some row reports
-        them (`Sequence.logprobs`)."""
-        logprobs = logits.float().log_softmax(-1) if any(r.logprobs for r in rows) else None
-        return sample(logits, [r.params for r in rows], [r.generator for r in rows], logprobs, best), logprobs
+        """The next token of each row (`sampler.sample`), and the model's log-probabilities
+        (temperature 1, as OpenAI's logprobs report) when some row reports them (`Sequence.logprobs`).
+        `best`: every row's most likely token, where the step found it instead of the logits."""
+        logprobs = logits.float().log_softmax(-1) if logits is not None and any(r.logprobs for r in rows) else None
+        return sample(logits, [r.params for r in rows], [r.generator for r in rows], best), logprobs
 
     def _report(self, rows: list[Sequence], nxt: torch.Tensor, logprobs: torch.Tensor | None,
                 where: torch.Tensor | slice) -> None:

@@ -39,7 +39,7 @@ class Sequence:
     """One prompt being continued. `adds`: vectors added at hook points at every step (steering:
     ``{"blocks.1.hook_resid_post": alpha * direction}``); they act on this row only. `logprobs`:
     whether its events carry the model's log-probabilities (else 0.0 and no alternatives; not
-    computing them lets a greedy batch skip most of the output layer, `DecodeStep.argmax`)."""
+    computing them lets a greedy single stream skip most of the output layer, `DecodeStep.argmax`)."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event], None] | None = None,
                  job: object = None, adds: Mapping[str, torch.Tensor] | None = None, logprobs: bool = False) -> None:

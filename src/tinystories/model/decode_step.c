@@ -1,18 +1,24 @@
-/* The decode step of model/gpt.py in C: one new token per row through every layer.
+/* The decode step of model/gpt.py in C: new tokens through every layer, one row each.
 
-   The same computation as `DecodeStep.step` (gpt.py), on the model's weights (one copy, laid
-   out in the order read here, in huge pages: `model/native.py`), for rows of a batch whose keys
-   and values sit in the model's `KVCache`. Written for speed where Python and PyTorch's
-   per-operation overhead cost more than the arithmetic: single streams and batches, ~12
-   operations per layer that each take microseconds. A prompt's positions go through it too, as
-   the rows of a call (`DecodeStep.prefill`). `cbuild.py` compiles it once per machine
-   with the C compiler that is there, and `DecodeStep` runs its PyTorch operations when there is
-   none; tests/test_fast_decode.py checks its logits against `GPT.forward` to 1e-5 for every
-   architecture, at batches that take each path here.
+   Three entry points share one layer loop (`layers`), and differ only in what they do after it:
+   - `step`: one new token per row of the running batch (row b is cache row b, at `slot`); the
+     logits of every row's next token;
+   - `argmax`: the same step when only each row's most likely token is wanted (greedy, nothing
+     reported): found from a bfloat16 copy of the output layer (`argmax_pruned`);
+   - `prefill`: prompts, each position a row of the call (`at`: its cache row and slot), so
+     each matrix is read once for all of them; the logits of the rows `out` names.
+   Every row is computed as a step of its own would compute it (the same operations on the same
+   values: the same bits in any batch, tested), which is why a story never depends on the rows
+   beside it.
+
+   The weights are the model's (laid out as read here by `model/native.py`); keys and values
+   sit in the model's `KVCache`. `cbuild.py` compiles this once per machine; without a compiler
+   the model's own `forward` decodes. tests/test_fast_decode.py checks the logits against
+   `GPT.forward` to 1e-5 for every architecture, at batches that take each path here.
 
    Layouts (row-major, float32): a linear layer's weight in panels of 16 output rows (`gemv`),
    the embedding table as nn.Embedding stores it, [vocab, d]; the KV cache is
-   [layer, batch, head, max_len, head_dim]; and a bfloat16 copy of the output layer's panels,
+   [layer, cache_rows, head, cache_len, head_dim]; the output layer's bfloat16 copy in panels,
    four interleaved (`panel_rows16`), with a radius per output row (`argmax_pruned`). */
 
 #include <float.h>
@@ -27,7 +33,7 @@ static inline int thread_num(void) { return 0; }
 #endif
 
 enum { GELU = 0, SWIGLU = 1, RELU2 = 2 };
-enum { RESID_PRE, ATTN_OUT, RESID_MID, MLP_POST, MLP_OUT, RESID_POST, POINTS };  /* gpt.py's ADDABLE */
+enum { RESID_PRE, ATTN_OUT, RESID_MID, MLP_POST, MLP_OUT, RESID_POST, POINTS };  /* decode.py's ADDABLE */
 
 typedef struct {
     const float *norm1_w, *norm1_b, *qkv, *out, *out_b, *q_norm, *k_norm;
@@ -40,10 +46,18 @@ typedef struct {
     int n_layer, n_head, head_dim, d_model, ffn, vocab, context, act, layer_norm, threads;
     float eps, qk_eps;
     const float *tok_emb, *pos_emb, *rope_cos, *rope_sin, *norm_w, *norm_b, *head;
-    const uint16_t *head16;  /* the output layer in bfloat16, [blocks][d][PANELS][16] (NULL: none; `argmax_pruned`) */
+    const uint16_t *head16;  /* the output layer in bfloat16, [blocks][d][PANELS][16] */
     const float *head_err;   /* per output row: how far its bfloat16 logit can be from its float32 one, per unit of |x| */
     const Layer *layers;
 } Model;
+
+/* The KV cache of a call: [layer, rows, head, len, head_dim] keys and values, and each row's
+   leading padding slots. */
+typedef struct {
+    float *k, *v;
+    const int64_t *pad;
+    int rows, len;
+} Cache;
 
 /* LayerNorm (with `b`) or RMSNorm (b == NULL) of n values, as torch computes them. */
 static void norm(float *out, const float *x, const float *w, const float *b, int n, float eps, int layer_norm) {
@@ -227,29 +241,6 @@ static void attend(float *z, const float *q, const float *K, const float *V, flo
     else attend_d(z, q, K, V, a, first, n, D, scale);
 }
 
-/* Each row's most likely token: the first index of its largest logit, as torch.argmax (with
-   -Ofast, NaN is assumed absent; a row of them gives some index in 0..V-1). Done here, in the
-   step's own call, while the logits are still in cache: from Python the same pass ran after
-   the step had pushed the interpreter's code and data out of the caches, and cost ~8% of a
-   token at the demo shape (numpy's argmax alone; a Zen 4 AMD EPYC). */
-static void argmax_rows(int64_t *best, const float *logits, int B, int V, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)B * V > 65536)
-    for (int b = 0; b < B; b++) {
-        const float *x = logits + (size_t)b * V;
-        float top = x[0];
-        #pragma omp simd reduction(max:top)
-        for (int i = 0; i < V; i++) top = x[i] > top ? x[i] : top;
-        int i = 0;
-        for (; i + LANES <= V; i += LANES) {  /* the first group of 16 holding it, then the place */
-            int hit = 0;
-            for (int l = 0; l < LANES; l++) hit |= x[i + l] == top;
-            if (hit) break;
-        }
-        while (i < V - 1 && x[i] != top) i++;
-        best[b] = i;
-    }
-}
-
 /* Whether f is finite, from its bits: -Ofast lets the compiler assume isfinite() is always true. */
 static inline int finite_float(float f) {
     union { float f; uint32_t u; } c = {.f = f};
@@ -262,138 +253,143 @@ static inline float from_bf16(uint16_t h) {
     return c.f;
 }
 
-/* `panel_rows` over the bfloat16 copy of the output layer (`head16`), for the PANELS panels of
-   block `blk` (np of them real): its panels interleaved, [blocks][n_in][PANELS][16], so that a
-   block is read as one stream (as four, the 9 KB panels of the 15M shape streamed from memory at
-   about half the rate). No bias. */
-static inline __attribute__((always_inline)) void panel_rows16(float *y, const float *x, const uint16_t *p0, int np,
-                                                               int n_in, int n_out, int first, const int R) {
-    float acc[2][PANELS][LANES] = {{{0}}};
+/* `panel_rows` of one row over the bfloat16 copy of the output layer (`head16`), for the PANELS
+   panels of a block (np of them real): interleaved, [blocks][n_in][PANELS][16], so that a block
+   is read as one stream. No bias. */
+static void panel_row16(float *y, const float *x, const uint16_t *p0, int np, int n_in, int n_out, int first) {
+    float acc[PANELS][LANES] = {{0}};
     for (int j = 0; j < n_in; j++) {
-        float v[2];
-        for (int r = 0; r < R; r++) v[r] = x[(size_t)r * n_in + j];
         for (int q = 0; q < PANELS; q++) {
             const uint16_t *w = p0 + ((size_t)j * PANELS + q) * LANES;
-            for (int r = 0; r < R; r++) {
-                #pragma omp simd
-                for (int l = 0; l < LANES; l++) acc[r][q][l] += v[r] * from_bf16(w[l]);
-            }
+            #pragma omp simd
+            for (int l = 0; l < LANES; l++) acc[q][l] += x[j] * from_bf16(w[l]);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int q = 0; q < np; q++)
-            for (int l = 0; l < LANES && first + q * LANES + l < n_out; l++)
-                y[(size_t)r * n_out + first + q * LANES + l] = acc[r][q][l];
+    for (int q = 0; q < np; q++)
+        for (int l = 0; l < LANES && first + q * LANES + l < n_out; l++) y[first + q * LANES + l] = acc[q][l];
 }
 
-/* Each row's most likely token, as `argmax_rows` of the output layer's logits gives it, while
-   reading half of that layer: the largest matrix of the 15M shape (37 of its 61 MB), which
-   decoding streams from memory at every token. The logits are first computed from a bfloat16
-   copy of the layer (approx, [B, vocab]). Row j's bfloat16 logit A_j is within
-   R_j = head_err[j] * |x| + slack of its float32 logit L_j (Cauchy-Schwarz on the rounding of
-   its weights, plus the float32 rounding of both sums: `native.py` computes head_err; slack
-   covers denormal results flushed to zero, should the caller's thread do that), so no token
-   can beat M = max_j (A_j - R_j), and a token with A_j + R_j < M is strictly below the most
-   likely one. The others (one to a few at our shapes) get their float32 logits, computed as
-   `gemv` computes them (the same panel, the same order of operations: the same bits), and the
-   first of the largest is the answer; a row with infinite or NaN values, or whose logits
-   overflow, gets all its logits.
-   tests/test_fast_decode.py checks it against argmax_rows. */
-static void argmax_pruned(int64_t *best, const Model *m, const float *xn, int B, float *approx, int threads) {
-    const int d = m->d_model, V = m->vocab, W = PANELS * LANES;
+/* The first index of the largest of V values, as torch.argmax: a NaN counts as the largest
+   (tested by its bits: -Ofast lets the compiler assume isnan() is always false). */
+static int64_t first_max(const float *x, int V) {
+    int64_t top = 0;
+    for (int i = 0; i < V; i++) {
+        union { float f; uint32_t u; } c = {.f = x[i]};
+        if ((c.u & 0x7fffffffu) > 0x7f800000u) return i;
+        if (x[i] > x[top]) top = i;
+    }
+    return top;
+}
+
+/* The most likely token of one row, from its normalised last hidden state xn, as the first
+   largest of its float32 logits, while reading half of the output layer: the largest matrix of
+   the 15M shape (37 of its 61 MB), which decoding streams from memory at every token. The
+   logits are first computed from the bfloat16 copy (approx, [vocab]). Row j's bfloat16 logit
+   A_j is within R_j = head_err[j] * |x| + slack of its float32 logit L_j (Cauchy-Schwarz on the
+   rounding of its weights, plus the float32 rounding of both sums: `native.rounding_radius`;
+   slack covers denormal results flushed to zero, should the caller's thread do that), so no
+   token can beat M = max_j (A_j - R_j), and a token with A_j + R_j < M is strictly below the
+   most likely one. The others (one to a few at our shapes) get their float32 logits, computed as
+   `gemv` computes them (the same panel, the same order of operations: the same bits). A row with
+   infinite or NaN values, or whose logits overflow, gets all its logits.
+   tests/test_fast_decode.py checks it against `step`'s logits. */
+static int64_t argmax_pruned(const Model *m, const float *x, float *approx) {
+    const int d = m->d_model, V = m->vocab, W = PANELS * LANES, nt = m->threads;
     const int panels = (V + LANES - 1) / LANES, blocks = (panels + PANELS - 1) / PANELS;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int blk = 0; blk < blocks; blk++) {
         const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
-        const uint16_t *p0 = m->head16 + (size_t)p * d * LANES;
-        int b = 0;
-        for (; b + 2 <= B; b += 2) panel_rows16(approx + (size_t)b * V, xn + (size_t)b * d, p0, np, d, V, p * LANES, 2);
-        if (b < B) panel_rows16(approx + (size_t)b * V, xn + (size_t)b * d, p0, np, d, V, p * LANES, 1);
+        panel_row16(approx, x, m->head16 + (size_t)p * d * LANES, np, d, V, p * LANES);
     }
-    const float *err = m->head_err;
+    const float *A = approx, *err = m->head_err;
     const float slack = 4.f * d * FLT_MIN;  /* what flushing denormal results to zero can move two sums */
-    for (int b = 0; b < B; b++) {
-        const float *A = approx + (size_t)b * V, *x = xn + (size_t)b * d;
-        double ss = 0.0;
-        for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
-        const float size = (float)sqrt(ss);
-        float floor = -FLT_MAX;
-        #pragma omp simd reduction(max:floor)
-        for (int j = 0; j < V; j++) {
-            const float low = A[j] - (err[j] * size + slack);
-            floor = low > floor ? low : floor;
-        }
-        if (!finite_float(size) || !finite_float(floor)) {  /* inf or NaN in x, or logits that overflow */
-            float *y = approx + (size_t)b * V;  /* every logit, as `argmax_rows` would see them */
-            for (int blk = 0; blk < blocks; blk++) {
-                const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
-                panel_rows(y, x, m->head + (size_t)p * d * LANES, np, NULL, d, V, p * LANES, 1);
-            }
-            argmax_rows(best + b, y, 1, V, 1);
-            continue;
-        }
-        int64_t top = 0;
-        float top_v = -INFINITY, exact[PANELS * LANES];
-        int done = -1;  /* the block whose float32 logits are in `exact` */
-        for (int j0 = 0; j0 < V; j0 += LANES) {
-            const int n = V - j0 < LANES ? V - j0 : LANES;
-            int hit = 0;
-            for (int l = 0; l < n; l++) hit |= A[j0 + l] + (err[j0 + l] * size + slack) >= floor;
-            if (!hit) continue;
-            for (int j = j0; j < j0 + n; j++) {
-                if (!(A[j] + (err[j] * size + slack) >= floor)) continue;
-                const int blk = j / W;
-                if (blk != done) {
-                    const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
-                    panel_rows(exact, x, m->head + (size_t)p * d * LANES, np, NULL, d, V - blk * W, 0, 1);
-                    done = blk;
-                }
-                if (exact[j - blk * W] > top_v) { top_v = exact[j - blk * W]; top = j; }
-            }
-        }
-        best[b] = top;
+    double ss = 0.0;
+    for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
+    const float size = (float)sqrt(ss);
+    float floor = -FLT_MAX;
+    int bad = !finite_float(size);
+    #pragma omp simd reduction(max:floor) reduction(|:bad)
+    for (int j = 0; j < V; j++) {
+        const float low = A[j] - (err[j] * size + slack);
+        floor = low > floor ? low : floor;
+        bad |= !finite_float(low);
     }
+    if (bad || !finite_float(floor)) {  /* inf or NaN in x, or logits or radii that overflow */
+        linear(approx, x, m->head, NULL, 1, d, V, nt, NULL);  /* every logit, as `step` computes them */
+        return first_max(approx, V);
+    }
+    int64_t top = 0;
+    float top_v = -INFINITY, exact[PANELS * LANES];
+    int done = -1;  /* the block whose float32 logits are in `exact` */
+    for (int j0 = 0; j0 < V; j0 += LANES) {  /* a vectorised look at 16 tokens, then at each of a few */
+        const int n = V - j0 < LANES ? V - j0 : LANES;
+        int hit = 0;
+        for (int l = 0; l < n; l++) hit |= A[j0 + l] + (err[j0 + l] * size + slack) >= floor;
+        if (!hit) continue;
+        for (int j = j0; j < j0 + n; j++) {
+            if (!(A[j] + (err[j] * size + slack) >= floor)) continue;
+            const int blk = j / W;
+            if (blk != done) {
+                const int p = PANELS * blk, np = panels - p < PANELS ? panels - p : PANELS;
+                panel_rows(exact, x, m->head + (size_t)p * d * LANES, np, NULL, d, V - blk * W, 0, 1);
+                done = blk;
+            }
+            if (exact[j - blk * W] > top_v) { top_v = exact[j - blk * W]; top = j; }
+        }
+    }
+    return top;
 }
 
-/* Row b's cache row and slot (`decode_step`'s `at`, else b and `slot`), and its position: the slot
-   less its row's padding (0 inside the padding). */
-static inline int cache_row(const int64_t *at, int b) { return at ? (int)at[2 * b] : b; }
-static inline int slot_of(const int64_t *at, int b, int slot) { return at ? (int)at[2 * b + 1] : slot; }
-static inline int position(const int64_t *pad, int r, int s) {
-    const int pos = pad ? s - (int)pad[r] : s;
+/* Where a call's work goes in its scratch, in floats: the activations of B rows, attention
+   weights per thread, `matmat`'s transposed inputs, one row's approximate logits (`argmax`) and
+   the rows' places in the cache (`step`, `argmax`: two int64 each). */
+typedef struct { size_t x, xn, qkv, z, o, h, att, xt, approx, at, end; } Layout;
+
+static Layout layout(const Model *m, int B) {
+    const size_t d = m->d_model, fc_out = m->act == SWIGLU ? 2 * m->ffn : m->ffn;
+    const size_t widest = m->ffn > m->d_model ? m->ffn : m->d_model, Bp = (B + LANES - 1) / LANES * LANES;
+    Layout s;
+    s.x = 0; s.xn = s.x + B * d; s.qkv = s.xn + B * d; s.z = s.qkv + 3 * B * d; s.o = s.z + B * d;
+    s.h = s.o + B * d; s.att = s.h + B * fc_out; s.xt = s.att + (size_t)m->threads * m->context;
+    s.approx = s.xt + Bp * widest; s.at = s.approx + m->vocab;
+    s.at += s.at % 2;  /* 8-byte aligned */
+    s.end = s.at + 4 * (size_t)B;
+    return s;
+}
+
+/* Floats of scratch a call of B rows needs, on the model's `threads`. */
+long scratch_floats(const Model *m, int B) { return (long)layout(m, B).end; }
+
+/* Addition points per layer (`adds`' layout), for the caller to check against its own list. */
+int addition_points(void) { return POINTS; }
+
+/* Row b's position: its slot less its cache row's padding (0 inside the padding). */
+static inline int position(const Cache *c, int b, const int64_t *at) {
+    const int pos = (int)at[2 * b + 1] - (int)c->pad[at[2 * b]];
     return pos < 0 ? 0 : pos;
 }
 
-/* Logits of the next token after tokens[b] for each row b, whose keys and values are
-   appended to the cache ([layer, cache_rows, head, cache_len, head_dim]). Two uses:
-   - a decode step (at == NULL): row b is cache row b, at slot `slot`;
-   - a prefill (at: [B][2], cache row and slot of each row): a prompt's positions are rows of
-     a call, so each matrix is read once for all of them. Every row is computed as a step of
-     its own would compute it (the same operations on the same values: the same bits, tested),
-     and attends to the keys before it, which each layer writes for every row first.
-   pad[r]: cache row r's leading padding slots (NULL: none); a row at a slot inside its padding
-   (stepped before its prompt begins) attends to nothing and writes finite keys and values that
-   nothing reads. adds: NULL, or (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn]
-   at MLP_POST; NULL = none): hook_embed, then each layer's points in the order above. out: NULL
-   (every row's logits), or the n_out rows whose logits are wanted (a prompt's last position).
-   logits: NULL to skip the output layer (a prompt position before its last), or, with `best`
-   and `head16`, to find only the most likely tokens (`argmax_pruned`). best: NULL, or room for
-   a token id per row out, its most likely one (`argmax_rows`). scratch: room for
-   `scratch_floats` of B rows. */
-void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *at, const int64_t *pad, int slot,
-                 float *k_cache, float *v_cache, int cache_rows, int cache_len, const float *const *adds,
-                 int n_out, const int64_t *out, float *logits, int64_t *best, float *scratch) {
+/* The layer loop: tokens[b] at cache row at[2b], slot at[2b+1], for B rows, through every
+   layer; each row's keys and values go into the cache, and its residual stream after the last
+   layer stays in the scratch's x. A row attends to its cache row's keys up to its slot, which
+   each layer writes for every row first (a prefill's earlier positions are rows of the same
+   call); a row at a slot inside its padding (stepped before its prompt begins) attends to
+   nothing and writes finite keys and values that nothing reads. adds: NULL (none), or
+   (1 + POINTS * n_layer) pointers to [B, d] additions ([B, ffn] at MLP_POST; NULL = none):
+   hook_embed, then each layer's points in the order above. */
+static void layers(const Model *m, int B, const int64_t *tokens, const int64_t *at, const Cache *c,
+                   const float *const *adds, float *scratch) {
     const int d = m->d_model, H = m->n_head, D = m->head_dim, F = m->ffn, nt = m->threads;
     const int fc_out = m->act == SWIGLU ? 2 * F : F;
-    float *x = scratch, *xn = x + B * d, *qkv = xn + B * d, *z = qkv + B * 3 * d, *o = z + B * d;
-    float *h = o + B * d, *att = h + (size_t)B * fc_out;  /* att: [threads, context] */
-    float *xt = att + (size_t)nt * m->context;  /* matmat's transposed inputs */
+    const Layout s = layout(m, B);
+    float *x = scratch + s.x, *xn = scratch + s.xn, *qkv = scratch + s.qkv, *z = scratch + s.z;
+    float *o = scratch + s.o, *h = scratch + s.h, *att = scratch + s.att, *xt = scratch + s.xt;
     int keys = 0;  /* the most keys a row attends to */
     for (int b = 0; b < B; b++)
-        if (slot_of(at, b, slot) + 1 > keys) keys = slot_of(at, b, slot) + 1;
+        if (at[2 * b + 1] + 1 > keys) keys = (int)at[2 * b + 1] + 1;
 
     for (int b = 0; b < B; b++) {
-        const int pos = position(pad, cache_row(at, b), slot_of(at, b, slot));
+        const int pos = position(c, b, at);
         const float *e = m->tok_emb + (size_t)tokens[b] * d;
         for (int i = 0; i < d; i++) x[b * d + i] = e[i] + (m->pos_emb ? m->pos_emb[(size_t)pos * d + i] : 0.f);
         add(x + b * d, adds, 0, b, d);
@@ -401,39 +397,40 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *at
     for (int l = 0; l < m->n_layer; l++) {
         const Layer *L = &m->layers[l];
         const float *const *la = adds ? adds + 1 + POINTS * l : NULL;
-        const size_t layer = (size_t)l * cache_rows * H * cache_len * D;
+        const size_t layer = (size_t)l * c->rows * H * c->len * D;
         for (int b = 0; b < B; b++) {
             add(x + b * d, la, RESID_PRE, b, d);
             norm(xn + b * d, x + b * d, L->norm1_w, L->norm1_b, d, m->eps, m->layer_norm);
         }
         linear(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt, xt);
         for (int b = 0; b < B; b++) {  /* every row's key and value into the cache, before any attends */
+            const int64_t r = at[2 * b], slot = at[2 * b + 1];
+            const int pos = position(c, b, at);
             for (int hd = 0; hd < H; hd++) {
-                const int r = cache_row(at, b), s = slot_of(at, b, slot);
                 float *q = qkv + (size_t)b * 3 * d + hd * D, *k = q + d, *v = q + 2 * d;
                 if (L->q_norm) {
                     norm(q, q, L->q_norm, NULL, D, m->qk_eps, 0);
                     norm(k, k, L->k_norm, NULL, D, m->qk_eps, 0);
                 }
                 if (m->rope_cos) {
-                    const int pos = position(pad, r, s);
                     rope(q, m->rope_cos + (size_t)pos * D, m->rope_sin + (size_t)pos * D, D);
                     rope(k, m->rope_cos + (size_t)pos * D, m->rope_sin + (size_t)pos * D, D);
                 }
-                const size_t kv = layer + (((size_t)r * H + hd) * cache_len + s) * D;
-                for (int i = 0; i < D; i++) { k_cache[kv + i] = k[i]; v_cache[kv + i] = v[i]; }
+                const size_t kv = layer + (((size_t)r * H + hd) * c->len + slot) * D;
+                for (int i = 0; i < D; i++) { c->k[kv + i] = k[i]; c->v[kv + i] = v[i]; }
             }
         }
         #pragma omp parallel for collapse(2) num_threads(nt) schedule(static) if (nt > 1 && B * H > 1 && (long)B * H * keys * D > 16384)
         for (int b = 0; b < B; b++) {
             for (int hd = 0; hd < H; hd++) {
-                const int r = cache_row(at, b), s = slot_of(at, b, slot);
-                const float *K = k_cache + layer + ((size_t)r * H + hd) * cache_len * D;
-                const float *V = v_cache + layer + ((size_t)r * H + hd) * cache_len * D;
-                int first = pad ? (int)pad[r] : 0;
-                if (L->window && s - L->window + 1 > first) first = s - L->window + 1;
+                const int64_t r = at[2 * b];
+                const int slot = (int)at[2 * b + 1];
+                const float *K = c->k + layer + ((size_t)r * H + hd) * c->len * D;
+                const float *V = c->v + layer + ((size_t)r * H + hd) * c->len * D;
+                int first = (int)c->pad[r];
+                if (L->window && slot - L->window + 1 > first) first = slot - L->window + 1;
                 attend(z + (size_t)b * d + hd * D, qkv + (size_t)b * 3 * d + hd * D, K, V,
-                       att + (size_t)thread_num() * m->context, first, s + 1, D, L->scale);
+                       att + (size_t)thread_num() * m->context, first, slot + 1, D, L->scale);
             }
         }
         linear(o, z, L->out, L->out_b, B, d, d, nt, xt);
@@ -462,26 +459,50 @@ void decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *at
             add(x + b * d, la, RESID_POST, b, d);
         }
     }
-    if (!logits && !(best && m->head16)) return;  /* a prompt position before its last */
-    const int R = out ? n_out : B;
-    for (int k = 0; k < R; k++)
-        norm(xn + (size_t)k * d, x + (size_t)(out ? out[k] : k) * d, m->norm_w, m->norm_b, d, m->eps, m->layer_norm);
-    if (!logits) {  /* only the most likely tokens are wanted: 15 rows at a time (`scratch_floats`) */
-        for (int b0 = 0; b0 < R; b0 += LANES - 1)
-            argmax_pruned(best + b0, m, xn + (size_t)b0 * d, R - b0 < LANES - 1 ? R - b0 : LANES - 1,
-                          xt + (size_t)(B + 15) / 16 * 16 * (F > d ? F : d), nt);
-        return;
-    }
-    linear(logits, xn, m->head, NULL, R, d, m->vocab, nt, xt);
-    if (best) argmax_rows(best, logits, R, m->vocab, nt);
 }
 
-/* Addition points per layer (`adds`' layout), for the caller to check against its own list. */
-int addition_points(void) { return POINTS; }
+/* Row b of the running batch is cache row b, at `slot`. */
+static const int64_t *batch_rows(const Model *m, int B, int slot, float *scratch) {
+    int64_t *at = (int64_t *)(scratch + layout(m, B).at);
+    for (int b = 0; b < B; b++) { at[2 * b] = b; at[2 * b + 1] = slot; }
+    return at;
+}
 
-/* Floats of scratch `decode_step` needs for B rows on `threads` threads. */
-long scratch_floats(const Model *m, int B, int threads) {
-    int fc_out = m->act == SWIGLU ? 2 * m->ffn : m->ffn, widest = m->ffn > m->d_model ? m->ffn : m->d_model;
-    return (long)B * (7L * m->d_model + fc_out) + (long)threads * m->context + (B + 15L) / 16 * 16 * widest +
-           (m->head16 ? (long)(B < 16 ? B : 15) * m->vocab : 0);  /* argmax_pruned's approximate logits */
+/* Rows `rows` of the final residual stream x, normalised into xn. */
+static void final_norm(const Model *m, float *xn, const float *x, int R, const int64_t *rows) {
+    for (int k = 0; k < R; k++)
+        norm(xn + (size_t)k * m->d_model, x + (size_t)(rows ? rows[k] : k) * m->d_model, m->norm_w, m->norm_b,
+             m->d_model, m->eps, m->layer_norm);
+}
+
+/* One decode step of the running batch: tokens[b] appended to cache row b at `slot`; logits
+   [B, vocab] of every row's next token. scratch: `scratch_floats(m, B)`. */
+void step(const Model *m, int B, const int64_t *tokens, int slot, const Cache *c, const float *const *adds,
+          float *logits, float *scratch) {
+    const Layout s = layout(m, B);
+    layers(m, B, tokens, batch_rows(m, B, slot, scratch), c, adds, scratch);
+    final_norm(m, scratch + s.xn, scratch + s.x, B, NULL);
+    linear(logits, scratch + s.xn, m->head, NULL, B, m->d_model, m->vocab, m->threads, scratch + s.xt);
+}
+
+/* `step` when only each row's most likely token is wanted: best[b], the first of its largest
+   logits, as torch.argmax of `step`'s logits gives it (`argmax_pruned`, a row at a time). */
+void argmax(const Model *m, int B, const int64_t *tokens, int slot, const Cache *c, const float *const *adds,
+            int64_t *best, float *scratch) {
+    const Layout s = layout(m, B);
+    layers(m, B, tokens, batch_rows(m, B, slot, scratch), c, adds, scratch);
+    final_norm(m, scratch + s.xn, scratch + s.x, B, NULL);
+    for (int b = 0; b < B; b++) best[b] = argmax_pruned(m, scratch + s.xn + (size_t)b * m->d_model, scratch + s.approx);
+}
+
+/* Prompt positions as rows: tokens[b] at cache row at[2b], slot at[2b+1] (a prompt's positions in
+   order, so its earlier ones are in the cache, or in this call, before its later ones attend);
+   logits [n_out, vocab] of rows out[0..n_out) (each prompt's last position; n_out may be 0). */
+void prefill(const Model *m, int B, const int64_t *tokens, const int64_t *at, const Cache *c, const float *const *adds,
+             int n_out, const int64_t *out, float *logits, float *scratch) {
+    const Layout s = layout(m, B);
+    layers(m, B, tokens, at, c, adds, scratch);
+    if (n_out == 0) return;  /* no prompt ends in this call */
+    final_norm(m, scratch + s.xn, scratch + s.x, n_out, out);
+    linear(logits, scratch + s.xn, m->head, NULL, n_out, m->d_model, m->vocab, m->threads, scratch + s.xt);
 }

@@ -20,10 +20,9 @@ the same output.
 Generation uses a key/value cache (`KVCache`). Prompts of different lengths are
 left-padded; `pad` gives each row's number of padding slots, which attention masks out
 and positions skip, so a padded row computes exactly what it would alone. The decode step
-(`model/decode.py`) is this model specialised to one new token per row, made of the same
-modules and functions, and run in C where it can be (`decode_step.c`, loaded by `native.py`);
-the tests pin both to `forward`. Whoever changes the model here changes `decode_step.c` too,
-and the tests say so if not.
+(`model/decode.py`) is this model written again in C (`decode_step.c`) for one new token per
+row, where it can run; the tests pin it to `forward`. Whoever changes the model here changes
+`decode_step.c` too, and the tests say so if not.
 """
 
 from __future__ import annotations

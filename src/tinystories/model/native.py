@@ -1,19 +1,15 @@
-"""The decode step in C (`decode_step.c`), built once per machine by `cbuild` (shared ground).
+"""The decode step's C library (`decode_step.c`, built once per machine by `cbuild`) and the
+weights laid out as it reads them.
 
-`DecodeStep` (model/decode.py) runs it for float32 models on the CPU when it could be built, and
-runs its PyTorch operations otherwise; both are pinned to `GPT.forward` by the tests. Why C:
-a decode step at the 15M shape is ~60 MB of weights read once and a few hundred small
-operations, and each PyTorch operation costs microseconds of dispatch, which at one row was
-as much time as the arithmetic (bench/README.md). ``TINYSTORIES_NATIVE=0`` turns it off;
-`why_not` says why it is unavailable.
+`model/decode.py` calls it; ``TINYSTORIES_NATIVE=0`` turns it off, and `why_not` says why it is
+unavailable. Why C: a decode step at the 15M shape is ~60 MB of weights read once and a few
+hundred small operations, and each PyTorch operation costs microseconds of dispatch, which at
+one row was as much time as the arithmetic (bench/README.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import mmap
-import threading
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,24 +23,28 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 ACTS = {"gelu": 0, "swiglu": 1, "relu2": 2}
-_F = ctypes.POINTER(ctypes.c_float)
-
+POINTS = 6  # addition points a layer (decode.ADDABLE; decode_step.c's POINTS)
+_P = ctypes.c_void_p  # addresses passed as ints: no casts
 
 _LAYER_POINTERS = ("norm1_w", "norm1_b", "qkv", "out", "out_b", "q_norm", "k_norm", "norm2_w", "norm2_b", "fc",
                    "fc_b", "proj", "proj_b")
 _MODEL_INTS = ("n_layer", "n_head", "head_dim", "d_model", "ffn", "vocab", "context", "act", "layer_norm", "threads")
-_MODEL_POINTERS = ("tok_emb", "pos_emb", "rope_cos", "rope_sin", "norm_w", "norm_b", "head")
+_MODEL_POINTERS = ("tok_emb", "pos_emb", "rope_cos", "rope_sin", "norm_w", "norm_b", "head", "head16", "head_err")
 
 
-class _Layer(ctypes.Structure):  # decode_step.c's Layer, field for field
-    _fields_ = [*((name, _F) for name in _LAYER_POINTERS), ("scale", ctypes.c_float),  # type: ignore[assignment]
+class Layer(ctypes.Structure):  # decode_step.c's Layer, field for field
+    _fields_ = [*((name, _P) for name in _LAYER_POINTERS), ("scale", ctypes.c_float),  # type: ignore[assignment]
                 ("window", ctypes.c_int)]
 
 
-class _Model(ctypes.Structure):  # decode_step.c's Model
+class Model(ctypes.Structure):  # decode_step.c's Model
     _fields_ = [*((name, ctypes.c_int) for name in _MODEL_INTS), ("eps", ctypes.c_float),  # type: ignore[assignment]
-                ("qk_eps", ctypes.c_float), *((name, _F) for name in _MODEL_POINTERS),
-                ("head16", ctypes.c_void_p), ("head_err", _F), ("layers", ctypes.POINTER(_Layer))]
+                ("qk_eps", ctypes.c_float), *((name, _P) for name in _MODEL_POINTERS),
+                ("layers", ctypes.POINTER(Layer))]
+
+
+class Cache(ctypes.Structure):  # decode_step.c's Cache
+    _fields_ = [("k", _P), ("v", _P), ("pad", _P), ("rows", ctypes.c_int), ("len", ctypes.c_int)]
 
 
 _why_not = ""
@@ -63,26 +63,17 @@ def library() -> ctypes.CDLL | None:
     lib, _why_not = cbuild.load(SOURCE)
     if lib is None:
         return None
-    lib.decode_step.restype = None
-    lib.decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                                ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                ctypes.c_void_p, ctypes.c_void_p]  # addresses as ints: no casts
-    lib.scratch_floats.restype = ctypes.c_long
-    lib.scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
-    lib.addition_points.restype = ctypes.c_int
-    lib.addition_points.argtypes = []
+    model, cache_ = ctypes.POINTER(Model), ctypes.POINTER(Cache)
+    lib.step.argtypes = [model, ctypes.c_int, _P, ctypes.c_int, cache_, _P, _P, _P]
+    lib.argmax.argtypes = [model, ctypes.c_int, _P, ctypes.c_int, cache_, _P, _P, _P]
+    lib.prefill.argtypes = [model, ctypes.c_int, _P, _P, cache_, _P, ctypes.c_int, _P, _P, _P]
+    lib.step.restype = lib.argmax.restype = lib.prefill.restype = None
+    lib.scratch_floats.restype, lib.scratch_floats.argtypes = ctypes.c_long, [model, ctypes.c_int]
+    lib.addition_points.restype, lib.addition_points.argtypes = ctypes.c_int, []
+    if lib.addition_points() != POINTS:
+        raise RuntimeError(f"decode_step.c has {lib.addition_points()} addition points a layer, native.py "
+                           f"{POINTS}: change both together")
     return lib
-
-
-def _param(module: torch.nn.Module, name: str) -> torch.Tensor | None:
-    """A norm's weight or bias (RMSNorm has no bias)."""
-    t = getattr(module, name, None)
-    return t if isinstance(t, torch.Tensor) else None
-
-
-def _ptr(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type-arg]
-    return None if t is None else ctypes.cast(t.data_ptr(), _F)
 
 
 def bfloat16(weight: torch.Tensor) -> torch.Tensor:
@@ -126,136 +117,55 @@ def panels(weight: torch.Tensor) -> torch.Tensor:
 
 def interleaved(weight: torch.Tensor, group: int = 4) -> torch.Tensor:
     """`panels` in bfloat16, each `group` of panels (decode_step.c's PANELS) interleaved:
-    [ceil(panels / group), in, group, 16], zeros past `out` (`panel_rows16` reads it)."""
+    [ceil(panels / group), in, group, 16], zeros past `out` (`panel_row16` reads it)."""
     p = panels(bfloat16(weight))
     p = torch.cat([p, p.new_zeros(-p.shape[0] % group, *p.shape[1:])])
     return p.view(-1, group, *p.shape[1:]).transpose(1, 2).contiguous()
 
 
-class _Arena:
-    """Room for the step's weights: one anonymous mapping, which the kernel backs with 2 MB pages
-    where it can (madvise MADV_HUGEPAGE; transparent huge pages in "madvise" mode, as many Linux
-    machines set them). Streaming 60 MB of weights a token through 4 KB pages cost more time:
-    figures in bench/README.md, "History" (Zen 4 AMD EPYC, 2026-12-04)."""
+class Weights:
+    """`model`'s weights (float32, CPU) as decode_step.c's `Model` reads them: each linear layer's
+    weight in `panels`, the output layer also in bfloat16 (`interleaved`, with its
+    `rounding_radius`: 18 MB more at the 15M shape) for `argmax`. Holds every tensor `struct`
+    points into: copies, but for the token embedding table (`token_table`)."""
 
-    HUGE = 2 << 20
-
-    def __init__(self, nbytes: int) -> None:
-        try:  # private: shared anonymous memory would follow the shmem setting, mostly "never"
-            self.map = mmap.mmap(-1, nbytes + self.HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        except (AttributeError, TypeError):  # Windows: plain memory
-            self.bytes = torch.empty(nbytes + self.HUGE, dtype=torch.uint8)
-        else:
-            with contextlib.suppress(AttributeError, OSError):  # no madvise here, or no huge pages
-                self.map.madvise(mmap.MADV_HUGEPAGE)
-            self.bytes = torch.frombuffer(self.map, dtype=torch.uint8)
-        self.used = -self.bytes.data_ptr() % self.HUGE  # start on a 2 MB boundary
-
-    def put(self, t: torch.Tensor) -> torch.Tensor:
-        """A copy of `t` in the arena, 64-byte aligned."""
-        n = t.element_size() * t.numel()
-        assert self.used + n <= self.bytes.numel(), "the arena was sized too small"
-        copy = self.bytes[self.used:self.used + n].view(t.dtype).view(t.shape)
-        copy.copy_(t)
-        self.used += -(-n // 64) * 64
-        return copy
-
-
-class NativeStep:
-    """The C step over a copy of `model`'s weights (float32, CPU): `step` as `DecodeStep.step`.
-
-    The copy sits in one `_Arena`, in the order the step reads it (as llama2.c's run.c reads its
-    checkpoint file), each linear layer's weight in `panels`. The token embedding table is not
-    copied: a step reads one row of it per token, and the model's own table serves (with tied
-    embeddings the output layer's panels are the copy). The output layer also goes in bfloat16
-    (`interleaved`, with its `rounding_radius`), for steps that want only the most likely token
-    (`DecodeStep.argmax`): 18 MB more at the 15M shape. `decode.decode_step` makes a new step when
-    the model's weights change.
-
-    One step serves every thread that decodes the model (two engines, a server and a script), so
-    what a call writes besides the cache, its scratch and its thread count, is each thread's own
-    (`_mine`): shared, two calls at once would write into each other's activations."""
-
-    def __init__(self, model: GPT, lib: ctypes.CDLL, rope: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def __init__(self, model: GPT, rope: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         cfg = model.cfg
-        self.lib, self.cfg = lib, cfg
-        floats = sum(t.numel() for t in model.parameters()) + (2 * rope[0].numel() if rope else 0)
-        pad = 16 * max(cfg.d_model, cfg.ffn_dim) * (4 * cfg.n_layer + 1)  # panels round outputs up to 16
-        head = model.lm_head.weight.detach()
-        head_floats = -(-cfg.vocab_size // 64) * 32 * cfg.d_model + cfg.vocab_size  # `interleaved` and `rounding_radius`
-        arena = self.arena = _Arena(4 * (floats + pad + head_floats) + 64 * (16 * cfg.n_layer + 20))
-        self.tok_emb = model.tok_emb.weight.detach().contiguous()  # held: the step points into it
+        self.held: list[torch.Tensor] = []
 
-        def p(t: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type-arg]
-            return None if t is None else _ptr(arena.put(t.detach()))
+        def p(t: torch.Tensor | None) -> int | None:  # a copy: the step keeps the weights it was made with
+            if t is None:
+                return None
+            self.held.append(t.detach().clone(memory_format=torch.contiguous_format))
+            return self.held[-1].data_ptr()
 
-        def w(t: torch.Tensor) -> ctypes._Pointer | None:  # type: ignore[type-arg]
-            return _ptr(arena.put(panels(t.detach())))
+        def norm(module: torch.nn.Module, name: str) -> torch.Tensor | None:  # RMSNorm has no bias
+            t = getattr(module, name, None)
+            return t if isinstance(t, torch.Tensor) else None
 
-        layers = (_Layer * cfg.n_layer)()
-        for L, block in zip(layers, model.layers()):
+        self.layers = (Layer * cfg.n_layer)()
+        for L, block in zip(self.layers, model.layers()):
             a, m = block.attn, block.mlp
             fc = torch.cat([m.gate.weight, m.up.weight]) if m.activation == "swiglu" else m.fc.weight
-            L.norm1_w, L.norm1_b = p(_param(block.norm1, "weight")), p(_param(block.norm1, "bias"))
-            L.qkv, L.out, L.out_b = w(a.qkv.weight), w(a.out.weight), p(a.out.bias)
+            L.norm1_w, L.norm1_b = p(norm(block.norm1, "weight")), p(norm(block.norm1, "bias"))
+            L.qkv, L.out, L.out_b = p(panels(a.qkv.weight.detach())), p(panels(a.out.weight.detach())), p(a.out.bias)
             L.q_norm = p(a.q_norm.weight) if a.q_norm is not None else None
             L.k_norm = p(a.k_norm.weight) if a.k_norm is not None else None
-            L.norm2_w, L.norm2_b = p(_param(block.norm2, "weight")), p(_param(block.norm2, "bias"))
-            L.fc, L.fc_b = w(fc), p(None if m.activation == "swiglu" else m.fc.bias)
-            L.proj, L.proj_b = w(m.proj.weight), p(m.proj.bias)
+            L.norm2_w, L.norm2_b = p(norm(block.norm2, "weight")), p(norm(block.norm2, "bias"))
+            L.fc, L.fc_b = p(panels(fc.detach())), p(None if m.activation == "swiglu" else m.fc.bias)
+            L.proj, L.proj_b = p(panels(m.proj.weight.detach())), p(m.proj.bias)
             L.scale, L.window = a.scale, a.window
-        self.model = _Model(  # what each thread copies (`_mine`)
+        head = model.lm_head.weight.detach()
+        self.struct = Model(  # each thread decodes with its own copy (`decode.DecodeStep`)
             n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.head_dim, d_model=cfg.d_model, ffn=cfg.ffn_dim,
             vocab=cfg.vocab_size, context=cfg.context_length, act=ACTS[model.layers()[0].mlp.activation],
             layer_norm=int(cfg.arch == "neo"), threads=1, eps=cfg.norm_eps, qk_eps=cfg.norm_eps,
-            tok_emb=_ptr(self.tok_emb), pos_emb=p(model.pos_emb.weight if model.pos_emb is not None else None),
+            tok_emb=self.token_table(model), pos_emb=p(model.pos_emb.weight if model.pos_emb is not None else None),
             rope_cos=p(rope[0] if rope else None), rope_sin=p(rope[1] if rope else None),
-            norm_w=p(_param(model.norm, "weight")), norm_b=p(_param(model.norm, "bias")), head=w(head),
-            head16=arena.put(interleaved(head)).data_ptr(), head_err=p(rounding_radius(head)),
-            layers=layers)
-        self.layers = layers  # held: each thread's copy of `model` points into it
-        self.local = threading.local()
+            norm_w=p(norm(model.norm, "weight")), norm_b=p(norm(model.norm, "bias")), head=p(panels(head)),
+            head16=p(interleaved(head)), head_err=p(rounding_radius(head)), layers=self.layers)
 
-    def _mine(self, rows: int) -> tuple[ctypes._CArgObject, torch.Tensor]:
-        """This thread's copy of the C `Model` (its `threads` field set to this thread's torch
-        threads) and its scratch, room for `rows` rows or more."""
-        mine = self.local
-        if not hasattr(mine, "model"):
-            mine.model = _Model.from_buffer_copy(self.model)
-            mine.ref = ctypes.byref(mine.model)
-            mine.scratch, mine.scratch_for = torch.empty(0), (0, 0)  # room for this many rows and threads
-        threads = mine.model.threads = torch.get_num_threads()
-        if rows > mine.scratch_for[0] or threads > mine.scratch_for[1]:
-            mine.scratch_for = (max(rows, mine.scratch_for[0]), max(threads, mine.scratch_for[1]))
-            mine.scratch = torch.empty(self.lib.scratch_floats(mine.ref, *mine.scratch_for))
-        return mine.ref, mine.scratch
-
-    def step(self, tokens: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, slot: int,
-             pad: torch.Tensor | None, adds: list[torch.Tensor | None] | None, best: torch.Tensor | None,
-             head: bool = True, at: torch.Tensor | None = None, out: torch.Tensor | None = None
-             ) -> torch.Tensor | None:
-        """decode_step.c's step; `adds`: None, or [B, width] additions (None = none) in its order:
-        hook_embed, then each block's `decode.ADDABLE` points. `head=False`: no logits; with `best`
-        only each row's most likely token (`argmax_pruned`), else no output layer. A prefill
-        (`DecodeStep.prefill`): `at` [B, 2], each row's cache row and slot (else row b is cache row
-        b at `slot`), and `out`, the rows whose logits are wanted (else all)."""
-        cfg = self.cfg
-        B = tokens.shape[0]
-        assert cache_k.is_contiguous() and cache_v.is_contiguous() and (
-            cache_k.shape[1] == B if at is None else at.shape == (B, 2))  # at's rows: `DecodeStep.prefill` checks
-        tokens = tokens.contiguous()
-        pad = pad.contiguous() if pad is not None else None
-        at = at.contiguous() if at is not None else None
-        out = out.contiguous() if out is not None else None
-        ref, scratch = self._mine(B)
-        table = None
-        if adds:
-            held = [None if a is None else a.float().contiguous() for a in adds]
-            table = (ctypes.c_void_p * len(held))(*[None if a is None else a.data_ptr() for a in held])
-        logits = torch.empty(B if out is None else out.shape[0], cfg.vocab_size) if head else None
-        self.lib.decode_step(ref, B, tokens.data_ptr(), None if at is None else at.data_ptr(),
-                             None if pad is None else pad.data_ptr(), slot, cache_k.data_ptr(), cache_v.data_ptr(),
-                             cache_k.shape[1], cache_k.shape[3], table, 0 if out is None else out.shape[0],
-                             None if out is None else out.data_ptr(), None if logits is None else logits.data_ptr(),
-                             None if best is None else best.data_ptr(), scratch.data_ptr())
-        return logits
+    def token_table(self, model: GPT) -> int:
+        """The model's own token embedding table, not a copy: a step reads one row of it a token."""
+        self.held.append(model.tok_emb.weight.detach().contiguous())
+        return self.held[-1].data_ptr()
