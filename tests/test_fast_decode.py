@@ -48,8 +48,7 @@ def step_of(m: GPT) -> DecodeStep:
 
 @pytest.mark.parametrize("arch,batch", [*((a, 3) for a in ARCHS), ("big", 3), ("neo", 19), ("modern", 19)])
 def test_step_logits_equal_the_forward_pass(arch: str, batch: int) -> None:
-    """Batch 3 and 19: the C step's matrices by dot products below 16 rows, by outer products from 16
-    (19: a last group of 16 rows only partly used)."""
+    """Batch 3 and 19: odd batches (the C step multiplies two rows at a time, then the last alone)."""
     m = model(**ARCHS.get(arch, BIG))
     fast = step_of(m)
     g = torch.Generator().manual_seed(1)
@@ -74,8 +73,7 @@ def test_prefill_is_stepping_a_position_at_a_time_bit_for_bit(arch: str, rows: i
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """`DecodeStep.prefill` in C (every position of every prompt a row of a call) gives the
     logits and cache that stepping through the prompts a position at a time gives: the same bits,
-    with additions, prompts of 1 to 23 positions (past the local window; 16 rows and more take the
-    outer products), and the logits to `forward`'s at 1e-5. rows 7: the 70 positions in calls of
+    with additions, prompts of 1 to 23 positions (past the local window), and the logits to `forward`'s at 1e-5. rows 7: the 70 positions in calls of
     7, a prompt's split between calls, some calls with no prompt's last position."""
     monkeypatch.setattr(decode, "PREFILL_ROWS", rows)
     m = model(**ARCHS.get(arch, BIG))

@@ -17,7 +17,7 @@ from tinystories.model.decode import DecodeStep
 from tinystories.model.gpt import GPT, GPTConfig
 
 PROMPTS = [[0, 5, 6, 7], [0, 9], [0, 1, 2, 3, 4, 5, 6, 7, 8]]
-LONG = [0, *range(1, 21)]  # 21 positions: 16 rows or more take the C step's other products
+LONG = [0, *range(1, 21)]  # 21 positions: a long prompt beside short ones
 
 
 @pytest.fixture(params=["C", "PyTorch"])

@@ -194,8 +194,8 @@ def set_threads(requested: int = 0) -> int:
 
 def inference(fn: _F) -> _F:
     """`torch.inference_mode()` as a decorator that costs nothing where the caller is in one
-    already: the engine's loop enters it once, and the decorator's 2.4 us, twice per decode
-    step, was a twentieth of a token at the demo's shape."""
+    already: the engine's loop enters it once, where the decorator's cost, twice per decode
+    step, was a visible part of a token at the demo's shape (bench/README.md)."""
     import torch
 
     @functools.wraps(fn)

@@ -20,9 +20,9 @@ same tokens in one of two ways (the tests check each against it):
 * else as PyTorch operations over the whole batch: each row's values sorted give its cuts,
   and every token at or above the cut stays.
 
-A row's generator is a `random.Random` seeded with the row's seed: one uniform number per
-step from it costs ~0.1 us, where a `torch.Generator` draw and its `.item()` cost ~2 us, which
-at 64 rows per step was a visible part of a decode step.
+A row's generator is a `random.Random` seeded with the row's seed: a uniform number from it
+costs a small fraction of a `torch.Generator` draw and its `.item()`, which at 64 rows per
+step was a visible part of a decode step (bench/README.md).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@
    The weights are the model's (laid out as read here by `model/native.py`); keys and values
    sit in the model's `KVCache`. `cbuild.py` compiles this once per machine; without a compiler
    the model's own `forward` decodes. tests/test_fast_decode.py checks the logits against
-   `GPT.forward` to 1e-5 for every architecture, at batches that take each path here.
+   `GPT.forward` to 1e-5 for every architecture.
 
    Layouts (row-major, float32): a linear layer's weight in panels of 16 output rows (`gemv`),
    the embedding table as nn.Embedding stores it, [vocab, d]; the KV cache is
@@ -83,8 +83,7 @@ static void norm(float *out, const float *x, const float *w, const float *b, int
    P[p][j][l] = W[16p + l][j], [ceil(n_out / 16)][n_in][16], zeros past n_out (`native.py` lays
    them out). For one or a few rows of x the panels give y[16p..16p+16] as a sum over j of
    x[j] * P[p][j]: a vector multiply-add per input, with no horizontal sums, where a dot product
-   per output row (run.c's loop) ends in one each; at the demo shape's matrices that was 1.2-1.6x
-   the time, at the 15M shape's output layer 1.13x (a C microbenchmark, Zen 4 AMD EPYC). */
+   per output row (run.c's loop) ends in one each, which took longer (bench/README.md). */
 enum { LANES = 16, PANELS = 4 };
 
 /* R (1 or 2) rows of x against PANELS panels from p0 (np of them real; the rest repeat p0). */
@@ -126,45 +125,6 @@ static void gemv(float *y, const float *x, const float *P, const float *bias, in
             panel_rows(y + (size_t)b * n_out, x + (size_t)b * n_in, p0, np, bias, n_in, n_out, p * LANES, 2);
         if (b < B) panel_rows(y + (size_t)b * n_out, x + (size_t)b * n_in, p0, np, bias, n_in, n_out, p * LANES, 1);
     }
-}
-
-/* gemv for batches of 16 rows or more, as outer products: the rows of x are transposed into
-   xt [n_in, B rounded up to 16] so that each weight, read once, multiplies 16 batch rows in one
-   vector operation, four output rows at a time (four neighbours in a panel). At the 1M shape's
-   batch 64 this beat gemv for most matrices (its output layer: 1.25 against 1.46 ms); below 16
-   rows part of the lanes would idle. xt: room for n_in * (B rounded up to 16) floats. */
-static void matmat(float *y, const float *x, const float *P, const float *bias, int B, int n_in, int n_out,
-                   int threads, float *xt) {
-    const int Bp = (B + LANES - 1) / LANES * LANES, blocks = (n_out + 3) / 4;
-    for (int j = 0; j < n_in; j++)
-        for (int b = 0; b < Bp; b++) xt[(size_t)j * Bp + b] = b < B ? x[(size_t)b * n_in + j] : 0.f;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (long)n_in * n_out * B > 16384)
-    for (int blk = 0; blk < blocks; blk++) {
-        const int i = 4 * blk, rows = n_out - i < 4 ? n_out - i : 4;
-        const float *w = P + (size_t)(i / LANES) * n_in * LANES + i % LANES;  /* W[i + r][j] = w[j * 16 + r] */
-        for (int b0 = 0; b0 < Bp; b0 += LANES) {
-            float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
-            for (int j = 0; j < n_in; j++) {
-                const float *xj = xt + (size_t)j * Bp + b0, *wj = w + (size_t)j * LANES;
-                const float c0 = wj[0], c1 = wj[1], c2 = wj[2], c3 = wj[3];  /* zeros past n_out */
-                #pragma omp simd
-                for (int l = 0; l < LANES; l++) {
-                    a0[l] += c0 * xj[l]; a1[l] += c1 * xj[l]; a2[l] += c2 * xj[l]; a3[l] += c3 * xj[l];
-                }
-            }
-            const float *acc[4] = {a0, a1, a2, a3};
-            for (int l = 0; l < LANES && b0 + l < B; l++)
-                for (int r = 0; r < rows; r++)
-                    y[(size_t)(b0 + l) * n_out + i + r] = acc[r][l] + (bias ? bias[i + r] : 0.f);
-        }
-    }
-}
-
-/* y = x W^T (+ bias) for B rows, W in panels: matmat from 16 rows, else gemv. */
-static void linear(float *y, const float *x, const float *P, const float *bias, int B, int n_in, int n_out,
-                   int threads, float *xt) {
-    if (B >= LANES) matmat(y, x, P, bias, B, n_in, n_out, threads, xt);
-    else gemv(y, x, P, bias, B, n_in, n_out, threads);
 }
 
 /* Llama's "rotate half" RoPE of one head vector at table row `c`, `s`. */
@@ -315,7 +275,7 @@ static int64_t argmax_pruned(const Model *m, const float *x, float *approx) {
         bad |= !finite_float(low);
     }
     if (bad || !finite_float(floor)) {  /* inf or NaN in x, or logits or radii that overflow */
-        linear(approx, x, m->head, NULL, 1, d, V, nt, NULL);  /* every logit, as `step` computes them */
+        gemv(approx, x, m->head, NULL, 1, d, V, nt);  /* every logit, as `step` computes them */
         return first_max(approx, V);
     }
     int64_t top = 0;
@@ -341,17 +301,16 @@ static int64_t argmax_pruned(const Model *m, const float *x, float *approx) {
 }
 
 /* Where a call's work goes in its scratch, in floats: the activations of B rows, attention
-   weights per thread, `matmat`'s transposed inputs, one row's approximate logits (`argmax`) and
-   the rows' places in the cache (`step`, `argmax`: two int64 each). */
-typedef struct { size_t x, xn, qkv, z, o, h, att, xt, approx, at, end; } Layout;
+   weights per thread, one row's approximate logits (`argmax`) and the rows' places in the cache
+   (`step`, `argmax`: two int64 each). */
+typedef struct { size_t x, xn, qkv, z, o, h, att, approx, at, end; } Layout;
 
 static Layout layout(const Model *m, int B) {
     const size_t d = m->d_model, fc_out = m->act == SWIGLU ? 2 * m->ffn : m->ffn;
-    const size_t widest = m->ffn > m->d_model ? m->ffn : m->d_model, Bp = (B + LANES - 1) / LANES * LANES;
     Layout s;
     s.x = 0; s.xn = s.x + B * d; s.qkv = s.xn + B * d; s.z = s.qkv + 3 * B * d; s.o = s.z + B * d;
-    s.h = s.o + B * d; s.att = s.h + B * fc_out; s.xt = s.att + (size_t)m->threads * m->context;
-    s.approx = s.xt + Bp * widest; s.at = s.approx + m->vocab;
+    s.h = s.o + B * d; s.att = s.h + B * fc_out; s.approx = s.att + (size_t)m->threads * m->context;
+    s.at = s.approx + m->vocab;
     s.at += s.at % 2;  /* 8-byte aligned */
     s.end = s.at + 4 * (size_t)B;
     return s;
@@ -383,7 +342,7 @@ static void layers(const Model *m, int B, const int64_t *tokens, const int64_t *
     const int fc_out = m->act == SWIGLU ? 2 * F : F;
     const Layout s = layout(m, B);
     float *x = scratch + s.x, *xn = scratch + s.xn, *qkv = scratch + s.qkv, *z = scratch + s.z;
-    float *o = scratch + s.o, *h = scratch + s.h, *att = scratch + s.att, *xt = scratch + s.xt;
+    float *o = scratch + s.o, *h = scratch + s.h, *att = scratch + s.att;
     int keys = 0;  /* the most keys a row attends to */
     for (int b = 0; b < B; b++)
         if (at[2 * b + 1] + 1 > keys) keys = (int)at[2 * b + 1] + 1;
@@ -402,7 +361,7 @@ static void layers(const Model *m, int B, const int64_t *tokens, const int64_t *
             add(x + b * d, la, RESID_PRE, b, d);
             norm(xn + b * d, x + b * d, L->norm1_w, L->norm1_b, d, m->eps, m->layer_norm);
         }
-        linear(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt, xt);
+        gemv(qkv, xn, L->qkv, NULL, B, d, 3 * d, nt);
         for (int b = 0; b < B; b++) {  /* every row's key and value into the cache, before any attends */
             const int64_t r = at[2 * b], slot = at[2 * b + 1];
             const int pos = position(c, b, at);
@@ -433,14 +392,14 @@ static void layers(const Model *m, int B, const int64_t *tokens, const int64_t *
                        att + (size_t)thread_num() * m->context, first, slot + 1, D, L->scale);
             }
         }
-        linear(o, z, L->out, L->out_b, B, d, d, nt, xt);
+        gemv(o, z, L->out, L->out_b, B, d, d, nt);
         for (int b = 0; b < B; b++) {
             add(o + b * d, la, ATTN_OUT, b, d);
             for (int i = 0; i < d; i++) x[b * d + i] += o[b * d + i];
             add(x + b * d, la, RESID_MID, b, d);
             norm(xn + b * d, x + b * d, L->norm2_w, L->norm2_b, d, m->eps, m->layer_norm);
         }
-        linear(h, xn, L->fc, L->fc_b, B, d, fc_out, nt, xt);
+        gemv(h, xn, L->fc, L->fc_b, B, d, fc_out, nt);
         for (int b = 0; b < B; b++) {  /* the activation, in place into the first F of each row */
             float *hb = h + (size_t)b * fc_out, *hz = h + (size_t)b * F;
             #pragma omp simd
@@ -452,7 +411,7 @@ static void layers(const Model *m, int B, const int64_t *tokens, const int64_t *
             }
             add(hz, la, MLP_POST, b, F);  /* the neurons: [B, F] additions */
         }
-        linear(o, h, L->proj, L->proj_b, B, F, d, nt, xt);
+        gemv(o, h, L->proj, L->proj_b, B, F, d, nt);
         for (int b = 0; b < B; b++) {
             add(o + b * d, la, MLP_OUT, b, d);
             for (int i = 0; i < d; i++) x[b * d + i] += o[b * d + i];
@@ -482,7 +441,7 @@ void step(const Model *m, int B, const int64_t *tokens, int slot, const Cache *c
     const Layout s = layout(m, B);
     layers(m, B, tokens, batch_rows(m, B, slot, scratch), c, adds, scratch);
     final_norm(m, scratch + s.xn, scratch + s.x, B, NULL);
-    linear(logits, scratch + s.xn, m->head, NULL, B, m->d_model, m->vocab, m->threads, scratch + s.xt);
+    gemv(logits, scratch + s.xn, m->head, NULL, B, m->d_model, m->vocab, m->threads);
 }
 
 /* `step` when only each row's most likely token is wanted: best[b], the first of its largest
@@ -504,5 +463,5 @@ void prefill(const Model *m, int B, const int64_t *tokens, const int64_t *at, co
     layers(m, B, tokens, at, c, adds, scratch);
     if (n_out == 0) return;  /* no prompt ends in this call */
     final_norm(m, scratch + s.xn, scratch + s.x, n_out, out);
-    linear(logits, scratch + s.xn, m->head, NULL, n_out, m->d_model, m->vocab, m->threads, scratch + s.xt);
+    gemv(logits, scratch + s.xn, m->head, NULL, n_out, m->d_model, m->vocab, m->threads);
 }

@@ -2,14 +2,16 @@
 weights laid out as it reads them.
 
 `model/decode.py` calls it; ``TINYSTORIES_NATIVE=0`` turns it off, and `why_not` says why it is
-unavailable. Why C: a decode step at the 15M shape is ~60 MB of weights read once and a few
-hundred small operations, and each PyTorch operation costs microseconds of dispatch, which at
-one row was as much time as the arithmetic (bench/README.md).
+unavailable. Why C: a decode step is the model's weights read once and a few hundred small
+operations, and each PyTorch operation costs microseconds of dispatch, which at one row was as
+much time as the arithmetic (bench/README.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import mmap
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,21 +125,50 @@ def interleaved(weight: torch.Tensor, group: int = 4) -> torch.Tensor:
     return p.view(-1, group, *p.shape[1:]).transpose(1, 2).contiguous()
 
 
+class _Arena:
+    """Room for the step's weights: one anonymous mapping, which the kernel backs with 2 MB pages
+    where it can (madvise MADV_HUGEPAGE; transparent huge pages in "madvise" mode, as many Linux
+    machines set them). A step streams its weights from memory at every token, and through 4 KB
+    pages that took longer (bench/README.md)."""
+
+    HUGE = 2 << 20
+
+    def __init__(self, nbytes: int) -> None:
+        try:  # private: shared anonymous memory would follow the shmem setting, mostly "never"
+            self.map = mmap.mmap(-1, nbytes + self.HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except (AttributeError, TypeError):  # Windows: plain memory
+            self.bytes = torch.empty(nbytes + self.HUGE, dtype=torch.uint8)
+        else:
+            with contextlib.suppress(AttributeError, OSError):  # no madvise here, or no huge pages
+                self.map.madvise(mmap.MADV_HUGEPAGE)
+            self.bytes = torch.frombuffer(self.map, dtype=torch.uint8)
+        self.used = -self.bytes.data_ptr() % self.HUGE  # start on a 2 MB boundary
+
+    @staticmethod
+    def room(t: torch.Tensor) -> int:
+        """Bytes `put` takes for `t` (64-byte aligned)."""
+        return -(-t.element_size() * t.numel() // 64) * 64
+
+    def put(self, t: torch.Tensor) -> int:
+        """The address of a copy of `t` in the arena."""
+        n = t.element_size() * t.numel()
+        self.bytes[self.used:self.used + n].view(t.dtype).view(t.shape).copy_(t)
+        self.used += self.room(t)
+        return self.bytes.data_ptr() + self.used - self.room(t)
+
+
 class Weights:
     """`model`'s weights (float32, CPU) as decode_step.c's `Model` reads them: each linear layer's
     weight in `panels`, the output layer also in bfloat16 (`interleaved`, with its
-    `rounding_radius`: 18 MB more at the 15M shape) for `argmax`. Holds every tensor `struct`
-    points into: copies, but for the token embedding table (`token_table`)."""
+    `rounding_radius`: half the output layer's bytes more) for `argmax`. A copy, in one `_Arena`,
+    but for the token embedding table: a step reads one row of it a token, from the model's own."""
 
     def __init__(self, model: GPT, rope: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         cfg = model.cfg
-        self.held: list[torch.Tensor] = []
+        copies: list[tuple[ctypes.Structure, str, torch.Tensor]] = []  # (struct, field, what it points to)
 
-        def p(t: torch.Tensor | None) -> int | None:  # a copy: the step keeps the weights it was made with
-            if t is None:
-                return None
-            self.held.append(t.detach().clone(memory_format=torch.contiguous_format))
-            return self.held[-1].data_ptr()
+        def put(struct: ctypes.Structure, **fields: torch.Tensor | None) -> None:
+            copies.extend((struct, name, t.detach().contiguous()) for name, t in fields.items() if t is not None)
 
         def norm(module: torch.nn.Module, name: str) -> torch.Tensor | None:  # RMSNorm has no bias
             t = getattr(module, name, None)
@@ -147,25 +178,25 @@ class Weights:
         for L, block in zip(self.layers, model.layers()):
             a, m = block.attn, block.mlp
             fc = torch.cat([m.gate.weight, m.up.weight]) if m.activation == "swiglu" else m.fc.weight
-            L.norm1_w, L.norm1_b = p(norm(block.norm1, "weight")), p(norm(block.norm1, "bias"))
-            L.qkv, L.out, L.out_b = p(panels(a.qkv.weight.detach())), p(panels(a.out.weight.detach())), p(a.out.bias)
-            L.q_norm = p(a.q_norm.weight) if a.q_norm is not None else None
-            L.k_norm = p(a.k_norm.weight) if a.k_norm is not None else None
-            L.norm2_w, L.norm2_b = p(norm(block.norm2, "weight")), p(norm(block.norm2, "bias"))
-            L.fc, L.fc_b = p(panels(fc.detach())), p(None if m.activation == "swiglu" else m.fc.bias)
-            L.proj, L.proj_b = p(panels(m.proj.weight.detach())), p(m.proj.bias)
+            put(L, norm1_w=norm(block.norm1, "weight"), norm1_b=norm(block.norm1, "bias"),
+                qkv=panels(a.qkv.weight.detach()), out=panels(a.out.weight.detach()), out_b=a.out.bias,
+                q_norm=a.q_norm.weight if a.q_norm is not None else None,
+                k_norm=a.k_norm.weight if a.k_norm is not None else None,
+                norm2_w=norm(block.norm2, "weight"), norm2_b=norm(block.norm2, "bias"), fc=panels(fc.detach()),
+                fc_b=None if m.activation == "swiglu" else m.fc.bias, proj=panels(m.proj.weight.detach()),
+                proj_b=m.proj.bias)
             L.scale, L.window = a.scale, a.window
-        head = model.lm_head.weight.detach()
+        self.tok_emb = model.tok_emb.weight.detach().contiguous()  # held: the step points into it
         self.struct = Model(  # each thread decodes with its own copy (`decode.DecodeStep`)
             n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.head_dim, d_model=cfg.d_model, ffn=cfg.ffn_dim,
             vocab=cfg.vocab_size, context=cfg.context_length, act=ACTS[model.layers()[0].mlp.activation],
             layer_norm=int(cfg.arch == "neo"), threads=1, eps=cfg.norm_eps, qk_eps=cfg.norm_eps,
-            tok_emb=self.token_table(model), pos_emb=p(model.pos_emb.weight if model.pos_emb is not None else None),
-            rope_cos=p(rope[0] if rope else None), rope_sin=p(rope[1] if rope else None),
-            norm_w=p(norm(model.norm, "weight")), norm_b=p(norm(model.norm, "bias")), head=p(panels(head)),
-            head16=p(interleaved(head)), head_err=p(rounding_radius(head)), layers=self.layers)
-
-    def token_table(self, model: GPT) -> int:
-        """The model's own token embedding table, not a copy: a step reads one row of it a token."""
-        self.held.append(model.tok_emb.weight.detach().contiguous())
-        return self.held[-1].data_ptr()
+            tok_emb=self.tok_emb.data_ptr(), layers=self.layers)
+        head = model.lm_head.weight.detach()
+        put(self.struct, pos_emb=model.pos_emb.weight if model.pos_emb is not None else None,
+            rope_cos=rope[0] if rope else None, rope_sin=rope[1] if rope else None,
+            norm_w=norm(model.norm, "weight"), norm_b=norm(model.norm, "bias"), head=panels(head),
+            head16=interleaved(head), head_err=rounding_radius(head))
+        self.arena = _Arena(sum(_Arena.room(t) for _, _, t in copies))
+        for struct, name, t in copies:  # in the order the step reads them
+            setattr(struct, name, self.arena.put(t))
