@@ -140,7 +140,8 @@ def test_a_greedy_single_stream_asks_only_for_the_most_likely_token(
         assert calls == [1] * 19  # the first token comes from the prefill's logits
         calls.clear()
         reported: list[float] = []
-        seqs = run(model, TokenIds(0), [prompt], cfg, emit=lambda i, ev: reported.extend(ev.logprobs), logprobs=True)
+        seqs = run(model, TokenIds(0), [prompt], cfg, emit=lambda i, ev, seen=reported: seen.extend(ev.logprobs),
+                   logprobs=True)
         assert not calls and [s.ids for s in seqs] == ids
         assert len(reported) == 20 and all(lp <= 0 for lp in reported) and min(reported) < 0
     batched = generate(model, TokenIds(0), PROMPTS, cfg)

@@ -1,9 +1,9 @@
 """C files built once per machine, with the C compiler that is there.
 
 Two hot loops are written in C, each beside its PyTorch form and pinned to it by the tests: the
-model's decode step (`model/decode_step.c`) and the sampler's filter and draw
-(`infer/sampler.c`). Each is compiled on first use with ``cc -Ofast -march=native -fopenmp``
-(as llama2.c's run.c is built; about a second) and linked with ``-shared`` into
+model's decode step (`model/decode_step.c`, beside `GPT.forward`) and the sampler's filter and
+draw (`infer/sampler.c`). Each is compiled on first use with ``cc -Ofast -march=native -fopenmp``
+(as llama2.c's run.c is built) and linked with ``-shared`` into
 ``$XDG_CACHE_HOME/tinystories/native/`` (or ``~/.cache/...``), under a name that hashes the
 source, the compiler and the flags, so a new version or another machine builds its own. OpenMP
 comes from the ``libgomp`` PyTorch already loaded, so one thread pool serves all.

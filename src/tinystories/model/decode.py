@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -120,24 +120,11 @@ class DecodeStep:
         held += [a for a in table if a is not None]
         return (ctypes.c_void_p * len(table))(*[None if a is None else a.data_ptr() for a in table])
 
-    def _next_slot(self, tokens: torch.Tensor, cache: KVCache) -> int:
-        if cache.length >= self.cfg.context_length:
-            raise ValueError(f"sequence of {cache.length + 1} tokens is longer than the model's context of "
-                             f"{self.cfg.context_length}")
-        assert tokens.dtype == torch.int64 and cache.batch == tokens.shape[0]
-        return cache.length
-
     @inference
     def step(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None
              ) -> torch.Tensor:
         """Logits [B, V] of the next token after `tokens` [B] (one per row), appended to `cache`."""
-        B, slot, tokens = tokens.shape[0], self._next_slot(tokens, cache), tokens.contiguous()
-        logits, held = torch.empty(B, self.cfg.vocab_size), []
-        ref, scratch = self._mine(B)
-        self.lib.step(ref, B, tokens.data_ptr(), slot, ctypes.byref(self._cache(cache, B, held)),
-                      self._adds(adds, held), logits.data_ptr(), scratch)
-        cache.length += 1
-        return logits
+        return self._batch(self.lib.step, tokens, cache, adds, torch.empty(tokens.shape[0], self.cfg.vocab_size))
 
     @inference
     def argmax(self, tokens: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None
@@ -146,13 +133,22 @@ class DecodeStep:
         without computing every logit: from a bfloat16 copy of the output layer, and float32 logits
         for the few tokens that copy cannot rule out (`argmax_pruned` in decode_step.c). It reads
         half the output layer's bytes for each row, so it pays for one row (`infer/runner.py`)."""
-        B, slot, tokens = tokens.shape[0], self._next_slot(tokens, cache), tokens.contiguous()
-        best, held = torch.empty(B, dtype=torch.long), []
+        return self._batch(self.lib.argmax, tokens, cache, adds, torch.empty(tokens.shape[0], dtype=torch.long))
+
+    def _batch(self, entry: Callable[..., None], tokens: torch.Tensor, cache: KVCache,
+               adds: Mapping[str, torch.Tensor] | None, out: torch.Tensor) -> torch.Tensor:
+        """One step of the running batch by C entry point `entry` (`step` or `argmax`), into `out`."""
+        if cache.length >= self.cfg.context_length:
+            raise ValueError(f"sequence of {cache.length + 1} tokens is longer than the model's context of "
+                             f"{self.cfg.context_length}")
+        B, tokens = tokens.shape[0], tokens.contiguous()
+        assert tokens.dtype == torch.int64 and cache.batch == B
+        held: list[torch.Tensor] = []
         ref, scratch = self._mine(B)
-        self.lib.argmax(ref, B, tokens.data_ptr(), slot, ctypes.byref(self._cache(cache, B, held)),
-                        self._adds(adds, held), best.data_ptr(), scratch)
+        entry(ref, B, tokens.data_ptr(), cache.length, ctypes.byref(self._cache(cache, B, held)),
+              self._adds(adds, held), out.data_ptr(), scratch)
         cache.length += 1
-        return best
+        return out
 
     @inference
     def prefill(self, idx: torch.Tensor, cache: KVCache, adds: Mapping[str, torch.Tensor] | None = None
