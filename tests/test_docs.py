@@ -26,7 +26,7 @@ def blocks() -> list[tuple[Path, bool, str]]:
     return [(path, bool(m.group(1)), m.group(3)) for path in DOCS for m in BLOCK.finditer(path.read_text())]
 
 
-def tested_blocks() -> list[tuple[str | None, str]]:
+def doc_blocks() -> list[tuple[str | None, str]]:
     """Each tested block's extra (None: the core install's) and script."""
     return [(m.group(2), m.group(3)) for path in DOCS for m in BLOCK.finditer(path.read_text()) if m.group(1)]
 
@@ -58,11 +58,11 @@ def test_every_documented_command_parses(argv: list[str]) -> None:
 
 
 def test_every_extra_a_block_names_is_known() -> None:
-    assert {extra for extra, _ in tested_blocks() if extra} <= set(EXTRAS)
+    assert {extra for extra, _ in doc_blocks() if extra} <= set(EXTRAS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra,script", tested_blocks())
+@pytest.mark.parametrize("extra,script", doc_blocks())
 def test_tested_blocks_run_as_written(extra: str | None, script: str, tmp_path: Path) -> None:
     missing = [m for m in EXTRAS.get(extra or "", ()) if importlib.util.find_spec(m) is None]
     if missing:
