@@ -1,11 +1,11 @@
 /* The sampler's rule (infer/sampler.py) in C for rows that draw: temperature, top-k, top-p and the
    inverse-CDF draw, in expected O(V) per row.
 
-   The PyTorch form finds the top-p cut by sorting the vocabulary when the nucleus is wide (flat
-   distributions: random weights, high temperatures), ~10 passes over [B, V] of which the sort
-   alone was 0.15 ms a row at 10K tokens. Here a histogram of the row's logits finds the bin where
-   the cumulative probability (largest first) reaches top_p, and a quickselect among that bin's
-   tokens finds the cut (`cut`); top-k's cut is found the same way, by counts. The cut is a
+   The PyTorch form sorts each row's vocabulary to find the top-p cut, several passes over
+   [B, V] of which the sort is the slowest (bench/README.md). Here a histogram of the row's
+   logits finds the bin where the cumulative probability (largest first) reaches top_p, and a
+   quickselect among that bin's tokens finds the cut (`cut`); top-k's cut is found the same
+   way, by counts. The cut is a
    value, as in the PyTorch form: every token tied with the last one kept stays.
    tests/test_sampling.py checks it draws the tokens `reference_probs` and `draw` draw.
 
@@ -47,7 +47,7 @@ enum { BINS = 1024 };
 /* The value of the token at which the cumulative weight w (NULL: 1 each), over tokens at or above
    `floor` taken largest first, first reaches `target` (-INFINITY if it never does). A histogram
    over [lo, hi] finds the bin where it does: each token's bin in one vectorised pass, the bins'
-   weights in a second (one pass doing both ran 1.7x slower: the scattered adds stop the first
+   weights in a second (one pass doing both ran slower: the scattered adds stop the first
    from vectorising); a quickselect among that bin's tokens finds the token. `bin` and `it`:
    room for V each. */
 static float cut(const float *x, const float *w, int V, float floor, float lo, float hi, double target,
