@@ -32,7 +32,7 @@ checkpoint, as in `tinystories demo` (validation every 100 steps on 6 batches, u
 ``--eval-every`` says otherwise); each row holds both scores of the best checkpoint and of the
 last weights (``last/``).
 
-    python bench/bench_recipe.py --tokens 6.7e6 --holdout 300 --recipes recipe,recipe-dropout0.1 --threads 1
+    python bench/bench_recipe.py --tokens 6.3e6 --holdout 300 --recipes recipe,recipe-dropout0.1 --threads 1
 """
 
 from __future__ import annotations
