@@ -228,12 +228,26 @@ def test_start_up_summary_warnings_and_a_finished_rerun(data_dir: Path, tmp_path
 def test_a_time_budget_is_fitted_to_the_tokens_it_buys(data_dir: Path, tmp_path: Path) -> None:
     from tinystories.train.budget import PLANS, measure_throughput, plan_for
 
-    assert [p.up_to_tokens for p in PLANS] == sorted(p.up_to_tokens for p in PLANS) and PLANS[-1].changes == {}
+    assert [p.up_to for p in PLANS] == sorted(p.up_to for p in PLANS) and PLANS[-1].changes == {}
     slow, fast = plan_for(1.0e6), plan_for(3.0e6)  # 3 minutes of an AVX2 EPYC, of an AVX-512 Xeon
     cfg = make_config(data_dir, tmp_path / "run", batch_size=16)
     assert slow.apply(cfg).batch_size == 8 and fast.apply(cfg) == cfg
     tok_s = measure_throughput(cfg, steps=2)
     assert 0 < tok_s < 1e8 and not (tmp_path / "run").exists()  # real steps, in a scratch folder
+
+
+def test_the_plan_for_a_small_corpus_is_chosen_by_the_epochs_it_will_see(data_dir: Path, tmp_path: Path) -> None:
+    from tinystories.train.budget import EPOCH_PLANS, epoch_plan_for, plan_for, plans_for
+
+    assert [p.up_to for p in EPOCH_PLANS] == sorted(p.up_to for p in EPOCH_PLANS) and EPOCH_PLANS[-1].up_to == math.inf
+    cfg = make_config(data_dir, tmp_path / "run")
+    few, many = epoch_plan_for(4.5), epoch_plan_for(15.0)  # the 3- and 10-minute demos on the Zen 4
+    assert few.apply(cfg) == cfg and few.changes == {}
+    regularized = many.apply(cfg)  # a dotted key changes a field of one section and nothing else
+    assert regularized.model.dropout == 0.1 and regularized.optim == cfg.optim and regularized.batch_size == 4
+    assert "epochs" in many.why and "epochs" in few.why
+    # the demo's fit: the same 7.7M tokens are 15 epochs of the bundled sample, 1.5 of a corpus ten times larger
+    assert plans_for(7.7e6, 0.52e6) == [plan_for(7.7e6), many] and plans_for(7.7e6, 5.2e6) == [plan_for(7.7e6), few]
 
 
 def test_validation_stories_in_the_training_set_are_flagged(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ class DemoConfig(Config):
     device: str = setting("auto", "torch device: auto, cpu, cuda, mps")
     threads: int = setting(0, "CPU threads for torch; 0 = one per core not busy with other work", ge=0, le=4096)
     fit: bool = setting(True, "time a few training steps first, and fit the batch to the tokens the budget buys "
-                              "on this machine (bench/README.md); false = the recipe as it is")
+                              "on this machine and the dropout to the epochs they make of the corpus "
+                              "(bench/README.md); false = the recipe as it is")
     corpus: list[str] = setting(help="training stories: whatever `tinystories corpus` reads (.txt, .jsonl/.json, "
                                      "parquet, a datasets folder, hf:NAME); the bundled sample needs no network",
                                 factory=lambda: list(BUNDLED), ge=1)
@@ -70,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from tinystories.infer.params import preset
     from tinystories.model.loader import load_any
     from tinystories.train.batches import split_stories
-    from tinystories.train.budget import measure_throughput, plan_for
+    from tinystories.train.budget import measure_throughput, plans_for
     from tinystories.train.config import build_train_config
     from tinystories.train.trainer import Trainer
     from tinystories.utils import describe_cpu, pick_device
@@ -87,24 +88,30 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"== 2/4 training the {cfg.preset!r} preset for up to {cfg.minutes:g} minutes "
           f"({infos['train'].tokens:,} tokens of stories)")
     # The recipe is `train`'s defaults (bench/README.md); the demo sets only its budget and
-    # a denser log for a short run, and fits the batch to the tokens this machine's minutes buy.
+    # a denser log for a short run, and fits the batch to the tokens this machine's minutes buy
+    # and the dropout to the epochs those tokens make of the corpus (`train/budget.py`).
     # Validating every 100 steps on 6 batches (and writing 2 stories) costs about the time of 3
     # training steps, 3-4% of the run (docs/training.md); checkpoint/ keeps the best model.
     train_cfg = build_train_config(
         None, None, data_dir=str(data), out_dir=str(out), preset=cfg.preset, seed=cfg.seed,
         device=cfg.device, threads=cfg.threads, max_steps=100_000, max_minutes=cfg.minutes, eval_interval=100,
         eval_batches=6, checkpoint_interval=100)
-    fitted = ""
+    fitted, plans = "", []
     if cfg.fit:
         tok_s = measure_throughput(train_cfg)
-        plan = plan_for(tok_s * 60 * cfg.minutes)
+        tokens = tok_s * 60 * cfg.minutes
+        # the epochs the budget buys: over the training tokens, less the stories the trainer
+        # holds out to validate on when there are no validation stories
+        corpus = infos["train"].tokens * (1 if valid else 1 - train_cfg.validation_split_percentage / 100)
+        plans = plans_for(tokens, corpus)
         fitted = (f"this machine trains {tok_s:,.0f} tokens/s at batch {train_cfg.batch_size} ({describe_cpu()}): "
-                  f"{cfg.minutes:g} minutes buy about {tok_s * 60 * cfg.minutes / 1e6:.1f}M tokens")
-        train_cfg = plan.apply(train_cfg)
+                  f"{cfg.minutes:g} minutes buy about {tokens / 1e6:.1f}M tokens")
+        for plan in plans:
+            train_cfg = plan.apply(train_cfg)
     trainer = Trainer(train_cfg, resume=False, sample=sample_stories)
     if cfg.fit:
-        print(f"{fitted}, {tok_s * 60 * cfg.minutes / trainer.data_tokens:.1f} epochs of the "
-              f"{trainer.data_tokens / 1e6:.2f}M training tokens; {plan.why}")
+        print(f"{fitted}, {tokens / trainer.data_tokens:.1f} epochs of the {trainer.data_tokens / 1e6:.2f}M "
+              f"training tokens; {'; '.join(plan.why for plan in plans)}")
     trainer.fit()
     best = trainer.best
     if best.step is not None:
