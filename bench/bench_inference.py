@@ -144,7 +144,7 @@ def spread(values: list[float]) -> str:
     return f"{min(values):,.0f}" if len(values) == 1 else f"{min(values):,.0f}-{max(values):,.0f}"
 
 
-def pytorch_step_tok_s(model: GPT, params: SamplingParams) -> float:
+def forward_tok_s(model: GPT, params: SamplingParams) -> float:
     """`ours_tok_s` without the C step: `forward` with its KV cache (the C step turned off meanwhile)."""
     from tinystories.model import decode, native
 
@@ -193,7 +193,7 @@ def single_stream(rounds: int, tmp: Path, shape: GPTConfig = SHAPE_15M, thread_c
                     results[f"{mode} | tinystories, every logit, {threads} thread(s)"].append(
                         ours_tok_s(model, [[1]], params, after_first=True, logprobs=True))
                     results[f"{mode} | tinystories, forward (no C), {threads} thread(s)"].append(
-                        pytorch_step_tok_s(model, params))
+                        forward_tok_s(model, params))
             for name, exe in peers.items():
                 for threads in {1} & set(thread_counts) if "1 thread" in name else {2} & set(thread_counts):
                     results[f"{mode} | {name}, {threads} thread(s)"].append(
