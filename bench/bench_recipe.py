@@ -88,14 +88,20 @@ RECIPES: dict[str, tuple[int, list[str], str]] = {
     "recipe-ctx128": (4096, ["model.context_length=128", "batch_size=32"], "context 128 (batch 32: same tokens a step)"),
     "recipe-ctx512": (4096, ["model.context_length=512", "batch_size=8"], "context 512 (batch 8: same tokens a step)"),
     # levers against overfitting when the small sample is read many times (--holdout)
-    "recipe-dropout0.1": (4096, ["model.dropout=0.1"], "dropout 0.1"),
-    "recipe-dropout0.2": (4096, ["model.dropout=0.2"], "dropout 0.2"),
+    "recipe-dropout0.1": (4096, ["model.dropout=0.1", "model.attention_dropout=0.1"],
+                          "dropout 0.1 everywhere, the attention pattern included"),
+    "recipe-residdrop0.1": (4096, ["model.dropout=0.1"],
+                            "dropout 0.1 on the embeddings and the residual branches, none on the attention pattern"),
+    "recipe-residdrop0.05": (4096, ["model.dropout=0.05"], "dropout 0.05, none on the attention pattern"),
+    "recipe-residdrop0.2": (4096, ["model.dropout=0.2"], "dropout 0.2, none on the attention pattern"),
+    "recipe-batch8-residdrop0.1": (4096, ["batch_size=8", "model.dropout=0.1"],
+                                   "batch 8 (the demo's below ~1.8M tokens) and dropout 0.1, none on attention"),
     "recipe-decay1.0": (4096, ["optim.decay_frac=1.0"], "WSD decaying over the whole run (linear from warmup)"),
     "recipe-decay0.6": (4096, ["optim.decay_frac=0.6"], "WSD decaying over the last 60% of the run"),
     "recipe-wd": (4096, ["optim.weight_decay=0.5", "optim.muon_weight_decay=0.5"],
                   "weight decay 0.5 on AdamW's and Muon's matrices"),
-    "recipe-dropout0.1-decay1.0": (4096, ["model.dropout=0.1", "optim.decay_frac=1.0"],
-                                   "dropout 0.1 and WSD decaying over the whole run"),
+    "recipe-residdrop0.1-decay1.0": (4096, ["model.dropout=0.1", "optim.decay_frac=1.0"],
+                                     "dropout 0.1 (none on attention) and WSD decaying over the whole run"),
 }
 
 

@@ -104,6 +104,29 @@ def test_neo_attention_is_unscaled_like_gpt_neo() -> None:
     assert model.blocks[0].attn.scale == 1.0 and small(arch="modern").blocks[0].attn.scale == 8 ** -0.5
 
 
+@pytest.mark.parametrize("arch", ["neo", "modern"])
+def test_dropout_leaves_the_attention_pattern_alone(arch: str) -> None:
+    """`dropout` drops on the embeddings and the residual branches only: in training, the fused
+    attention and the explicit pattern (computed when a hook listens) draw the same random numbers
+    and agree. `attention_dropout` drops on the pattern itself."""
+    idx = torch.randint(0, 97, (2, 24))
+
+    def seeded(model: GPT) -> torch.Tensor:
+        torch.manual_seed(1)
+        return model(idx)[0]
+
+    model = small(arch=arch, dropout=0.3).train()
+    fused = seeded(model)
+    with model.hooked({"blocks.0.attn.hook_pattern": lambda pattern: None}):
+        explicit = seeded(model)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fused, seeded(model.eval()))  # it does drop in training
+
+    for attention_dropout, drops in [(0.0, False), (0.5, True)]:
+        model = small(arch=arch, attention_dropout=attention_dropout).train()
+        assert torch.allclose(seeded(model), seeded(model.eval()), atol=1e-6) != drops
+
+
 def test_context_overflow_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="longer than the model's context of 40"):
         small()(torch.zeros(1, 41, dtype=torch.long))

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -241,13 +242,31 @@ def test_the_plan_for_a_small_corpus_is_chosen_by_the_epochs_it_will_see(data_di
 
     assert [p.up_to for p in EPOCH_PLANS] == sorted(p.up_to for p in EPOCH_PLANS) and EPOCH_PLANS[-1].up_to == math.inf
     cfg = make_config(data_dir, tmp_path / "run")
-    few, many = epoch_plan_for(4.5), epoch_plan_for(15.0)  # the 3- and 10-minute demos on the Zen 4
+    few, many = epoch_plan_for(4.5), epoch_plan_for(15.0)  # the 3- and 10-minute demos on the Zen 4 (recipe epochs)
     assert few.apply(cfg) == cfg and few.changes == {}
     regularized = many.apply(cfg)  # a dotted key changes a field of one section and nothing else
-    assert regularized.model.dropout == 0.1 and regularized.optim == cfg.optim and regularized.batch_size == 4
+    assert regularized.model.dropout == 0.2 != cfg.model.dropout and regularized.optim == cfg.optim and regularized.batch_size == 4
     assert "epochs" in many.why and "epochs" in few.why
     # the demo's fit: the same 7.7M tokens are 15 epochs of the bundled sample, 1.5 of a corpus ten times larger
     assert plans_for(7.7e6, 0.52e6) == [plan_for(7.7e6), many] and plans_for(7.7e6, 5.2e6) == [plan_for(7.7e6), few]
+
+
+def test_train_says_when_its_epochs_call_for_the_epoch_plan(data_dir: Path, tmp_path: Path) -> None:
+    """`train` applies no plan, but says which `--set` flags the plan for its epochs would add."""
+    from tinystories.train.budget import epoch_advice, epoch_plan_for, field
+
+    tuned = make_config(data_dir, tmp_path / "run", max_steps=1000)
+    cfg = replace(tuned, model=replace(tuned.model, dropout=0.0))
+    per_epoch = 1000 * cfg.tokens_per_step // 20  # the run reads these tokens 20 times
+    plan = epoch_plan_for(20.0)
+    assert plan.changes and all(field(cfg, key) != value for key, value in plan.changes.items())
+    advice = epoch_advice(cfg, per_epoch)
+    assert advice is not None and "20.0 times" in advice and plan.why in advice
+    assert all(f"--set {key}={value}" in advice for key, value in plan.changes.items())
+    assert epoch_advice(cfg, per_epoch * 10) is None  # 2 epochs: the recipe as it is
+    assert epoch_advice(plan.apply(cfg), per_epoch) is None  # already there
+    assert epoch_advice(replace(cfg, max_minutes=5.0), per_epoch) is None  # epochs not known before the clock runs
+    assert field(cfg, "batch_size") == cfg.batch_size and field(cfg, "optim.lr") == cfg.optim.lr
 
 
 def test_validation_stories_in_the_training_set_are_flagged(tmp_path: Path) -> None:
@@ -408,7 +427,8 @@ def test_the_best_model_is_kept_when_validation_gets_worse(overfit_run: tuple[Pa
     scores = {int(r["step"]): float(r["val_bpb"]) for r in evals}  # type: ignore[arg-type]
     best = min(scores, key=scores.__getitem__)
     assert list(scores) == list(range(4, 33, 4))
-    assert best < 32 and scores[32] > scores[best] + 0.1  # the run overfits: the last model is clearly worse
+    # the run overfits: the last model is clearly worse (by about 0.1 bits per byte; how much varies by CPU)
+    assert best < 32 and scores[32] > scores[best] + 0.05
     assert trainer.best.step == best and result["val_bpb"] == pytest.approx(scores[best], abs=1e-5)
     ckpt = json.loads((out / "checkpoint" / "config.json").read_text())["training"]
     assert ckpt["step"] == best and ckpt["val_bpb"] == pytest.approx(scores[best], abs=1e-5)

@@ -74,11 +74,14 @@ def run_demo(args: argparse.Namespace) -> int:
     from tinystories.train.budget import measure_throughput, plans_for
     from tinystories.train.config import build_train_config
     from tinystories.train.trainer import Trainer
-    from tinystories.utils import describe_cpu, pick_device
+    from tinystories.utils import choose_threads, describe_cpu, pick_device
 
     cfg = build_from_args(DemoConfig, args)
     out = Path(cfg.out)
     started = time.perf_counter()
+    # Threads are chosen once, before any work of ours runs: the fit's probe and the run must use
+    # the same count, and a count measured just after tokenizing sees its threads still busy.
+    threads = choose_threads(cfg.threads)
     bundled = cfg.corpus == BUNDLED
     valid = cfg.valid or (["bundled:valid"] if bundled else [])
     print(f"== 1/4 corpus and tokenizer ({'bundled TinyStories sample, CDLA-Sharing-1.0' if bundled else ' '.join(cfg.corpus)})")
@@ -94,7 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # training steps, 3-4% of the run (docs/training.md); checkpoint/ keeps the best model.
     train_cfg = build_train_config(
         None, None, data_dir=str(data), out_dir=str(out), preset=cfg.preset, seed=cfg.seed,
-        device=cfg.device, threads=cfg.threads, max_steps=100_000, max_minutes=cfg.minutes, eval_interval=100,
+        device=cfg.device, threads=threads, max_steps=100_000, max_minutes=cfg.minutes, eval_interval=100,
         eval_batches=6, checkpoint_interval=100)
     fitted, plans = "", []
     if cfg.fit:

@@ -32,9 +32,13 @@ def setup_train(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     cfg = build_from_args(TrainConfig, args)
     with hold_folder(cfg.out_dir, enabled=os.environ.get("RANK", "0") == "0"):  # torchrun: rank 0 holds it
+        from tinystories.train.budget import epoch_advice
         from tinystories.train.trainer import Trainer  # torch import only when training
 
         trainer = Trainer(cfg, resume=not args.fresh, sample=sample_stories)
+        advice = epoch_advice(cfg, trainer.data_tokens, trainer.dist.world)
+        if advice and trainer.dist.main and trainer.step == 0:
+            print(advice)
         result = trainer.fit()
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return 0

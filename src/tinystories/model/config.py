@@ -22,7 +22,10 @@ class GPTConfig(Config):
     arch: Literal["neo", "modern"] = setting("neo", "neo: the paper's GPT-Neo shape; modern: RoPE, "
                                              "RMSNorm, SwiGLU")
     tie_embeddings: bool = setting(True, "share the input embedding and the output layer")
-    dropout: float = setting(0.0, "dropout probability", ge=0, lt=1)
+    dropout: float = setting(0.0, "dropout probability on the embeddings and on what each attention and MLP "
+                                  "writes into the residual stream", ge=0, lt=1)
+    attention_dropout: float = setting(0.0, "dropout probability on the attention pattern (costs more on a CPU: "
+                                            "attention leaves its fused kernel)", ge=0, lt=1)
     local_window: int = setting(0, "neo: window of the local-attention layers (odd layers); 0 = all global",
                                 ge=0)
     norm_eps: float = setting(1e-5, "epsilon of the normalisation layers", gt=0, lt=1)

@@ -155,7 +155,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         mask = masks[self.window]
-        dropout = self.cfg.dropout if self.training else 0.0
+        dropout = self.cfg.attention_dropout if self.training else 0.0
         if self.hook_pattern.active:  # someone wants the pattern: compute it explicitly
             pattern = self.hook_pattern(attention_probs(q, k, mask, self.scale))
             z = F.dropout(pattern, dropout, self.training).to(v.dtype) @ v
