@@ -8,7 +8,8 @@ optimizer step cost more than forward and backward together.
 `Muon` below is torch's optimizer (same hyper-parameters, same `momentum_buffer` state, so a
 checkpoint moves between machines) with one change: the dtype of Newton-Schulz. `bf16` calls
 torch's own step; `float32` runs the same iteration in fp32, which is also a little more
-exact. `ns_dtype_for(device)` picks one, once per process, by timing both on a small matrix.
+exact. `ns_dtype_for(device)` picks one by timing both on a small matrix, once per machine
+(kept with the training dtype's choices, `precision.cache_file`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 from torch.optim._muon import _adjust_lr
+
+from tinystories.train.precision import kept_choice, machine
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic, as torch's Muon uses
 
@@ -101,8 +104,13 @@ def ns_dtype_for(device_type: str, threads: int) -> tuple[torch.dtype, str]:
     """
     if device_type != "cpu":
         return torch.bfloat16, f"bf16 (torch's Muon, on {device_type})"
-    device = torch.device("cpu")
-    bf16, fp32 = time_newton_schulz(torch.bfloat16, device), time_newton_schulz(torch.float32, device)
-    dtype = faster_dtype(bf16, fp32)
-    name = "bf16" if dtype == torch.bfloat16 else "fp32"
-    return dtype, f"{name} (measured on this CPU: bf16 {bf16 * 1e3:.1f} ms, fp32 {fp32 * 1e3:.1f} ms)"
+    def measure() -> tuple[torch.dtype, str]:
+        device = torch.device("cpu")
+        bf16, fp32 = time_newton_schulz(torch.bfloat16, device), time_newton_schulz(torch.float32, device)
+        dtype = faster_dtype(bf16, fp32)
+        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        return dtype, f"{name} (measured on this CPU: bf16 {bf16 * 1e3:.1f} ms, fp32 {fp32 * 1e3:.1f} ms)"
+
+    # The two can time alike (the Xeon): kept per machine, so that every process of a run (a
+    # resumed one, a test's child) computes the same.
+    return kept_choice(["muon newton-schulz", *machine()[:4], threads], measure)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,24 @@ def probe_cpu_dtype(model: GPT, rows: int = 2, repeats: int = 3) -> tuple[torch.
     a run is the same as if nothing had been timed. Measured once per machine, model shape and
     thread count (`cache_file`).
     """
-    name, flags = cpu_model_and_flags()
+    flags = cpu_model_and_flags()[1]
     if flags and not flags & NATIVE_BF16:  # emulated: 10-30x slower, nothing to time (bench/README)
         return torch.float32, "no native bf16 on this CPU (no avx512_bf16 or amx_bf16 flag)"
-    isa = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]  # (as limited)
-    key = hashlib.sha256(json.dumps([name, sorted(flags), isa, torch.__version__, torch.get_num_threads(),
-                                     asdict(model.cfg)], sort_keys=True).encode()).hexdigest()[:20]
+    return kept_choice([*machine(), asdict(model.cfg)], lambda: _probe(model, rows, repeats))
+
+
+def machine() -> list[Any]:
+    """What a measured choice depends on besides the work itself: the CPU, the ISA torch may use
+    (as limited), torch's version and its thread count."""
+    name, flags = cpu_model_and_flags()
+    isa = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
+    return [name, sorted(flags), isa, torch.__version__, torch.get_num_threads()]
+
+
+def kept_choice(parts: list[Any], measure: Callable[[], tuple[torch.dtype, str]]) -> tuple[torch.dtype, str]:
+    """The dtype this machine chose the first time for `parts`, and why; else `measure()`'s, kept
+    in `cache_file` for the next process."""
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_file()
     known: Any = {}
     with contextlib.suppress(OSError, ValueError):
@@ -64,7 +77,7 @@ def probe_cpu_dtype(model: GPT, rows: int = 2, repeats: int = 3) -> tuple[torch.
     if isinstance(kept, list) and len(kept) == 2 and kept[0] in ("float32", "bfloat16"):
         return getattr(torch, kept[0]), f"{kept[1]}, kept from this machine's first measure"
     known = known if isinstance(known, dict) else {}  # (a damaged file is measured over)
-    chosen, why = _probe(model, rows, repeats)
+    chosen, why = measure()
     with contextlib.suppress(OSError):  # (a read-only home: measured again next time)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:

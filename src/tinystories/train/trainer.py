@@ -59,6 +59,7 @@ from tinystories.train.batches import TokenBatches, hold_out_stories, split_stor
 from tinystories.train.best import BestModel
 from tinystories.train.config import TrainConfig, dump_config
 from tinystories.train.metrics import MetricsLog, Trackers
+from tinystories.train.muon import Muon
 from tinystories.train.optim import (
     load_optimizers,
     lr_factor,
@@ -250,6 +251,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.started_in: str | None = None  # the dtype `auto` chose when the run started (resume keeps it)
+        self.ns_started_in: str | None = None  # and Muon's Newton-Schulz dtype
         self._saved_at = -1  # the step last/ was last written at
         if resume and (ckpt := checkpoint_dir(self.out)) is not None:
             self._restore(ckpt)
@@ -257,6 +259,7 @@ class Trainer:
                 self._repair_published()  # (every process: they must agree on the best model)
 
         self.dtype, self.dtype_why = self._autocast_dtype()
+        self.ns_why = self._muon_ns_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         # What the loop calls: the training loss (the fused one on the CPU), compiled and/or DDP-wrapped.
         self.compiled: torch.nn.Module = TrainingLoss(self.model)
@@ -290,6 +293,28 @@ class Trainer:
         dtype, why = self.dist.gather(probe_cpu_dtype(self.model))[0]
         return dtype, f"auto, {why}"
 
+    def _muon_ns_dtype(self) -> str:
+        """Sets every Muon optimizer's Newton-Schulz dtype and says why: the configured one, or
+        (auto) rank 0's measure for every process, and on resume the one the run started with.
+        bf16 and fp32 can time alike (the Xeon), and a process that measured the other way
+        would compute another run."""
+        muons = [opt for opt in self.optimizers if isinstance(opt, Muon)]
+        if not muons:
+            return ""
+        dtype, why = muon_ns_dtype(self.cfg.optim, self.device)
+        if self.cfg.optim.muon_ns_dtype == "auto":
+            if self.ns_started_in:
+                dtype, why = getattr(torch, self.ns_started_in), f"{self.ns_started_in} (the dtype this run started with)"
+            else:
+                dtype, why = self.dist.gather((dtype, why))[0]
+        for opt in muons:
+            opt.ns_dtype = dtype
+        return why
+
+    def _ns_dtype_name(self) -> str | None:
+        muons = [opt for opt in self.optimizers if isinstance(opt, Muon)]
+        return str(muons[0].ns_dtype).removeprefix("torch.") if muons else None
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
@@ -316,6 +341,7 @@ class Trainer:
         self.step = state["step"]
         self.train_seconds = state["train_seconds"]
         self.started_in = state.get("dtype") if self.cfg.dtype == "auto" else None
+        self.ns_started_in = state.get("muon_ns_dtype")
         self.eval_seconds = state.get("eval_seconds", 0.0)
         self.best = BestModel.from_state(state.get("best_model"))
         self.validated = (state.get("validated_step", -1), state.get("validated", {}))
@@ -367,6 +393,7 @@ class Trainer:
                 f.write(dump_config(self.cfg))
             write_json(tmp / STATE_NAME, {"step": self.step, "train_seconds": self.train_seconds,
                                           "dtype": str(self.dtype).removeprefix("torch."),
+                                          "muon_ns_dtype": self._ns_dtype_name(),
                                           "eval_seconds": self.eval_seconds, "best_model": self.best.state(),
                                           "validated_step": self.validated[0], "validated": self.validated[1],
                                           "data_states": data_states, "optimizers": groups})
@@ -513,8 +540,8 @@ class Trainer:
                          f"every {cfg.eval_interval} steps; {keep}, last/ the last state; {stop}")
         else:
             lines.append(f"validation: {self.valid_what}; checkpoint/ and last/ keep the last model")
-        if cfg.optim.optimizer == "muon":  # (the choice is cached: this does not time it again)
-            lines.append(f"muon: Newton-Schulz in {muon_ns_dtype(cfg.optim, self.device)[1]}")
+        if self.ns_why:
+            lines.append(f"muon: Newton-Schulz in {self.ns_why}")
         warnings = []
         if not cfg.max_minutes and cfg.optim.warmup_steps >= cfg.max_steps:
             warnings.append(f"warning: warmup_steps ({cfg.optim.warmup_steps}) >= max_steps ({cfg.max_steps}): the "
