@@ -80,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(cfg.out)
     started = time.perf_counter()
     # Threads are chosen once, before any work of ours runs: the fit's probe and the run must use
-    # the same count, and a count measured just after tokenizing sees its threads still busy.
+    # the same count, and one measured just after tokenizing can count its threads as busy.
     threads = choose_threads(cfg.threads)
     bundled = cfg.corpus == BUNDLED
     valid = cfg.valid or (["bundled:valid"] if bundled else [])
