@@ -259,7 +259,7 @@ class Trainer:
                 self._repair_published()  # (every process: they must agree on the best model)
 
         self.dtype, self.dtype_why = self._autocast_dtype()
-        self.ns_why = self._muon_ns_dtype()
+        self.ns_dtype, self.ns_why = self._muon_ns_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         # What the loop calls: the training loss (the fused one on the CPU), compiled and/or DDP-wrapped.
         self.compiled: torch.nn.Module = TrainingLoss(self.model)
@@ -293,14 +293,14 @@ class Trainer:
         dtype, why = self.dist.gather(probe_cpu_dtype(self.model))[0]
         return dtype, f"auto, {why}"
 
-    def _muon_ns_dtype(self) -> str:
-        """Sets every Muon optimizer's Newton-Schulz dtype and says why: the configured one, or
+    def _muon_ns_dtype(self) -> tuple[str | None, str]:
+        """Sets every Muon optimizer's Newton-Schulz dtype; its name and why: the configured one, or
         (auto) rank 0's measure for every process, and on resume the one the run started with.
         bf16 and fp32 can time alike (the Xeon), and a process that measured the other way
         would compute another run."""
         muons = [opt for opt in self.optimizers if isinstance(opt, Muon)]
         if not muons:
-            return ""
+            return None, ""
         dtype, why = muon_ns_dtype(self.cfg.optim, self.device)
         if self.cfg.optim.muon_ns_dtype == "auto":
             if self.ns_started_in:
@@ -309,11 +309,7 @@ class Trainer:
                 dtype, why = self.dist.gather((dtype, why))[0]
         for opt in muons:
             opt.ns_dtype = dtype
-        return why
-
-    def _ns_dtype_name(self) -> str | None:
-        muons = [opt for opt in self.optimizers if isinstance(opt, Muon)]
-        return str(muons[0].ns_dtype).removeprefix("torch.") if muons else None
+        return str(dtype).removeprefix("torch."), why
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == torch.float32:
@@ -393,7 +389,7 @@ class Trainer:
                 f.write(dump_config(self.cfg))
             write_json(tmp / STATE_NAME, {"step": self.step, "train_seconds": self.train_seconds,
                                           "dtype": str(self.dtype).removeprefix("torch."),
-                                          "muon_ns_dtype": self._ns_dtype_name(),
+                                          "muon_ns_dtype": self.ns_dtype,
                                           "eval_seconds": self.eval_seconds, "best_model": self.best.state(),
                                           "validated_step": self.validated[0], "validated": self.validated[1],
                                           "data_states": data_states, "optimizers": groups})
