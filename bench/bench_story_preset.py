@@ -32,12 +32,17 @@ from tinystories.model.loader import load_any
 from tinystories.utils import atomic_write
 
 SETTINGS = {
-    "T0.8 top-p 0.95 (story today)": SamplingParams(temperature=0.8, top_p=0.95),
+    "T0.8 top-p 0.95": SamplingParams(temperature=0.8, top_p=0.95),
     "T0.65 top-p 0.95": SamplingParams(temperature=0.65, top_p=0.95),
     "T0.5 top-p 0.95": SamplingParams(temperature=0.5, top_p=0.95),
     "T0.7 top-p 0.9": SamplingParams(temperature=0.7, top_p=0.9),
     "T1.0 top-k 40": SamplingParams(temperature=1.0, top_k=40),
     "T0.7 top-k 20": SamplingParams(temperature=0.7, top_k=20),
+    "T0.8 min-p 0.1": SamplingParams(temperature=0.8, min_p=0.1),
+    "T0.65 min-p 0.1": SamplingParams(temperature=0.65, min_p=0.1),
+    "T0.65 top-p 0.95 rep 1.2": SamplingParams(temperature=0.65, top_p=0.95, repetition_penalty=1.2),
+    "T0.5 top-p 0.95 rep 1.2": SamplingParams(temperature=0.5, top_p=0.95, repetition_penalty=1.2),
+    "T0.8 min-p 0.1 rep 1.2": SamplingParams(temperature=0.8, min_p=0.1, repetition_penalty=1.2),
 }
 RUBRIC = ("grammar", "creativity", "consistency", "plot")
 CONTROL = "real TinyStories story (control)"

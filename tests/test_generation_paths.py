@@ -19,7 +19,8 @@ from tinystories.infer.server import create_app, load_models, running
 from tinystories.model.checkpoint import LoadedModel
 
 PROMPT = "Once upon a time, Tom"
-SETTINGS = {"top-p": {"top_p": 0.8}, "top-k": {"top_k": 20}, "both": {"top_p": 0.8, "top_k": 50}}
+SETTINGS = {"top-p": {"top_p": 0.8}, "top-k": {"top_k": 20}, "both": {"top_p": 0.8, "top_k": 50},
+            "min-p and penalty": {"min_p": 0.05, "repetition_penalty": 1.3}}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,7 @@ def test_commands_start_from_one_set_of_defaults(served: tuple) -> None:
     card = httpx.get(url + "/v1/models").json()["data"][0]
     story = PRESETS["story"]
     assert card["sampling"] == {"temperature": story.temperature, "top_p": story.top_p, "top_k": story.top_k,
+                                "min_p": story.min_p, "repetition_penalty": story.repetition_penalty,
                                 "max_tokens": story.max_new_tokens, "steer_alpha": STEER_ALPHA}
     assert card["directions"] == {"three": "blocks.1.hook_resid_post"}
     from tinystories.cli.sample import SampleConfig

@@ -143,6 +143,8 @@ def test_metadata_and_modelfile(trained: Path) -> None:
     api = PRESETS["api"]  # the file and the Modelfile sample as our API does
     assert (value("general.sampling.temp"), value("general.sampling.top_k"), value("general.sampling.top_p")) == (
         pytest.approx(api.temperature), api.top_k, pytest.approx(api.top_p))
+    assert (value("general.sampling.min_p"), value("general.sampling.penalty_repeat"),
+            value("general.sampling.penalty_last_n")) == (pytest.approx(api.min_p), api.repetition_penalty, 256)
     assert f"PARAMETER temperature {api.temperature:g}\nPARAMETER top_k {api.top_k}\n" in modelfile
 
 

@@ -63,7 +63,8 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         assert "2 layers × 4 heads" in browser.find_element(By.ID, "model-info").text
         story_preset = preset("story")  # the sliders start where `sample` does (the server's model card)
         for field, value in [("temperature", story_preset.temperature), ("top_p", story_preset.top_p),
-                             ("top_k", story_preset.top_k), ("steer_alpha", STEER_ALPHA)]:
+                             ("top_k", story_preset.top_k), ("min_p", story_preset.min_p),
+                             ("repetition_penalty", story_preset.repetition_penalty), ("steer_alpha", STEER_ALPHA)]:
             assert float(browser.find_element(By.ID, field).get_attribute("value")) == value, field
         wait.until(lambda d: "new ones fit" in d.find_element(By.ID, "room").text)
         room = int(browser.find_element(By.ID, "room").text.split("up to ")[1].split()[0])
@@ -115,8 +116,10 @@ def test_playground_streams_story_and_shows_attention(browser: object, tiny_mode
         assert steered == offline(add=STEER_ALPHA * direction[1]) != offline()
         Select(browser.find_element(By.ID, "steer")).select_by_value("")
 
-        # Top-k, and top-k with top-p, as the sliders set them: again the story `sample` writes.
-        for settings in ({"top_k": 20, "top_p": 1.0}, {"top_k": 50, "top_p": 0.8}):
+        # Top-k, top-k with top-p, and min-p with a repetition penalty, as the sliders set them:
+        # again the story `sample` writes.
+        for settings in ({"top_k": 20, "top_p": 1.0}, {"top_k": 50, "top_p": 0.8},
+                         {"top_k": 0, "top_p": 1.0, "min_p": 0.1, "repetition_penalty": 1.3}):
             for field, value in settings.items():
                 browser.execute_script(f"const s = document.getElementById('{field}'); s.value = {value};"
                                        "s.dispatchEvent(new Event('input'))")

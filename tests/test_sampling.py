@@ -9,7 +9,14 @@ from tinystories.infer.engine import Engine
 from tinystories.infer.offline import TokenIds, generate, run
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.runner import Runner
-from tinystories.infer.sampler import _sample_in_torch, draw, new_generator, reference_probs, sample
+from tinystories.infer.sampler import (
+    _sample_in_torch,
+    draw,
+    new_generator,
+    penalize,
+    reference_probs,
+    sample,
+)
 from tinystories.infer.sampling import generate_reference
 from tinystories.infer.sequence import Sequence
 from tinystories.model import native
@@ -44,6 +51,8 @@ def model(request: pytest.FixtureRequest) -> GPT:
     SamplingParams(max_new_tokens=25, temperature=0, stop_at_eos=False),
     SamplingParams(max_new_tokens=25, temperature=0.9, top_k=20, top_p=0.9, seed=7, stop_at_eos=False),
     SamplingParams(max_new_tokens=25, temperature=1.5, seed=3),
+    SamplingParams(max_new_tokens=25, temperature=0.8, min_p=0.1, repetition_penalty=1.5, seed=4, stop_at_eos=False),
+    SamplingParams(max_new_tokens=25, temperature=0, repetition_penalty=3.0, stop_at_eos=False),
 ])
 def test_kv_cache_sampling_equals_no_cache_sampling(model: GPT, cfg: SamplingParams) -> None:
     prompts = [*PROMPTS, LONG]
@@ -177,6 +186,34 @@ def test_top_k_and_top_p_masks() -> None:
     assert kept(top_p=0.8) == [True, True, False, False]
     assert kept(top_p=0.81) == [True, True, True, False]
     assert kept(top_p=0.01) == [True, False, False, False]
+    assert kept(min_p=0.4) == [True, True, False, False]  # 0.15 < 0.4 x 0.5
+    assert kept(min_p=0.2) == [True, True, True, False]
+    assert kept(min_p=0.4, top_k=1) == [True, False, False, False]  # the cuts meet
+
+
+def test_the_repetition_penalty_acts_on_the_tokens_seen_only() -> None:
+    """Hugging Face's rule: a seen token's positive logit is divided by the penalty, a negative one
+    multiplied; unseen tokens and unpenalized rows are untouched, a token seen twice counts once."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]])
+    params = [SamplingParams(repetition_penalty=2.0), SamplingParams()]
+    out = penalize(logits, params, [[0, 1, 0], [0, 1]])
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]]
+    assert penalize(logits, [SamplingParams()] * 2, [[], []]) is logits
+    # Greedy rows take the most likely token of the penalized logits.
+    assert sample(logits[:1], [SamplingParams(temperature=0, repetition_penalty=2.0)], [new_generator(params[1])],
+                  seen=[[3]]).tolist() == [0]
+
+
+def test_a_penalized_greedy_story_does_not_repeat_what_an_unpenalized_one_repeats(model: GPT) -> None:
+    """With a strong penalty the engine's greedy rows write fewer repeated tokens: the penalty
+    reaches the engine's rows (their own prompt and story), not only the sampler."""
+    plain = SamplingParams(max_new_tokens=30, temperature=0, stop_at_eos=False)
+    strong = dataclasses.replace(plain, repetition_penalty=10.0)
+
+    def repeats(cfg: SamplingParams) -> int:
+        return sum(len(s) - len(set(s)) for s in generate(model, TokenIds(0), PROMPTS, cfg))
+
+    assert repeats(strong) < repeats(plain)
 
 
 def test_tokens_tied_with_the_last_kept_one_stay_on_every_path() -> None:
@@ -199,6 +236,8 @@ def test_tokens_tied_with_the_last_kept_one_stay_on_every_path() -> None:
     ({"top_p": float("nan")}, "top_p"), ({"top_k": -2}, "top_k"), ({"top_k": 2**63}, "top_k"),
     ({"max_new_tokens": -1}, "max_new_tokens"), ({"seed": 2**64}, "seed"), ({"seed": -(2**63) - 1}, "seed"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"top_k": 1.5}, "top_k"), ({"temperature": "hot"}, "temperature"),
+    ({"min_p": -0.1}, "min_p"), ({"min_p": 1.5}, "min_p"), ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"repetition_penalty": 11}, "repetition_penalty"),
 ])
 def test_bad_sampling_settings(kwargs: dict, needle: str) -> None:
     with pytest.raises(TinyStoriesError, match=needle):
@@ -214,6 +253,7 @@ CASES = [
     SamplingParams(temperature=0.7), SamplingParams(top_k=5), SamplingParams(top_p=0.9),
     SamplingParams(temperature=1.3, top_k=300, top_p=0.97), SamplingParams(temperature=0.2, top_p=0.5),
     SamplingParams(temperature=2.0, top_p=0.999),  # a flat distribution: the nucleus outgrows 64 tokens
+    SamplingParams(temperature=0.8, min_p=0.1), SamplingParams(temperature=1.2, top_k=100, top_p=0.95, min_p=0.02),
 ]
 
 
@@ -241,7 +281,7 @@ def test_sampler_draws_what_the_reference_draws(sampler_path: str, scale: float)
 
 
 @pytest.mark.parametrize("cfg", [SamplingParams(seed=0), SamplingParams(top_p=0.9, seed=0),
-                                 SamplingParams(top_k=3, seed=0)])
+                                 SamplingParams(top_k=3, seed=0), SamplingParams(min_p=0.3, seed=0)])
 def test_sampling_follows_the_filtered_distribution(cfg: SamplingParams, sampler_path: str) -> None:
     logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])).repeat(20_000, 1)
     rows = [cfg.for_row(i) for i in range(len(logits))]

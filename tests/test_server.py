@@ -169,6 +169,7 @@ def test_bad_requests(server: tuple[str, object], body: bytes, status: int, need
 
 @pytest.mark.parametrize(("extra", "param"), [
     ({"temperature": 9}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": -1}, "top_k"),
+    ({"min_p": 2}, "min_p"), ({"repetition_penalty": 0}, "repetition_penalty"),
     ({"seed": 2**64}, "seed"), ({"steer": [{"hook": "blocks.0.hook_resid_post", "vector": [1.0] * 5}]}, "steer"),
     ({"steer": [{"hook": "blocks.0.attn.hook_z", "vector": [1.0] * 32}]}, "steer"),
 ])

@@ -15,7 +15,8 @@ REPORT_TASKS = "gpt-eval,probes,diversity,bpb"
 # SuiteConfig options -> the fields behind their flags
 OPTION_FLAGS = {
     "prompts": ["prompts"], "instructions": ["instructions"], "samples": ["samples"],
-    "sampling": ["sampling.max_new_tokens", "sampling.temperature", "sampling.top_k", "sampling.top_p"],
+    "sampling": ["sampling.max_new_tokens", "sampling.temperature", "sampling.top_k", "sampling.top_p",
+                 "sampling.min_p", "sampling.repetition_penalty"],
     "train": ["train"], "workers": ["workers"], "data": ["data"], "max_stories": ["max_stories"],
     "stride": ["stride"], "batch_size": [], "encoding_errors": ["encoding_errors"],
 }

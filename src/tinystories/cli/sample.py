@@ -37,7 +37,8 @@ def setup_sample(p: argparse.ArgumentParser) -> None:
     add_field(p, SampleConfig, "sampling.stop", repeat=True)
     add_field(p, SampleConfig, "steer", repeat=True)
     add_fields(p, SampleConfig, ["sampling.max_new_tokens", "sampling.temperature", "sampling.top_k",
-                                 "sampling.top_p", "sampling.seed", "alpha", "device", "threads"])
+                                 "sampling.top_p", "sampling.min_p", "sampling.repetition_penalty",
+                                 "sampling.seed", "alpha", "device", "threads"])
     add_config_flags(p)
     p.set_defaults(func=run_sample)
 

@@ -39,7 +39,7 @@ from tinystories.errors import PromptError, SteeringError
 from tinystories.infer.cache_manager import CacheManager
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.runner import Runner
-from tinystories.infer.sampler import sample
+from tinystories.infer.sampler import sample, seen_tokens
 from tinystories.infer.scheduler import Scheduler
 from tinystories.infer.sequence import Event, Sequence
 from tinystories.model.decode import addable
@@ -167,7 +167,8 @@ class Engine:
         b = self.batch
         assert b.cache is not None
         rows = b.rows
-        only_best = all(r.params.greedy and not r.logprobs for r in rows)  # no row needs the logits themselves
+        # No row needs the logits themselves: every row greedy, none reporting or penalizing them.
+        only_best = all(r.params.greedy and not r.logprobs and not r.params.penalized for r in rows)
         logits, best = self.runner.decode(b.last, b.cache, b.slots, logits=not only_best)
         self.steps += 1
         where = b.gather()
@@ -181,7 +182,8 @@ class Engine:
         (temperature 1, as OpenAI's logprobs report) when some row reports them (`Sequence.logprobs`).
         `best`: every row's most likely token, where the step found it instead of the logits."""
         logprobs = logits.float().log_softmax(-1) if logits is not None and any(r.logprobs for r in rows) else None
-        return sample(logits, [r.params for r in rows], [r.generator for r in rows], best), logprobs
+        seen = [seen_tokens(r.prompt + r.ids, self.tokenizer.eos_id) if r.params.penalized else [] for r in rows]
+        return sample(logits, [r.params for r in rows], [r.generator for r in rows], best, seen), logprobs
 
     def _report(self, rows: list[Sequence], nxt: torch.Tensor, logprobs: torch.Tensor | None,
                 where: torch.Tensor | slice) -> None:

@@ -171,6 +171,8 @@ def sampling_params(body: dict[str, Any], max_new_tokens: int, logprobs: int) ->
             temperature=field(body, "temperature", (int, float), API.temperature),
             top_p=field(body, "top_p", (int, float), API.top_p),
             top_k=field(body, "top_k", int, API.top_k),
+            min_p=field(body, "min_p", (int, float), API.min_p),
+            repetition_penalty=field(body, "repetition_penalty", (int, float), API.repetition_penalty),
             seed=field(body, "seed", int, API.seed),
             stop=stops(body), logprobs=logprobs)
     except FieldError as exc:

@@ -1,12 +1,13 @@
-/* The sampler's rule (infer/sampler.py) in C for rows that draw: temperature, top-k, top-p and the
-   inverse-CDF draw, in expected O(V) per row.
+/* The sampler's rule (infer/sampler.py) in C for rows that draw: temperature, top-k, top-p, min-p
+   and the inverse-CDF draw, in expected O(V) per row (a repetition penalty is applied to the
+   logits before they come here).
 
    The PyTorch form sorts each row's vocabulary to find the top-p cut, several passes over
    [B, V] of which the sort is the slowest (bench/README.md). Here a histogram of the row's
    logits finds the bin where the cumulative probability (largest first) reaches top_p, and a
    quickselect among that bin's tokens finds the cut (`cut`); top-k's cut is found the same
-   way, by counts. The cut is a
-   value, as in the PyTorch form: every token tied with the last one kept stays.
+   way, by counts; min-p's is the largest value plus log(min_p). Each cut is a value, as in the
+   PyTorch form: every token tied with the last one kept stays.
    tests/test_sampling.py checks it draws the tokens `reference_probs` and `draw` draw.
 
    Sums are in double, where the PyTorch form sums in float: the two can differ only where a
@@ -83,8 +84,9 @@ static float *room(int V) {
 }
 
 /* One row: the token drawn with uniform number u from logits after the row's settings
-   (top_k 0: off; top_p 1: off). -1 if out of memory. */
-static int64_t sample_row(const float *logits, int V, float temperature, int top_k, float top_p, double u) {
+   (top_k 0: off; top_p 1: off; min_p 0: off). -1 if out of memory. */
+static int64_t sample_row(const float *logits, int V, float temperature, int top_k, float top_p, float min_p,
+                          double u) {
     float *x = room(V);
     if (!x) return -1;
     float *e = x + V;
@@ -107,6 +109,10 @@ static int64_t sample_row(const float *logits, int V, float temperature, int top
         float p = cut(x, e, V, keep, keep > mn ? keep : mn, mx, (double)top_p * total, bin, it);
         keep = p > keep ? p : keep;
     }
+    if (min_p > 0.f) {  /* p(token) >= min_p * p(most likely), in scaled logits */
+        float m = mx + (float)log((double)min_p);
+        keep = m > keep ? m : keep;
+    }
     double kept = 0.0;
     for (int i = 0; i < V; i++) kept += x[i] >= keep ? e[i] : 0.f;
     const double r = u * kept;
@@ -122,10 +128,10 @@ static int64_t sample_row(const float *logits, int V, float temperature, int top
 }
 
 /* out[b]: the token of row b of logits [B, V], drawn with u[b] after temperature[b] (> 0),
-   top_k[b] and top_p[b]. Rows run in parallel on `threads` threads. */
+   top_k[b], top_p[b] and min_p[b]. Rows run in parallel on `threads` threads. */
 void sample_rows(const float *logits, int B, int V, const float *temperature, const int32_t *top_k,
-                 const float *top_p, const double *u, int64_t *out, int threads) {
+                 const float *top_p, const float *min_p, const double *u, int64_t *out, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1 && B > 1)
     for (int b = 0; b < B; b++)
-        out[b] = sample_row(logits + (size_t)b * V, V, temperature[b], top_k[b], top_p[b], u[b]);
+        out[b] = sample_row(logits + (size_t)b * V, V, temperature[b], top_k[b], top_p[b], min_p[b], u[b]);
 }

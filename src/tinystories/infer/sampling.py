@@ -14,7 +14,7 @@ import torch
 
 from tinystories.errors import PromptError
 from tinystories.infer.params import SamplingParams
-from tinystories.infer.sampler import new_generator, sample
+from tinystories.infer.sampler import new_generator, sample, seen_tokens
 from tinystories.model.gpt import GPT
 
 
@@ -55,7 +55,8 @@ def generate_reference(model: GPT, prompts: list[list[int]], params: SamplingPar
         ids, new, generator = list(prompt), list[int](), new_generator(p)
         while len(new) < p.max_new_tokens:
             logits, _ = model(torch.tensor([ids], device=model.tok_emb.weight.device))
-            token = int(sample(logits[:, -1], [p], [generator])[0])
+            seen = [seen_tokens(ids, eos_id)] if p.penalized else []
+            token = int(sample(logits[:, -1], [p], [generator], seen=seen)[0])
             if token == eos_id and p.stop_at_eos:
                 break
             new.append(token)

@@ -11,8 +11,8 @@ More routes plug in through `create_app(..., extensions=...)`: the playground's 
 view (`tinystories.interpret.attention_api`) is one.
 
 Every prompt starts with ``<|endoftext|>`` (the start of a story). Streaming uses
-server-sent events ending with ``data: [DONE]``. Extensions: ``top_k``, and
-``logprobs.token_ids`` in completions. Requests are validated by `openai_api` and batched
+server-sent events ending with ``data: [DONE]``. Extensions: ``top_k``, ``min_p`` and
+``repetition_penalty`` (named as vLLM names them), and ``logprobs.token_ids`` in completions. Requests are validated by `openai_api` and batched
 by `Engine` (continuous batching); bad requests get a 4xx JSON error in OpenAI's format,
 and a client leaving mid-stream only drops its own rows.
 """
@@ -253,6 +253,7 @@ def model_card(s: Served) -> dict[str, Any]:
             # the playground's starting settings: stories to read (infer/params.py's one set of
             # defaults), by the names of the request fields they fill
             "sampling": {"temperature": story.temperature, "top_p": story.top_p, "top_k": story.top_k,
+                         "min_p": story.min_p, "repetition_penalty": story.repetition_penalty,
                          "max_tokens": story.max_new_tokens, "steer_alpha": STEER_ALPHA},
             # what requests may steer with ("steer": [{"direction": name, "alpha": 4}])
             "directions": {name: hook for name, (hook, _) in sorted(s.directions.items())}}

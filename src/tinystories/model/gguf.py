@@ -24,7 +24,8 @@ don't split into blocks of 32 falls back to f16.
 Sampling defaults travel too: llama.cpp's own (top-k 40, top-p 0.95, min-p 0.05) cut the
 distribution, ours don't, so the file carries the ones the caller passes (`export-gguf`: the
 API's, `infer/params.py`) in ``general.sampling.*``, which llama.cpp's tools read unless flags
-say otherwise; min-p and the repeat penalty, which we don't have, are off. `modelfile` writes
+say otherwise; our repetition penalty acts on the whole context, so the file's repeat window
+(``penalty_last_n``) is the context length. `modelfile` writes
 them into the Ollama Modelfile that goes beside the GGUF, with a template that passes the
 prompt through (no chat) and the end-of-story stop token.
 """
@@ -189,8 +190,9 @@ def export_gguf(loaded: LoadedModel, path: str | Path, dtype: Dtype, sampling: S
         w.add_sampling_temp(sampling.temperature)
         w.add_sampling_top_k(sampling.top_k)
         w.add_sampling_top_p(sampling.top_p)
-        w.add_sampling_min_p(0.0)
-        w.add_sampling_penalty_repeat(1.0)
+        w.add_sampling_min_p(sampling.min_p)
+        w.add_sampling_penalty_repeat(sampling.repetition_penalty)
+        w.add_sampling_penalty_last_n(cfg.context_length)
         for name, tensor in llama_tensors(model).items():
             data, qtype = _encoded(tensor, dtype)
             w.add_tensor(name, data, raw_dtype=qtype)
@@ -219,8 +221,9 @@ def modelfile(gguf_path: str | Path, context_length: int, sampling: Sampling) ->
         f"PARAMETER temperature {sampling.temperature:g}",
         f"PARAMETER top_k {sampling.top_k}",
         f"PARAMETER top_p {sampling.top_p:g}",
-        "PARAMETER min_p 0",
-        "PARAMETER repeat_penalty 1",
+        f"PARAMETER min_p {sampling.min_p:g}",
+        f"PARAMETER repeat_penalty {sampling.repetition_penalty:g}",
+        f"PARAMETER repeat_last_n {context_length}",
         "",
     ])
 

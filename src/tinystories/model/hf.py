@@ -219,7 +219,9 @@ def export_hf(loaded: LoadedModel, out_dir: str | Path, sampling: Sampling) -> P
     how: dict[str, Any] = {"do_sample": False}  # greedy (HF refuses sampling settings beside it)
     if sampling.temperature > 0:
         how = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
-               "top_k": sampling.top_k}
+               "top_k": sampling.top_k, "min_p": sampling.min_p or None}
+    if sampling.repetition_penalty != 1:
+        how["repetition_penalty"] = sampling.repetition_penalty
     # max_length, not max_new_tokens: a story stops where the model's positions end, whatever the prompt
     GenerationConfig(**how, max_length=cfg.context_length, bos_token_id=eos, eos_token_id=eos,
                      pad_token_id=eos).save_pretrained(str(out))

@@ -164,6 +164,7 @@ async function generate() {
   const body = {
     model: $("model").value, prompt: $("prompt").value, stream: true, logprobs: 5,
     temperature: +$("temperature").value, top_p: +$("top_p").value, top_k: +$("top_k").value,
+    min_p: +$("min_p").value, repetition_penalty: +$("repetition_penalty").value,
     max_tokens: +$("max_tokens").value, stream_options: { include_usage: true },
   };
   if ($("seed").value !== "") body.seed = parseInt($("seed").value, 10);
@@ -264,7 +265,7 @@ function renderAttention() {
     `<li><b>${show(j === 0 ? "[start]" : a.tokens[j])}</b> ${(100 * x).toFixed(1)}%</li>`).join("");
 }
 
-for (const id of ["temperature", "top_p", "top_k", "max_tokens", "steer_alpha"]) {
+for (const id of ["temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "steer_alpha"]) {
   $(id).addEventListener("input", () => { $(id + "-val").textContent = $(id).value; });
 }
 $("model").addEventListener("change", showModelInfo);
