@@ -124,8 +124,9 @@ def _sample_in_torch(logits: torch.Tensor, params: Sequence[SamplingParams], u: 
     probs = (values - norm).exp().masked_fill_(~survives, 0.0)
     kept = (survives & ((probs.cumsum(-1) - probs) < top_p[:, None])).sum(-1, keepdim=True)  # a prefix, >= 1
     cut = values.gather(-1, kept - 1)  # the last kept token's value: every token at or above it stays
-    floor = torch.tensor([math.log(p.min_p) if p.min_p > 0 else float("-inf") for p in params], device=device)
-    cut = torch.maximum(cut, values[:, :1] + floor[:, None])  # min-p, a cut relative to the most likely
+    if any(p.min_p > 0 for p in params):  # min-p, a cut relative to the most likely token
+        floor = torch.tensor([math.log(p.min_p) if p.min_p > 0 else float("-inf") for p in params], device=device)
+        cut = torch.maximum(cut, values[:, :1] + floor[:, None])
     return draw((x - norm).exp().masked_fill_(x < cut, 0.0), torch.tensor(u, device=device))
 
 
