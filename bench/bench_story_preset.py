@@ -10,6 +10,10 @@ endpoint, or a careful teacher) scores each continuation 1-10 for grammar, creat
 consistency and plot, the paper's rubric, into `grades.jsonl` (`{"id", "grammar", "creativity",
 "consistency", "plot"}` a line); `score` joins them with the key and prints the mean per setting.
 
+``--best-of N`` adds, for each setting, the story with the highest mean log-probability per token
+(under the model, temperature 1) out of N drawn with seeds seed, seed + 1000, ... (the first is
+the setting's own story): what OpenAI's `best_of` would print, graded beside the plain draw.
+
     python bench/bench_story_preset.py write runs/demo --out bench/story_grading
     python bench/bench_story_preset.py score bench/story_grading
 """
@@ -26,9 +30,9 @@ from pathlib import Path
 
 from tinystories.data.beginnings import load_beginnings
 from tinystories.data.corpus import read_stories
-from tinystories.infer.offline import complete
+from tinystories.infer.offline import run
 from tinystories.infer.params import SamplingParams
-from tinystories.model.loader import load_any
+from tinystories.model.loader import LoadedModel, load_any
 from tinystories.utils import atomic_write
 
 SETTINGS = {
@@ -55,16 +59,28 @@ def first_sentence(story: str) -> tuple[str, str]:
     return story[:cut].rstrip(), story[cut:].strip()
 
 
+def draws(loaded: LoadedModel, prompts: list[str], params: SamplingParams) -> list[tuple[str, float]]:
+    """Each prompt's continuation and its mean log-probability per new token."""
+    lps: list[list[float]] = [[] for _ in prompts]
+    seqs = run(loaded.model, loaded.tokenizer, loaded.tokenizer.encode_stories(prompts), params,
+               emit=lambda i, ev: lps[i].extend(ev.logprobs), logprobs=True)
+    return [(s.text, sum(lp) / max(1, len(lp))) for s, lp in zip(seqs, lps)]
+
+
 def write(model_dir: str, out: Path, beginnings: int, controls: int, seed: int, max_new_tokens: int,
-          settings: list[str]) -> None:
+          settings: list[str], best_of: int = 1) -> None:
     loaded = load_any(model_dir)
     prompts = load_beginnings()[:beginnings]
     chosen = {name: SETTINGS[name] for name in settings}
     rows = []
     for name, params in chosen.items():
         params = dataclasses.replace(params, seed=seed, max_new_tokens=max_new_tokens)
-        texts = complete(loaded.model, loaded.tokenizer, prompts, params)
-        rows += [{"setting": name, "beginning": p, "continuation": t} for p, t in zip(prompts, texts)]
+        drawn = [draws(loaded, prompts, dataclasses.replace(params, seed=seed + 1000 * k)) for k in range(best_of)]
+        rows += [{"setting": name, "beginning": p, "continuation": d[0]} for p, d in zip(prompts, drawn[0])]
+        if best_of > 1:
+            best = [max(candidates, key=lambda d: d[1])[0] for candidates in zip(*drawn)]
+            rows += [{"setting": f"{name} best-of-{best_of}", "beginning": p, "continuation": t}
+                     for p, t in zip(prompts, best)]
     # Controls: held-out validation rows the model never trained on (bundled:valid's last ones).
     for story in read_stories("bundled:valid")[0][-controls:]:
         beginning, rest = first_sentence(story)
@@ -75,7 +91,7 @@ def write(model_dir: str, out: Path, beginnings: int, controls: int, seed: int, 
         for i, r in enumerate(rows):
             f.write(json.dumps({"id": i, "beginning": r["beginning"], "continuation": r["continuation"]}) + "\n")
     with atomic_write(out / "key.json") as f:
-        json.dump({"model": model_dir, "seed": seed, "max_new_tokens": max_new_tokens,
+        json.dump({"model": model_dir, "seed": seed, "max_new_tokens": max_new_tokens, "best_of": best_of,
                    "settings": {k: dataclasses.asdict(v) for k, v in chosen.items()},
                    "rows": {str(i): r["setting"] for i, r in enumerate(rows)}}, f, indent=1)
     print(f"wrote {len(rows)} rows to {out / 'sheet.jsonl'} ({len(chosen)} settings x {len(prompts)} beginnings, "
@@ -106,6 +122,7 @@ def main() -> None:
     w.add_argument("--controls", type=int, default=8)
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--max-new-tokens", type=int, default=180)
+    w.add_argument("--best-of", type=int, default=1, help="also each setting's best of N draws by mean log-probability")
     w.add_argument("--settings", type=lambda v: v.split(","), default=list(SETTINGS),
                    help=f"comma-separated names among: {', '.join(SETTINGS)}")
     s = sub.add_parser("score", help="join grades.jsonl with the key: the mean per setting")
@@ -115,7 +132,10 @@ def main() -> None:
         unknown = [n for n in args.settings if n not in SETTINGS]
         if unknown:
             ap.error(f"unknown setting(s) {unknown}; choose among {list(SETTINGS)}")
-        write(args.model, args.out, args.beginnings, args.controls, args.seed, args.max_new_tokens, args.settings)
+        if args.best_of < 1:
+            ap.error(f"--best-of must be at least 1, not {args.best_of}")
+        write(args.model, args.out, args.beginnings, args.controls, args.seed, args.max_new_tokens, args.settings,
+              args.best_of)
     else:
         score(args.folder)
 
