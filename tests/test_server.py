@@ -21,7 +21,9 @@ from tinystories.infer.openai_api import ApiError, Job, chat_prompt
 from tinystories.infer.params import SamplingParams
 from tinystories.infer.server import Mailbox, Served, create_app, load_models, running, submit_rows
 from tinystories.interpret import attention_api
-from tinystories.model.checkpoint import LoadedModel
+from tinystories.model.checkpoint import LoadedModel, save_model
+from tinystories.model.gpt import GPT, GPTConfig
+from tinystories.tokenizer import Tokenizer
 
 MODEL = "tiny_model0"  # tiny_model_dir's folder name (pytest's mktemp numbers it)
 
@@ -213,19 +215,26 @@ def test_openai_client_sees_errors(client: openai.OpenAI) -> None:
         client.chat.completions.create(model=MODEL, messages=[])
 
 
-def test_disconnect_mid_stream_drops_row(server: tuple[str, object], client: openai.OpenAI) -> None:
-    url, engine = server
-    steps = engine.steps
-    with httpx.stream("POST", url + "/v1/completions", json={
-            "model": MODEL, "prompt": "Hi", "max_tokens": 100, "stream": True}) as r:
-        lines = r.iter_lines()
-        assert next(lines).startswith("data: ")  # streaming has begun; now hang up
-    deadline = time.monotonic() + 10
-    while engine.rows and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert engine.rows == []
-    print("steps", engine.steps - steps)
-    assert engine.steps - steps < 99  # the abandoned row left the batch before its 100 tokens
+def test_disconnect_mid_stream_drops_row(tmp_path: Path, tokenizer: Tokenizer, client: openai.OpenAI) -> None:
+    """A client that hangs up mid-stream: its row leaves the batch long before its tokens run
+    out. The model has a long context (4,000 new tokens), so that a tiny model cannot write the
+    whole row in the moment between the first event and the hang-up on a loaded machine."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=4096, n_layer=2, n_head=4, d_model=32)
+    (tmp_path / "long").mkdir()
+    folder = save_model(tmp_path / "long", GPT(cfg).eval(), tokenizer)
+    app = create_app(load_models([str(folder)]))
+    engine = app.state.served["long"].engine
+    with running(app) as url:
+        with httpx.stream("POST", url + "/v1/completions", json={
+                "model": "long", "prompt": "Hi", "max_tokens": 4000, "stream": True}) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")  # streaming has begun; now hang up
+        deadline = time.monotonic() + 30
+        while engine.rows and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.rows == []
+        assert engine.steps < 3999  # the abandoned row left the batch before its 4,000 tokens
     assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=3).choices[0].text is not None
 
 
