@@ -66,7 +66,7 @@ RECIPES: dict[str, tuple[int, list[str], str]] = {
     "neo": (4096, ["preset=demo", "model.arch=neo", "batch_size=32", "optim.warmup_steps=100", *OLD_OPTIM],
             "the old default: GPT-Neo demo shape, AdamW 2e-3 cosine, batch 32"),
     "baseline": (4096, BASE, "modern demo shape, AdamW 2e-3 cosine, random windows, batch 16"),
-    "recipe": (4096, [], "the defaults: modern, Muon 4e-3 + AdamW 4e-3, WSD, story-start windows, batch 16"),
+    "recipe": (4096, [], "the defaults: modern, Muon 4e-3 (q, k, v apart) + AdamW, WSD, story starts, batch 16"),
     # the recipe with one lever undone (the ablation table)
     "recipe-adamw": (4096, ["optim.optimizer=adamw", "optim.lr=3e-3"], "AdamW (at its best, 3e-3) for all"),
     "recipe-adam2e-3": (4096, ["optim.lr=2e-3"], "AdamW part (embeddings, head, norms) at 2e-3"),
@@ -96,6 +96,9 @@ RECIPES: dict[str, tuple[int, list[str], str]] = {
     "recipe-residdrop0.2": (4096, ["model.dropout=0.2"], "dropout 0.2, none on the attention pattern"),
     "recipe-batch8-residdrop0.1": (4096, ["batch_size=8", "model.dropout=0.1"],
                                    "batch 8 (the demo's below ~1.8M tokens) and dropout 0.1, none on attention"),
+    "recipe-qkvfused": (4096, ["optim.muon_split_qkv=false"], "Muon on q, k, v as one fused matrix (to 12-07)"),
+    "recipe-residdrop0.2-qkvfused": (4096, ["model.dropout=0.2", "optim.muon_split_qkv=false"],
+                                     "dropout 0.2, none on the attention pattern; Muon on q, k, v fused"),
     "recipe-decay1.0": (4096, ["optim.decay_frac=1.0"], "WSD decaying over the whole run (linear from warmup)"),
     "recipe-decay0.6": (4096, ["optim.decay_frac=0.6"], "WSD decaying over the last 60% of the run"),
     "recipe-wd": (4096, ["optim.weight_decay=0.5", "optim.muon_weight_decay=0.5"],

@@ -87,3 +87,29 @@ def test_probe_on_this_machine() -> None:
     if not _native_bf16():  # a CPU that emulates bf16 (AVX2 only) must get fp32
         assert dtype == torch.float32, why
     assert ns_dtype_for("cuda", 1)[0] == torch.bfloat16  # GPUs keep torch's own path
+
+
+
+def _steps(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, steps: int = 3) -> torch.Tensor:
+    """`params` (row blocks of one [48, 24] matrix) after `steps` of the same gradients; stacked."""
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        grad = torch.randn(48, 24, generator=gen)
+        for p, g in zip(params, grad.chunk(len(params))):
+            p.grad = g.clone()
+        opt.step()
+    return torch.cat([p.detach() for p in params])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_blocks_are_orthogonalised_as_separate_matrices(dtype: torch.dtype) -> None:
+    """`blocks`: a [3r, c] matrix steps exactly as its three [r, c] row blocks would,
+    each a parameter of its own (under torch's Muon, for bf16): the fused q, k, v projection."""
+    start = torch.randn(48, 24, generator=torch.Generator().manual_seed(4)) * 0.1
+    fused, whole = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    apart = [torch.nn.Parameter(b.clone()) for b in start.chunk(3)]
+    split = _steps([fused], Muon([fused], ns_dtype=dtype, blocks={fused: 3}, **KW))
+    separate = _steps(apart, torch.optim.Muon(apart, **KW) if dtype == torch.bfloat16
+                      else Muon(apart, ns_dtype=dtype, **KW))
+    assert torch.equal(split, separate)
+    assert not torch.equal(split, _steps([whole], Muon([whole], ns_dtype=dtype, **KW)))  # one block differs

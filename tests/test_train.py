@@ -148,6 +148,19 @@ def test_resume_follows_the_new_config_or_says_why_it_cannot(data_dir: Path, tmp
         Trainer(build_train_config(tmp_path / "config.yaml", ["optim.optimizer=adamw"]))
 
 
+def test_muon_takes_q_k_v_apart_and_a_run_resumes_either_way(data_dir: Path, tmp_path: Path) -> None:
+    """`optim.muon_split_qkv` changes the update, not the optimizer's state: a run started one way
+    resumes the other (a checkpoint from before the setting resumes under its default)."""
+    Trainer(make_config(data_dir, tmp_path, max_steps=4)).fit(pause_at=2)
+    for split in (False, True):
+        trainer = Trainer(build_train_config(tmp_path / "config.yaml", [f"optim.muon_split_qkv={split}"]))
+        qkv = {p for n, p in trainer.model.named_parameters() if n.endswith(".attn.qkv.weight")}
+        assert qkv and set(trainer.optimizers[0].blocks) == (qkv if split else set())  # type: ignore[attr-defined]
+        assert trainer.step == 2
+    trainer.fit()
+    assert trainer.step == 4
+
+
 def test_resume_refuses_another_model_shape(data_dir: Path, tmp_path: Path) -> None:
     Trainer(make_config(data_dir, tmp_path, max_steps=2)).fit()
     with pytest.raises(TinyStoriesError, match="another shape"):

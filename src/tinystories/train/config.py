@@ -17,8 +17,9 @@ from tinystories.model.presets import PRESETS
 @dataclass(frozen=True)
 class OptimConfig(Config):
     """The defaults are the recipe benchmark's winner at CPU budgets of 3-5 minutes
-    (bench/README.md): Muon at AdamW's update scale for the blocks, AdamW at 4e-3 for the
-    rest, a short warmup, then warmup-stable-decay to a tenth of the peak."""
+    (bench/README.md): Muon at AdamW's update scale for the blocks (q, k and v as three
+    matrices), AdamW at 4e-3 for the rest, a short warmup, then warmup-stable-decay to a tenth
+    of the peak."""
 
     optimizer: Literal["adamw", "muon"] = setting("muon", "adamw everywhere, or muon for the blocks' matrices "
                                                            "(AdamW for embeddings, output layer, norms)")
@@ -30,6 +31,8 @@ class OptimConfig(Config):
     muon_scale: Literal["original", "match_rms_adamw"] = setting(
         "match_rms_adamw", "how Muon scales a matrix's update by its shape: original (Keller Jordan's sqrt(max(1, "
                     "rows/cols))), or match_rms_adamw (0.2 sqrt(max(rows, cols)): muon_lr on AdamW's scale)")
+    muon_split_qkv: bool = setting(True, "Muon orthogonalises the attention's q, k and v projections each "
+                                         "alone, not as one fused matrix (bench/README.md: better at every budget)")
     muon_momentum: float = setting(0.95, "Muon's momentum", ge=0, lt=1)
     muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", ge=0, le=10)
     muon_ns_dtype: Literal["auto", "bfloat16", "float32"] = setting(

@@ -1,4 +1,4 @@
-"""Muon whose Newton-Schulz step runs in a dtype the hardware is fast at.
+"""Muon whose Newton-Schulz step runs in a dtype the hardware is fast at, matrix by matrix.
 
 `torch.optim.Muon` orthogonalises every update in bfloat16. That is right on a GPU and on a
 CPU with native bf16 (AVX-512 BF16, AMX), but a CPU without it (AVX2: AMD Zen 3, most
@@ -6,17 +6,20 @@ laptops) emulates bf16 matmuls: measured 31x slower than fp32 on a Zen 3 EPYC, w
 optimizer step cost more than forward and backward together.
 
 `Muon` below is torch's optimizer (same hyper-parameters, same `momentum_buffer` state, so a
-checkpoint moves between machines) with one change: the dtype of Newton-Schulz. `bf16` calls
-torch's own step; `float32` runs the same iteration in fp32, which is also a little more
-exact. `ns_dtype_for(device)` picks one by timing both on a small matrix, once per machine
-(kept with the training dtype's choices, `precision.cache_file`).
+checkpoint moves between machines) with two changes:
+
+* the dtype of Newton-Schulz: `bf16` calls torch's own step; `float32` runs the same iteration
+  in fp32, which is also a little more exact. `ns_dtype_for(device)` picks one by timing both
+  on a small matrix, once per machine (kept with the training dtype's choices,
+  `precision.cache_file`);
+* `blocks`: a fused q, k, v matrix is orthogonalised as the three matrices it is.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -47,15 +50,24 @@ def newton_schulz(grad: torch.Tensor, dtype: torch.dtype, steps: int = 5,
 
 
 class Muon(torch.optim.Muon):
-    """`torch.optim.Muon`, with Newton-Schulz in `ns_dtype` (torch's own code for bf16)."""
+    """`torch.optim.Muon`, with Newton-Schulz in `ns_dtype`, and matrices stacked by rows.
 
-    def __init__(self, params: Any, ns_dtype: torch.dtype = torch.bfloat16, **kwargs: Any) -> None:
+    `blocks` maps a parameter that is several equal matrices stacked by rows (the attention's
+    fused q, k, v projection) to how many: each block's update is orthogonalised and scaled
+    alone, exactly as if the blocks were parameters of their own (the tests check it against
+    torch's Muon on the blocks apart). Like `state`, it is keyed by parameter and not saved:
+    the optimizer's state and a checkpoint's layout are the same with or without it.
+    """
+
+    def __init__(self, params: Any, ns_dtype: torch.dtype = torch.bfloat16,
+                 blocks: Mapping[torch.Tensor, int] | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.ns_dtype = ns_dtype
+        self.blocks = dict(blocks or {})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        if self.ns_dtype == torch.bfloat16:
+        if self.ns_dtype == torch.bfloat16 and not self.blocks:
             return super().step(closure)
         loss = None
         if closure is not None:
@@ -70,10 +82,11 @@ class Muon(torch.optim.Muon):
             for param, grad, buf in zip(params, grads, bufs):  # torch's `_single_tensor_muon`
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = newton_schulz(update, self.ns_dtype, group["ns_steps"], group["ns_coefficients"],
-                                       group["eps"])
+                parts = update.chunk(self.blocks.get(param, 1))
+                update = torch.cat([newton_schulz(u, self.ns_dtype, group["ns_steps"], group["ns_coefficients"],
+                                                  group["eps"]) for u in parts])
                 param.mul_(1 - lr * group["weight_decay"])
-                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], parts[0].shape))
         return loss
 
 

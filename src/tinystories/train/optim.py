@@ -5,7 +5,8 @@ Two recipes:
 * ``adamw``: AdamW on everything (fused kernel where available), weight decay on matrices.
 * ``muon``: Muon (PyTorch's `torch.optim.Muon`: momentum, then the update orthogonalised by
   Newton-Schulz iterations, in fp32 on CPUs that emulate bf16: `train/muon.py`) for the
-  blocks' hidden matrices, AdamW for the embeddings, the
+  blocks' hidden matrices (the fused q, k, v projection as three matrices, where
+  ``muon_split_qkv``), AdamW for the embeddings, the
   output layer, norms and biases, as Muon's authors prescribe (an embedding row or a
   vocabulary column is not a linear map whose spectrum should be flattened).
 
@@ -32,8 +33,10 @@ def make_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer]
     if cfg.optimizer == "muon":
         ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if id(p) not in ids]
+        qkv: dict[torch.Tensor, int] = {p: 3 for n, p in model.named_parameters()  # q, k, v stacked by rows
+                                        if n.endswith(".attn.qkv.weight") and cfg.muon_split_qkv}
         muon = Muon([{"params": hidden, "base_lr": cfg.muon_lr}], ns_dtype=muon_ns_dtype(cfg, hidden[0].device)[0],
-                    lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
+                    blocks=qkv, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
                     nesterov=True, adjust_lr_fn=cfg.muon_scale)
         return [muon, _adamw(rest, cfg)]
     return [_adamw(list(model.parameters()), cfg)]
