@@ -89,7 +89,6 @@ def test_probe_on_this_machine() -> None:
     assert ns_dtype_for("cuda", 1)[0] == torch.bfloat16  # GPUs keep torch's own path
 
 
-
 def _steps(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, steps: int = 3) -> torch.Tensor:
     """`params` (row blocks of one [48, 24] matrix) after `steps` of the same gradients; stacked."""
     gen = torch.Generator().manual_seed(3)

@@ -82,9 +82,9 @@ class Muon(torch.optim.Muon):
             for param, grad, buf in zip(params, grads, bufs):  # torch's `_single_tensor_muon`
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                parts = update.chunk(self.blocks.get(param, 1))
-                update = torch.cat([newton_schulz(u, self.ns_dtype, group["ns_steps"], group["ns_coefficients"],
-                                                  group["eps"]) for u in parts])
+                parts = [newton_schulz(u, self.ns_dtype, group["ns_steps"], group["ns_coefficients"], group["eps"])
+                         for u in update.chunk(self.blocks.get(param, 1))]
+                update = parts[0] if len(parts) == 1 else torch.cat(parts)  # (no copy of a lone block)
                 param.mul_(1 - lr * group["weight_decay"])
                 param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], parts[0].shape))
         return loss

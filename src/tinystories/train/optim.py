@@ -34,7 +34,7 @@ def make_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer]
         ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if id(p) not in ids]
         qkv: dict[torch.Tensor, int] = {p: 3 for n, p in model.named_parameters()  # q, k, v stacked by rows
-                                        if n.endswith(".attn.qkv.weight") and cfg.muon_split_qkv}
+                                        if n.endswith(".attn.qkv.weight")} if cfg.muon_split_qkv else {}
         muon = Muon([{"params": hidden, "base_lr": cfg.muon_lr}], ns_dtype=muon_ns_dtype(cfg, hidden[0].device)[0],
                     blocks=qkv, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
                     nesterov=True, adjust_lr_fn=cfg.muon_scale)
